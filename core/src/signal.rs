@@ -1,0 +1,77 @@
+//! The signals the core reasons about, independent of any platform's numbering.
+
+use core::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A signal the master receives or sends.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Signal {
+    /// Reload the configuration (to the master).
+    Hup,
+    /// Idle-kill request (to a child) or shutdown (to the master).
+    Int,
+    /// Close your listening sockets now (to a child, at shutdown).
+    Quit,
+    /// Stop (to a child) or shutdown (to the master).
+    Term,
+    /// Cannot be caught.
+    Kill,
+    /// Log reopen (to the master and the log process); login state refresh (to login processes).
+    Usr1,
+}
+
+impl Signal {
+    /// The Linux signal number, used in operator-visible texts (`killed with signal 9`).
+    pub const fn number(self) -> i32 {
+        match self {
+            Signal::Hup => 1,
+            Signal::Int => 2,
+            Signal::Quit => 3,
+            Signal::Kill => 9,
+            Signal::Usr1 => 10,
+            Signal::Term => 15,
+        }
+    }
+
+    /// The conventional name without the `SIG` prefix.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Signal::Hup => "HUP",
+            Signal::Int => "INT",
+            Signal::Quit => "QUIT",
+            Signal::Kill => "KILL",
+            Signal::Usr1 => "USR1",
+            Signal::Term => "TERM",
+        }
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SIG{}", self.name())
+    }
+}
+
+/// How a child ended, as `waitpid` reports it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum ExitStatus {
+    /// `exit(code)`.
+    Exited(i32),
+    /// Killed by signal number `signal`.
+    Signaled {
+        /// The raw signal number (any, not only those of [`Signal`]).
+        signal: i32,
+        /// Whether the kernel wrote a core file.
+        core_dumped: bool,
+    },
+}
+
+impl ExitStatus {
+    /// Exit status 0: a "successful exit" for throttling (reference §2.4).
+    pub const fn is_success(self) -> bool {
+        matches!(self, ExitStatus::Exited(0))
+    }
+}

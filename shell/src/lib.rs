@@ -1,0 +1,1 @@
+//! roost's shell: binds the core's machines to the operating system.
