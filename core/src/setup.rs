@@ -155,7 +155,11 @@ impl ListenerConfig {
         match (&self.kind, &old.kind) {
             (
                 ListenerKind::Inet { address, port, .. },
-                ListenerKind::Inet { address: old_address, port: old_port, .. },
+                ListenerKind::Inet {
+                    address: old_address,
+                    port: old_port,
+                    ..
+                },
             ) => address == old_address && port == old_port,
             (ListenerKind::Unix { .. }, ListenerKind::Unix { .. })
             | (ListenerKind::Fifo { .. }, ListenerKind::Fifo { .. }) => self.kind == old.kind,

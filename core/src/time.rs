@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 /// Monotonic core time: milliseconds since the driver's epoch.
 ///
 /// Drivers build it; the core only compares it and adds `Duration`s.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Instant(u64);
 
@@ -76,7 +78,10 @@ mod tests {
     #[test]
     fn adding_never_saturates_instead_of_overflowing() {
         let late = Instant::from_millis(u64::MAX - 5);
-        assert_eq!(late + Duration::from_secs(4_294_967_295), Instant::from_millis(u64::MAX));
+        assert_eq!(
+            late + Duration::from_secs(4_294_967_295),
+            Instant::from_millis(u64::MAX)
+        );
     }
 
     #[test]
