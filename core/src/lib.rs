@@ -8,6 +8,7 @@
 
 pub mod ids;
 pub mod input;
+pub mod master;
 pub mod notice;
 pub mod output;
 pub mod settings;

@@ -64,8 +64,15 @@ pub enum Output {
         full: bool,
     },
     /// A generation is no longer monitored: close its master-dead pipes (its children now see
-    /// the master as gone, reference §4.4), its status pipes and login notify files.
+    /// the master as gone, reference §4.4) and its login notify files. Its status pipes stay
+    /// open: the core still counts what its processes report until they are gone.
     RetireGeneration {
+        /// The old generation.
+        generation: Generation,
+    },
+    /// The last process of a retired generation is gone: close everything left of it (status
+    /// and log pipes).
+    ForgetGeneration {
         /// The old generation.
         generation: Generation,
     },

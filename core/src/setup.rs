@@ -89,6 +89,9 @@ pub struct ServiceConfig {
     pub process_min_avail: u32,
     /// Effective `idle_kill`; `None` = never (4294967295 secs, or a never-idle-die service).
     pub idle_kill: Option<Duration>,
+    /// Effective `vsz_limit` in bytes; 0 = unlimited. The master only quotes it in the
+    /// out-of-memory exit text; the driver applies it.
+    pub vsz_limit: u64,
     /// A foreign program (not roost-aware): a fixed pool of `process_min_avail` processes,
     /// each counted available with `client_limit` slots; no first-status kill, no idle kill.
     pub foreign: bool,

@@ -1,0 +1,213 @@
+//! The master's invariants: one pure function, four callers (STYLE.md §4).
+//!
+//! 1. Each service's process_count equals the number of live processes of that service.
+//! 2. process_avail equals the number of its processes with available_count > 0.
+//! 3. A process is in the idle list exactly when available_count == client_limit, and
+//!    process_idling is the length of that list.
+//! 4. Each process is in exactly one of the idle list and the busy set of its own service.
+//! 5. process_idling <= process_avail <= process_count.
+//! 6. process_count <= process_limit.
+//! 7. The idle low-water mark never exceeds process_idling.
+//! 8. The pid table maps each pid to the live process that has it, and every process with a pid
+//!    is in it.
+//! 9. Every armed timer belongs to something that exists: per-process timers to a live process
+//!    (the first-status timer only while it is uninitialised), per-service timers to a live
+//!    service, the drop timer only while listen_pending.
+//! 10. A service the master listens for has no available process unless it is in
+//!     listen_pending after the drop period (then connections are closed at once).
+//! 11. The timer table's two indexes agree.
+//! 12. Every listener belongs to a live service, and is watched only while that service listens.
+
+use core::fmt;
+
+use std::collections::BTreeMap;
+
+use super::{Master, Process, Timer};
+use crate::ids::ServiceId;
+
+/// A broken rule: which one, and what was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The rule's number in the list at the top of this module.
+    pub rule: u32,
+    /// What was seen, naming the service or process.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "master invariant {}: {}", self.rule, self.detail)
+    }
+}
+
+fn fail(rule: u32, detail: String) -> Result<(), Violation> {
+    Err(Violation { rule, detail })
+}
+
+impl Master {
+    /// Checks every invariant listed at the top of `core/src/master/invariants.rs`.
+    pub fn check_invariants(&self) -> Result<(), Violation> {
+        let mut by_service: BTreeMap<ServiceId, Vec<&Process>> = BTreeMap::new();
+        for process in self.processes.values() {
+            by_service.entry(process.service).or_default().push(process);
+        }
+        for service in self.services.values() {
+            let name = &service.config.name;
+            let processes = by_service.remove(&service.id).unwrap_or_default();
+            if processes.len() as u32 != service.process_count {
+                return fail(
+                    1,
+                    format!(
+                        "service({name}): process_count {} but {} live processes",
+                        service.process_count,
+                        processes.len()
+                    ),
+                );
+            }
+            let avail = processes.iter().filter(|p| p.available_count > 0).count() as u32;
+            if avail != service.process_avail {
+                return fail(
+                    2,
+                    format!(
+                        "service({name}): process_avail {} but {avail}",
+                        service.process_avail
+                    ),
+                );
+            }
+            for process in &processes {
+                let idle = process.available_count == service.config.client_limit;
+                let listed = process
+                    .idle_key
+                    .is_some_and(|key| service.idle.get(&key) == Some(&process.id));
+                let in_busy = service.busy.contains(&process.id);
+                if idle != listed {
+                    return fail(
+                        3,
+                        format!(
+                            "service({name}): {} has available_count {} of {} but idle-listed={listed}",
+                            process.id, process.available_count, service.config.client_limit
+                        ),
+                    );
+                }
+                if listed == in_busy {
+                    return fail(
+                        4,
+                        format!(
+                            "service({name}): {} idle={listed} busy={in_busy}",
+                            process.id
+                        ),
+                    );
+                }
+            }
+            if service.idle.len() as u32 != service.process_idling
+                || service.busy.len() + service.idle.len() != processes.len()
+            {
+                return fail(
+                    3,
+                    format!(
+                        "service({name}): process_idling {} idle list {} busy {} processes {}",
+                        service.process_idling,
+                        service.idle.len(),
+                        service.busy.len(),
+                        processes.len()
+                    ),
+                );
+            }
+            if !(service.process_idling <= service.process_avail
+                && service.process_avail <= service.process_count)
+            {
+                return fail(
+                    5,
+                    format!(
+                        "service({name}): idling {} avail {} count {}",
+                        service.process_idling, service.process_avail, service.process_count
+                    ),
+                );
+            }
+            if service.process_count > service.config.process_limit {
+                return fail(
+                    6,
+                    format!(
+                        "service({name}): process_count {} over process_limit {}",
+                        service.process_count, service.config.process_limit
+                    ),
+                );
+            }
+            if service.idle_low_water > service.process_idling {
+                return fail(
+                    7,
+                    format!(
+                        "service({name}): low-water mark {} over process_idling {}",
+                        service.idle_low_water, service.process_idling
+                    ),
+                );
+            }
+            if service.listening && service.process_avail > 0 && !service.listen_pending {
+                return fail(
+                    10,
+                    format!(
+                        "service({name}): listening with {} available processes",
+                        service.process_avail
+                    ),
+                );
+            }
+            for listener in &service.listeners {
+                match self.listeners.get(listener) {
+                    Some(l) if l.service == service.id => {
+                        if l.watched && !service.listening {
+                            return fail(
+                                12,
+                                format!("service({name}): {listener} watched while not listening"),
+                            );
+                        }
+                    }
+                    _ => return fail(12, format!("service({name}): {listener} is not its own")),
+                }
+            }
+        }
+        for (pid, id) in &self.pids {
+            if self.processes.get(id).and_then(|p| p.pid) != Some(*pid) {
+                return fail(8, format!("pid {pid} maps to {id}, which does not have it"));
+            }
+        }
+        for process in self.processes.values() {
+            if let Some(pid) = process.pid {
+                if self.pids.get(&pid) != Some(&process.id) {
+                    return fail(
+                        8,
+                        format!("{} has pid {pid} but the pid table disagrees", process.id),
+                    );
+                }
+            }
+            if !self.services.contains_key(&process.service) {
+                return fail(1, format!("{} belongs to a forgotten service", process.id));
+            }
+        }
+        for (timer, _) in self.timers.iter() {
+            let ok = match timer {
+                Timer::FirstStatus(p) => self.processes.get(&p).is_some_and(|p| !p.initialised),
+                Timer::IdleKillConfirm(p) => self.processes.contains_key(&p),
+                Timer::Drop(s) => self.services.get(&s).is_some_and(|s| s.listen_pending),
+                Timer::Prefork(s)
+                | Timer::WorkerWarning(s)
+                | Timer::IdleRound(s)
+                | Timer::Throttle(s)
+                | Timer::LoginNotify(s) => self.services.contains_key(&s),
+                Timer::ReloadKill(g) => self.generations.contains_key(&g),
+                Timer::Start | Timer::ShutdownPoll | Timer::ShutdownExit => true,
+            };
+            if !ok {
+                return fail(9, format!("{timer:?} is armed for something that is gone"));
+            }
+        }
+        if !self.timers.is_consistent() {
+            return fail(11, "the timer table's indexes disagree".to_owned());
+        }
+        for (id, listener) in &self.listeners {
+            if !self.services.contains_key(&listener.service) {
+                return fail(12, format!("{id} belongs to a forgotten service"));
+            }
+        }
+        Ok(())
+    }
+}
