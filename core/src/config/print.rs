@@ -1,0 +1,244 @@
+//! `roost config`: the configuration printed as doveconf prints it (reference §4.8), so that an
+//! operator can compare it with what the original showed.
+//!
+//! Order: doveconf sorts by the full path of each setting with `/` between the parts
+//! (`service/auth-worker/...` comes before `service/auth/...` because `-` sorts before `/`), and
+//! roost does the same. `-n` prints the global settings that differ from their defaults and the
+//! sections of the file, then the services the file names, in the order it first named them,
+//! with what it set in them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use super::{
+    global_defaults, Config, Generic, GenericEntry, RawListener, RawService, SECRET_SETTINGS,
+};
+
+/// What `roost config` prints.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct PrintMode {
+    /// `-n`: only what differs from the defaults. Otherwise every setting (`-a`).
+    pub non_default: bool,
+    /// `-P`: show secrets.
+    pub show_secrets: bool,
+}
+
+/// One printable item at some level, with its sort key.
+enum Item<'a> {
+    Setting(&'a str, String),
+    Generic(&'a Generic),
+    Service(&'a RawService, bool),
+}
+
+/// Prints the configuration as doveconf does.
+pub fn print(config: &Config, mode: PrintMode) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# roost {}: {}",
+        env!("CARGO_PKG_VERSION"),
+        config.path
+    );
+    let defaults = global_defaults();
+    let mut items: BTreeMap<String, Item<'_>> = BTreeMap::new();
+    if mode.non_default {
+        for (key, value) in &config.raw.globals {
+            if defaults.get(key.as_str()) != Some(&value.text.as_str()) {
+                items.insert(key.clone(), Item::Setting(key, value.text.clone()));
+            }
+        }
+    } else {
+        for (key, value) in &defaults {
+            items.insert((*key).to_owned(), Item::Setting(key, (*value).to_owned()));
+        }
+        for (key, value) in &config.raw.globals {
+            items.insert(key.clone(), Item::Setting(key, value.text.clone()));
+        }
+    }
+    for section in &config.raw.sections {
+        if !mode.non_default || !is_empty(section) {
+            items.insert(
+                section_key(&section.kind, &section.name),
+                Item::Generic(section),
+            );
+        }
+    }
+    if !mode.non_default {
+        for service in &config.raw.services {
+            items.insert(
+                section_key("service", &service.name),
+                Item::Service(service, false),
+            );
+        }
+    }
+    for item in items.values() {
+        print_item(&mut out, item, 0, mode);
+    }
+    if mode.non_default {
+        // What the catalogue says, to leave out what the file only repeats.
+        let catalogue =
+            super::parse::parse_catalogue(&super::MemoryFiles::default(), super::CATALOGUE)
+                .unwrap_or_default();
+        for name in &config.raw.mention_order {
+            let Some(service) = config.raw.services.iter().find(|s| &s.name == name) else {
+                continue;
+            };
+            let default = catalogue.iter().find(|s| &s.name == name);
+            if let Some(trimmed) = only_differences(service, default) {
+                print_item(&mut out, &Item::Service(&trimmed, true), 0, mode);
+            }
+        }
+    }
+    out
+}
+
+/// The settings and listeners of a service that differ from its default; `None` if nothing
+/// does (a new service always differs).
+fn only_differences(service: &RawService, default: Option<&RawService>) -> Option<RawService> {
+    let differs = |value: &super::RawValue, default: Option<&super::RawValue>| {
+        value.origin.is_some() && default.is_none_or(|d| d.text != value.text)
+    };
+    let mut trimmed = service.clone();
+    trimmed
+        .settings
+        .retain(|key, value| differs(value, default.and_then(|d| d.settings.get(key))));
+    trimmed.listeners.retain_mut(|listener| {
+        let default_listener = default.and_then(|d| {
+            d.listeners
+                .iter()
+                .find(|l| l.listener_type == listener.listener_type && l.name == listener.name)
+        });
+        listener.settings.retain(|key, value| {
+            differs(value, default_listener.and_then(|l| l.settings.get(key)))
+        });
+        // As the real doveconf -n: a listener block that sets nothing is not shown, even a new
+        // one (Debian's 10-director.conf adds two such blocks and doveconf -n shows neither).
+        !listener.settings.is_empty()
+    });
+    let is_new = default.is_none();
+    (is_new || !trimmed.settings.is_empty() || !trimmed.listeners.is_empty()).then_some(trimmed)
+}
+
+fn is_empty(section: &Generic) -> bool {
+    section
+        .entries
+        .iter()
+        .all(|e| matches!(e, GenericEntry::Section(s) if is_empty(s)))
+}
+
+/// The sort key of a section: `kind/name/` (the trailing `/` is what puts `auth-worker` first).
+fn section_key(kind: &str, name: &str) -> String {
+    if name.is_empty() {
+        format!("{kind}/")
+    } else {
+        format!("{kind}/{name}/")
+    }
+}
+
+fn quote_name(name: &str) -> String {
+    if name.is_empty() || name.contains(char::is_whitespace) || name.contains('"') {
+        format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+    } else {
+        name.to_owned()
+    }
+}
+
+fn header(out: &mut String, indent: usize, kind: &str, name: &str) {
+    let pad = "  ".repeat(indent);
+    if name.is_empty() {
+        let _ = writeln!(out, "{pad}{kind} {{");
+    } else {
+        let _ = writeln!(out, "{pad}{kind} {} {{", quote_name(name));
+    }
+}
+
+fn setting(out: &mut String, indent: usize, key: &str, value: &str, mode: PrintMode) {
+    let pad = "  ".repeat(indent);
+    if !mode.show_secrets
+        && !value.is_empty()
+        && SECRET_SETTINGS
+            .iter()
+            .any(|s| key == *s || key.ends_with("_password"))
+    {
+        let _ = writeln!(out, "{pad}{key} = # hidden, use -P to show it");
+    } else if value != value.trim() || value.contains('\n') {
+        let escaped = value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let _ = writeln!(out, "{pad}{key} = \"{escaped}\"");
+    } else {
+        let _ = writeln!(out, "{pad}{key} = {value}");
+    }
+}
+
+fn print_item(out: &mut String, item: &Item<'_>, indent: usize, mode: PrintMode) {
+    match item {
+        Item::Setting(key, value) => setting(out, indent, key, value, mode),
+        Item::Generic(section) => {
+            header(out, indent, &section.kind, &section.name);
+            let mut entries: BTreeMap<String, Item<'_>> = BTreeMap::new();
+            for entry in &section.entries {
+                match entry {
+                    GenericEntry::Setting(key, value) => {
+                        entries.insert(key.clone(), Item::Setting(key, value.text.clone()));
+                    }
+                    GenericEntry::Section(sub) => {
+                        if !mode.non_default || !is_empty(sub) {
+                            entries.insert(section_key(&sub.kind, &sub.name), Item::Generic(sub));
+                        }
+                    }
+                }
+            }
+            for entry in entries.values() {
+                print_item(out, entry, indent + 1, mode);
+            }
+            let _ = writeln!(out, "{}}}", "  ".repeat(indent));
+        }
+        Item::Service(service, only_set) => print_service(out, service, *only_set, indent, mode),
+    }
+}
+
+fn print_service(
+    out: &mut String,
+    service: &RawService,
+    only_set: bool,
+    indent: usize,
+    mode: PrintMode,
+) {
+    header(out, indent, "service", &service.name);
+    let mut lines: BTreeMap<String, Option<&RawListener>> = BTreeMap::new();
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    for (key, value) in &service.settings {
+        if !only_set || value.origin.is_some() {
+            lines.insert(key.clone(), None);
+            values.insert(key.clone(), value.text.clone());
+        }
+    }
+    for listener in &service.listeners {
+        lines.insert(
+            section_key(listener.listener_type.section(), &listener.name),
+            Some(listener),
+        );
+    }
+    for (key, listener) in &lines {
+        match listener {
+            None => setting(out, indent + 1, key, &values[key], mode),
+            Some(listener) => {
+                header(
+                    out,
+                    indent + 1,
+                    listener.listener_type.section(),
+                    &listener.name,
+                );
+                for (key, value) in &listener.settings {
+                    if !only_set || value.origin.is_some() {
+                        setting(out, indent + 2, key, &value.text, mode);
+                    }
+                }
+                let _ = writeln!(out, "{}}}", "  ".repeat(indent + 1));
+            }
+        }
+    }
+    let _ = writeln!(out, "{}}}", "  ".repeat(indent));
+}

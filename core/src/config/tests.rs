@@ -1,0 +1,472 @@
+//! The language rules of reference §6.1 and the checks of §3, each with its exact message.
+
+use super::*;
+
+struct TestSystem {
+    fd_limit: u64,
+}
+
+impl System for TestSystem {
+    fn user_exists(&self, name: &str) -> bool {
+        ["root", "nobody", "vmail"].contains(&name)
+    }
+    fn group_exists(&self, name: &str) -> bool {
+        ["root", "nogroup", "mail"].contains(&name)
+    }
+    fn fd_limit(&self) -> u64 {
+        self.fd_limit
+    }
+}
+
+const SYSTEM: TestSystem = TestSystem { fd_limit: 65536 };
+
+fn load_text(text: &str) -> Result<Config, ConfigError> {
+    load_str(
+        "/etc/roost/roost.conf",
+        text,
+        &MemoryFiles::default(),
+        &NoEnv,
+    )
+}
+
+fn service<'a>(config: &'a Config, name: &str) -> &'a ServiceSettings {
+    config
+        .settings
+        .services
+        .iter()
+        .find(|s| s.name == name)
+        .expect("service exists")
+}
+
+fn error_of(text: &str) -> String {
+    match load_text(text) {
+        Ok(_) => panic!("accepted: {text}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+fn check_errors(text: &str) -> Vec<String> {
+    let config = load_text(text).expect("parses");
+    match check(&config, &SYSTEM) {
+        Ok(warnings) => panic!("no error, warnings {warnings:?}"),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn warnings_of(text: &str, system: &TestSystem) -> Vec<String> {
+    let config = load_text(text).expect("parses");
+    check(&config, system)
+        .expect("no error")
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn a_service_block_modifies_the_default_service_and_a_new_name_creates_one() {
+    let config = load_text(
+        "service pop3-login {\n  service_count = 0\n  process_min_avail = 2\n}\nservice echo {\n  executable = inetd /bin/cat\n  inet_listener echo {\n    port = 7\n  }\n}\n",
+    )
+    .expect("parses");
+    let login = service(&config, "pop3-login");
+    assert_eq!((login.service_count, login.process_min_avail), (0, 2));
+    assert_eq!(login.service_type, "login", "the rest keeps its default");
+    assert_eq!(login.inet_listeners.len(), 2);
+    let echo = service(&config, "echo");
+    assert_eq!(echo.executable, "inetd /bin/cat");
+    assert_eq!(echo.inet_listeners[0].port, 7);
+    assert_eq!(
+        echo.client_limit, 0,
+        "per-service default: 0 = default_client_limit"
+    );
+}
+
+#[test]
+fn an_unknown_key_inside_a_service_is_an_error_with_file_and_line() {
+    assert_eq!(
+        error_of("# comment\nservice imap {\n  proces_limit = 5\n}\n"),
+        "/etc/roost/roost.conf:3: Unknown setting: proces_limit"
+    );
+    assert_eq!(
+        error_of("service imap {\n  unix_listener x {\n    port = 5\n  }\n}\n"),
+        "/etc/roost/roost.conf:3: Unknown setting: port"
+    );
+    // Elsewhere unknown settings are kept and shown.
+    let config =
+        load_text("mail_location = maildir:~/Maildir\nplugin {\n  quota = x\n}\n").expect("parses");
+    assert_eq!(
+        config.settings.global.other["mail_location"],
+        "maildir:~/Maildir"
+    );
+    assert!(print(
+        &config,
+        PrintMode {
+            non_default: true,
+            show_secrets: false
+        }
+    )
+    .contains("plugin {\n  quota = x\n}\n"));
+}
+
+#[test]
+fn syntax_errors_name_file_and_line() {
+    assert_eq!(
+        error_of("service imap\n"),
+        "/etc/roost/roost.conf:1: Expecting '{'"
+    );
+    assert_eq!(error_of("foo\n"), "/etc/roost/roost.conf:1: Expecting '='");
+    assert_eq!(error_of("}\n"), "/etc/roost/roost.conf:1: Unexpected '}'");
+    assert_eq!(
+        error_of("service imap { x\n"),
+        "/etc/roost/roost.conf:1: Garbage after '{'"
+    );
+    assert_eq!(
+        error_of("service imap {\n"),
+        "/etc/roost/roost.conf:1: Missing '}'"
+    );
+    assert_eq!(
+        error_of("key = \"open\n"),
+        "/etc/roost/roost.conf:1: Missing closing quote"
+    );
+    assert_eq!(
+        error_of("service imap {\n  process_limit = many\n}\n"),
+        "/etc/roost/roost.conf:2: service(imap): process_limit: Invalid number: many"
+    );
+    assert_eq!(
+        error_of("service imap {\n  idle_kill = 60\n}\n"),
+        "/etc/roost/roost.conf:2: service(imap): idle_kill: Time interval '60' is missing units (add e.g. s)"
+    );
+}
+
+#[test]
+fn comments_quotes_joins_and_the_ambiguous_hash() {
+    let config = load_text(
+        "login_greeting = \"Hello # not a comment\"\nssl_cert = </etc/ssl/x.pem # comment\nlisten = 127.0.0.1, \\\n  ::1\nbase_dir = /tmp/x#glued\n",
+    )
+    .expect("parses");
+    let g = &config.settings.global;
+    assert_eq!(g.other["login_greeting"], "Hello # not a comment");
+    assert_eq!(
+        g.ssl_cert, "</etc/ssl/x.pem",
+        "a <file value is kept as a reference"
+    );
+    assert_eq!(g.listen, "127.0.0.1, ::1");
+    assert_eq!(g.base_dir, "/tmp/x");
+    assert_eq!(
+        config.raw.warnings[0].to_string(),
+        "/etc/roost/roost.conf:5: Ambiguous '#' character in line, treating it as comment. Add a space before it to remove this warning."
+    );
+}
+
+#[test]
+fn variables_expand_self_references_and_environment() {
+    struct Env1;
+    impl Env for Env1 {
+        fn var(&self, name: &str) -> Option<String> {
+            (name == "MAILHOST").then(|| "mx.example.org".to_owned())
+        }
+    }
+    let text = "protocols = $protocols imap\nprotocols = $protocols pop3\nhostname = $ENV:MAILHOST\ndefault_internal_user = vmail\nservice auth {\n  user = $default_internal_user\n}\nquoted = \"$protocols\"\n";
+    let config = load_str(
+        "/etc/roost/roost.conf",
+        text,
+        &MemoryFiles::default(),
+        &Env1,
+    )
+    .expect("parses");
+    assert_eq!(
+        config.settings.global.protocols, " imap pop3",
+        "textual, as the original"
+    );
+    assert_eq!(config.settings.global.other["hostname"], "mx.example.org");
+    assert_eq!(service(&config, "auth").user, "vmail");
+    assert_eq!(
+        config.settings.global.other["quoted"], "$protocols",
+        "quoted values never expand"
+    );
+    assert_eq!(
+        error_of("service x {\n  user = $nosuch\n}\n"),
+        "/etc/roost/roost.conf:2: Unknown variable: $nosuch"
+    );
+}
+
+#[test]
+fn includes_glob_sorted_relative_to_the_including_file() {
+    let files = MemoryFiles::new([
+        (
+            "/etc/roost/roost.conf",
+            "!include conf.d/*.conf\n!include_try local.conf\n!include_try /nonexistent/*.conf\n",
+        ),
+        (
+            "/etc/roost/conf.d/20-b.conf",
+            "service imap {\n  process_limit = 20\n}\n",
+        ),
+        (
+            "/etc/roost/conf.d/10-a.conf",
+            "service imap {\n  process_limit = 10\n  client_limit = 3\n",
+        ),
+        ("/etc/roost/conf.d/10-a.conf.ext", "broken"),
+        ("/etc/roost/conf.d/15-close.conf", "}\n"),
+    ]);
+    let config = load("/etc/roost/roost.conf", &files, &NoEnv).expect("parses");
+    let imap = service(&config, "imap");
+    assert_eq!(
+        (imap.process_limit, imap.client_limit),
+        (20, 3),
+        "sorted; sections carry across files"
+    );
+    let missing = MemoryFiles::new([("/etc/roost/roost.conf", "!include missing.conf\n")]);
+    assert_eq!(
+        load("/etc/roost/roost.conf", &missing, &NoEnv)
+            .expect_err("refused")
+            .to_string(),
+        "/etc/roost/roost.conf:1: Can't read /etc/roost/missing.conf: No such file or directory"
+    );
+    let looped = MemoryFiles::new([
+        ("/etc/roost/roost.conf", "!include a.conf\n"),
+        ("/etc/roost/a.conf", "\n!include roost.conf\n"),
+    ]);
+    assert_eq!(
+        load("/etc/roost/roost.conf", &looped, &NoEnv)
+            .expect_err("refused")
+            .to_string(),
+        "/etc/roost/a.conf:2: Recursive include file: /etc/roost/roost.conf"
+    );
+}
+
+#[test]
+fn ron_is_a_second_syntax_for_the_same_settings() {
+    let config = load_text("service pop3-login {\n  service_count = 0\n}\nbase_dir = /tmp/r\n")
+        .expect("parses");
+    let ron_text = to_ron(&config.settings);
+    let again = load_str("x.ron", &ron_text, &MemoryFiles::default(), &NoEnv).expect("RON parses");
+    assert_eq!(again.settings, config.settings);
+    let error = load_str(
+        "x.ron",
+        "(global: (base_dir: 5))",
+        &MemoryFiles::default(),
+        &NoEnv,
+    )
+    .expect_err("refused");
+    assert!(error.to_string().starts_with("x.ron:1:"), "{error}");
+}
+
+#[test]
+fn effective_values_apply_defaults_caps_and_protocols() {
+    let config = load_text(
+        "protocols = pop3\nbase_dir = /run/r\nservice imap-login {\n  client_limit = 50\n}\nservice pop3-login {\n  service_count = 0\n  client_limit = 0\n  inet_listener pop3s {\n    port = 0\n  }\n}\n",
+    )
+    .expect("parses");
+    let (master, left_out) = master_config(&config.settings, &|s| {
+        ["pop3-login", "pop3", "log"].contains(&s.name.as_str())
+    });
+    let names: Vec<&str> = master.services.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"pop3-login") && names.contains(&"log"));
+    assert!(!names.contains(&"imap-login"), "imap is not in protocols");
+    let login = master
+        .services
+        .iter()
+        .find(|s| s.name == "pop3-login")
+        .expect("pop3-login");
+    assert_eq!((login.process_limit, login.client_limit), (100, 1000));
+    assert_eq!(
+        login.listeners.len(),
+        2,
+        "pop3 on '*' and '::'; pop3s disabled by port 0"
+    );
+    let pop3 = master
+        .services
+        .iter()
+        .find(|s| s.name == "pop3")
+        .expect("pop3");
+    assert_eq!(
+        (pop3.process_limit, pop3.client_limit),
+        (1024, 1),
+        "client_limit capped by service_count 1"
+    );
+    assert!(
+        matches!(&pop3.listeners[0].kind, crate::setup::ListenerKind::Unix { path, .. } if path == "/run/r/login/pop3")
+    );
+    let log = master
+        .services
+        .iter()
+        .find(|s| s.name == "log")
+        .expect("log");
+    assert_eq!(log.idle_kill, None);
+    assert!(left_out
+        .iter()
+        .any(|l| l.to_string() == "service(anvil): no program for executable 'anvil', left out"));
+    assert!(
+        !left_out.iter().any(|l| l.service == "imap-login"),
+        "disabled services are not reported"
+    );
+}
+
+#[test]
+fn checks_refuse_contradictions_with_the_originals_texts() {
+    assert_eq!(
+        check_errors("listen =\n"),
+        vec!["listen can't be set empty"]
+    );
+    assert_eq!(
+        check_errors("first_valid_uid = 1000\nlast_valid_uid = 10\n"),
+        vec!["first_valid_uid can't be larger than last_valid_uid"]
+    );
+    assert_eq!(
+        check_errors("default_login_user = dovenull\n"),
+        vec!["default_login_user doesn't exist: dovenull"]
+    );
+    assert_eq!(
+        check_errors("service x {\n  executable = x\n  type = bogus\n}\n"),
+        vec!["service(x): Unknown service type: bogus"]
+    );
+    assert_eq!(
+        check_errors("protocols = imap gopher\n"),
+        vec!["protocols: Unknown protocol: gopher"]
+    );
+    assert_eq!(
+        check_errors("service a {\n  executable = a\n  inet_listener a {\n    port = 7\n    address = 127.0.0.1\n  }\n}\nservice b {\n  executable = b\n  inet_listener b {\n    port = 7\n    address = 127.0.0.1\n  }\n}\n"),
+        vec!["duplicate listener: 7:127.0.0.1"]
+    );
+    assert_eq!(
+        check_errors("service x {\n  executable = x\n  unix_listener login/pop3 {\n  }\n}\n"),
+        vec!["duplicate listener: /run/roost/login/pop3"]
+    );
+    assert_eq!(
+        check_errors(
+            "service x {\n  executable = x\n  chroot = empty\n  drop_priv_before_exec = yes\n}\n"
+        ),
+        vec!["service(x): drop_priv_before_exec=yes can't be used with chroot"]
+    );
+    assert_eq!(
+        check_errors(
+            "service x {\n  executable = x\n  process_limit = 2\n  process_min_avail = 3\n}\n"
+        ),
+        vec!["service(x): process_min_avail is higher than process_limit"]
+    );
+    assert_eq!(
+        check_errors("service x {\n  executable = x\n  vsz_limit = 512k\n}\n"),
+        vec!["service(x): vsz_limit is too low"]
+    );
+    assert_eq!(
+        check_errors("service anvil {\n  process_limit = 2\n}\n"),
+        vec!["service(anvil): process_limit must be 1"]
+    );
+    assert_eq!(
+        check_errors("service x {\n  executable = x\n  user = mallory\n}\n"),
+        vec!["service(x): User doesn't exist: mallory (See service x { user } setting)"]
+    );
+    assert_eq!(
+        check_errors("service x {\n  executable = x\n  unix_listener s {\n    group = nosuch\n  }\n}\n"),
+        vec!["service(x): Group doesn't exist: nosuch (See service x { unix_listener s { group } } setting)"]
+    );
+    assert_eq!(
+        check_errors("service log2 {\n  executable = log\n  type = log\n}\n"),
+        vec!["Multiple log services specified"]
+    );
+}
+
+#[test]
+fn auth_and_anvil_warnings_count_with_the_originals_formulas() {
+    // Seed 000: `service anvil { client_limit=200 } is lower than required under max. load (207)`
+    // shape; here: imap-login process_limit 500 makes auth need 500 + 100 + 100 + 100 (lmtp) and
+    // anvil 2 + 500 + 100 + 100 + 1.
+    let warnings = warnings_of(
+        "protocols = imap pop3 lmtp\nservice imap-login {\n  process_limit = 500\n}\nservice auth {\n  client_limit = 200\n}\nservice anvil {\n  client_limit = 200\n}\n",
+        &SYSTEM,
+    );
+    assert_eq!(
+        warnings,
+        vec![
+            "service auth { client_limit=200 } is lower than required under max. load (800). Counted for protocol services with service_count != 1: service imap-login { process_limit=500 } + service imap-urlauth-login { process_limit=100 } + service lmtp { process_limit=100 } + service pop3-login { process_limit=100 }".to_owned(),
+            "service anvil { client_limit=200 } is lower than required under max. load (703). Counted with: service auth { process_limit=1 } + service imap-login { process_limit=500 } + service imap-urlauth-login { process_limit=100 } + service pop3-login { process_limit=100 }".to_owned(),
+        ]
+    );
+    assert!(
+        warnings_of("", &SYSTEM).is_empty(),
+        "the defaults need no warning (reference §3.2 example)"
+    );
+}
+
+#[test]
+fn the_fd_limit_warning_names_the_setting_that_needs_it() {
+    assert_eq!(
+        warnings_of("", &TestSystem { fd_limit: 512 }),
+        vec!["fd limit (ulimit -n) is lower than required under max. load (512 < 1000), because of default_client_limit"]
+    );
+    assert_eq!(
+        warnings_of("service pop3-login {\n  client_limit = 5000\n  service_count = 0\n}\n", &TestSystem { fd_limit: 4096 }),
+        vec!["fd limit (ulimit -n) is lower than required under max. load (4096 < 5000), because of service pop3-login { client_limit }"]
+    );
+}
+
+#[test]
+fn secrets_are_hidden_unless_asked() {
+    let config = load_text("ssl_key = </etc/ssl/private/key.pem\n").expect("parses");
+    let hidden = print(
+        &config,
+        PrintMode {
+            non_default: true,
+            show_secrets: false,
+        },
+    );
+    assert!(
+        hidden.contains("ssl_key = # hidden, use -P to show it\n"),
+        "{hidden}"
+    );
+    let shown = print(
+        &config,
+        PrintMode {
+            non_default: true,
+            show_secrets: true,
+        },
+    );
+    assert!(shown.contains("ssl_key = </etc/ssl/private/key.pem\n"));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+    #[test]
+    fn no_text_makes_the_parser_panic(text in "(\\PC|[{}=#\"'<$\\\\\n])*") {
+        let _ = load_text(&text);
+    }
+
+    #[test]
+    fn no_line_soup_makes_the_parser_panic(lines in proptest::collection::vec(proptest::prop_oneof![
+        proptest::prelude::Just("service a {".to_owned()),
+        proptest::prelude::Just("}".to_owned()),
+        proptest::prelude::Just("inet_listener {".to_owned()),
+        proptest::prelude::Just("unix_listener x/y {".to_owned()),
+        proptest::prelude::Just("protocol !x {".to_owned()),
+        proptest::prelude::Just("!include *.conf".to_owned()),
+        proptest::prelude::Just("port = 70000".to_owned()),
+        proptest::prelude::Just("x = $x $y".to_owned()),
+        "[a-z_]{1,8} = [ -~]{0,12}",
+    ], 0..40)) {
+        let text = lines.join("\n");
+        if let Ok(config) = load_text(&text) {
+            let _ = check(&config, &SYSTEM);
+            let _ = print(&config, PrintMode { non_default: false, show_secrets: false });
+            let _ = master_config(&config.settings, &|_| true);
+        }
+    }
+}
+
+#[test]
+fn config_n_shows_only_what_differs_from_the_defaults() {
+    let config = load_text(
+        "base_dir = /run/roost\nbase_dir = /tmp/x\nservice imap {\n  process_limit = 1024\n}\nservice pop3-login {\n  service_count = 0\n  inet_listener pop3 {\n    port = 1110\n  }\n}\nservice echo {\n  executable = inetd /bin/cat\n}\n",
+    )
+    .expect("parses");
+    let printed = print(
+        &config,
+        PrintMode {
+            non_default: true,
+            show_secrets: false,
+        },
+    );
+    assert_eq!(
+        printed.lines().skip(1).collect::<Vec<_>>().join("\n"),
+        "base_dir = /tmp/x\nservice pop3-login {\n  inet_listener pop3 {\n    port = 1110\n  }\n  service_count = 0\n}\nservice echo {\n  executable = inetd /bin/cat\n}"
+    );
+}

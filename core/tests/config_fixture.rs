@@ -1,0 +1,153 @@
+//! Debian's stock Dovecot 2.3.19.1 configuration, read as it is, and printed the way the real
+//! doveconf printed it (shared/fixtures: real files nobody here wrote).
+
+use std::path::{Path, PathBuf};
+
+use roost_core::config::{load, print, Files, NoEnv, PrintMode};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/dovecot-debian-2.3.19")
+}
+
+/// The real file system, with Debian's `/usr/share/dovecot/protocols.d` answered from the
+/// fixture's copy (the two protocol packages that were installed when doveconf ran).
+struct FixtureFiles {
+    root: PathBuf,
+}
+
+impl FixtureFiles {
+    fn map(&self, path: &str) -> PathBuf {
+        match path.strip_prefix("/usr/share/dovecot/protocols.d") {
+            Some(rest) => self
+                .root
+                .join(format!("usr-share-dovecot-protocols.d{rest}")),
+            None => match path.strip_prefix("/etc/dovecot") {
+                Some(rest) => self.root.join(rest.trim_start_matches('/')),
+                None => PathBuf::from(path),
+            },
+        }
+    }
+}
+
+impl Files for FixtureFiles {
+    fn read_to_string(&self, path: &str) -> Result<String, String> {
+        std::fs::read_to_string(self.map(path)).map_err(|e| e.to_string())
+    }
+
+    fn list_dir(&self, path: &str) -> Result<Vec<String>, String> {
+        let entries = std::fs::read_dir(self.map(path)).map_err(|e| e.to_string())?;
+        Ok(entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect())
+    }
+}
+
+/// The top-level `service NAME { ... }` blocks of a doveconf-style text, as one string each.
+fn service_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if let Some(block) = current.as_mut() {
+            block.push_str(line);
+            block.push('\n');
+            if line == "}" {
+                blocks.extend(current.take());
+            }
+        } else if line.starts_with("service ") && line.ends_with('{') {
+            current = Some(format!("{line}\n"));
+        }
+    }
+    blocks
+}
+
+fn load_fixture() -> roost_core::config::Config {
+    let root = fixture();
+    assert!(
+        root.is_dir(),
+        "the fixtures must sit beside the repository: {}",
+        root.display()
+    );
+    load("/etc/dovecot/dovecot.conf", &FixtureFiles { root }, &NoEnv)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn debians_stock_tree_reads_without_error_and_prints_every_service_as_doveconf_did() {
+    let config = load_fixture();
+    let printed = print(
+        &config,
+        PrintMode {
+            non_default: false,
+            show_secrets: false,
+        },
+    );
+    let ours = service_blocks(&printed);
+    let expected_text =
+        std::fs::read_to_string(fixture().join("doveconf-a-services.txt")).expect("fixture");
+    let theirs = service_blocks(&expected_text);
+    assert_eq!(theirs.len(), 30, "the fixture has 30 services");
+    let names = |blocks: &[String]| {
+        blocks
+            .iter()
+            .map(|b| b.lines().next().unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(&ours),
+        names(&theirs),
+        "the same services in the same order"
+    );
+    for (a, b) in ours.iter().zip(&theirs) {
+        if a != b {
+            let diff: Vec<String> = a
+                .lines()
+                .zip(b.lines())
+                .filter(|(x, y)| x != y)
+                .map(|(x, y)| format!("roost:    {x:?}\ndoveconf: {y:?}"))
+                .collect();
+            panic!(
+                "service differs:\n{}\n--- roost:\n{a}--- doveconf:\n{b}",
+                diff.join("\n")
+            );
+        }
+    }
+}
+
+#[test]
+fn doveconf_n_shows_the_same_services_and_modelled_settings() {
+    // Debian's tree names many services but changes nothing in them; 10-director.conf adds two
+    // listener blocks that set nothing. doveconf -n printed no service at all, and neither does
+    // roost.
+    let config = load_fixture();
+    let printed = print(
+        &config,
+        PrintMode {
+            non_default: true,
+            show_secrets: false,
+        },
+    );
+    let ours = service_blocks(&printed);
+    let expected_text = std::fs::read_to_string(fixture().join("doveconf-n.txt")).expect("fixture");
+    assert!(service_blocks(&expected_text).is_empty());
+    assert_eq!(ours, Vec::<String>::new());
+    for line in [
+        "protocols = \" imap pop3\"",
+        "mail_location = mbox:~/mail:INBOX=/var/mail/%u",
+        "mail_privileged_group = mail",
+        "ssl_cert = </etc/dovecot/private/dovecot.pem",
+        "ssl_key = # hidden, use -P to show it",
+        "ssl_dh = # hidden, use -P to show it",
+        "passdb {\n  driver = pam\n}",
+        "userdb {\n  driver = passwd\n}",
+    ] {
+        assert!(
+            expected_text.contains(line),
+            "the fixture itself has {line:?}"
+        );
+        assert!(
+            printed.contains(line),
+            "roost config -n lacks {line:?}:\n{printed}"
+        );
+    }
+}
