@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod child;
 pub mod config;
 pub mod ids;
 pub mod input;
@@ -16,3 +17,4 @@ pub mod settings;
 pub mod setup;
 pub mod signal;
 pub mod time;
+pub mod wire;
