@@ -570,10 +570,17 @@ mod tests {
             drain(&mut c, T0).is_empty(),
             "an unimportant value is dropped on EAGAIN"
         );
-        assert_eq!(c.poll_output(), Some(ChildOutput::WriteStatus(1)));
+        c.handle(ChildInput::Accepted, T0);
+        assert_eq!(
+            c.poll_output(),
+            None,
+            "1 is unimportant and within the second"
+        );
+        c.handle(ChildInput::Accepted, T0);
+        assert_eq!(c.poll_output(), Some(ChildOutput::WriteStatus(0)));
         c.handle(ChildInput::StatusBroken, T0);
-        c.handle(ChildInput::Accepted, T0);
-        c.handle(ChildInput::Accepted, T0);
+        c.handle(ChildInput::ClientClosed, T0);
+        c.handle(ChildInput::ClientClosed, T0);
         assert!(!drain(&mut c, T0)
             .iter()
             .any(|o| matches!(o, ChildOutput::WriteStatus(_))));

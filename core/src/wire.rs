@@ -55,7 +55,7 @@ pub struct PartialStatus {
 
 /// Decodes a chunk read from a status pipe: every record, or nothing if the chunk is torn.
 pub fn decode_status_chunk(chunk: &[u8]) -> Result<Vec<StatusRecord>, PartialStatus> {
-    if chunk.len() % STATUS_RECORD_SIZE != 0 {
+    if !chunk.len().is_multiple_of(STATUS_RECORD_SIZE) {
         return Err(PartialStatus { bytes: chunk.len() });
     }
     Ok(chunk
