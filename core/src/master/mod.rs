@@ -346,6 +346,11 @@ impl Master {
         self.services.get(&listener.service).map(|s| s.name())
     }
 
+    /// What a listener is (the driver names a child's listeners after it).
+    pub fn listener_config(&self, listener: ListenerId) -> Option<&ListenerConfig> {
+        self.listeners.get(&listener).map(|l| &l.config)
+    }
+
     /// The effective settings of a service (the driver builds the child's environment from them).
     pub fn service_config(&self, service: ServiceId) -> Option<&ServiceConfig> {
         self.services.get(&service).map(|s| &s.config)
