@@ -179,15 +179,14 @@ fn control_command(source: &daemon::Source, command: Command) -> ExitCode {
             }
             match result {
                 Ok(text) => {
-                    if command == Command::Stop {
-                        // As `doveadm stop`: wait until the master is gone.
-                        if let Some(pid) = pid {
-                            for _ in 0..300 {
-                                if unsafe { libc::kill(pid as i32, 0) } != 0 {
-                                    break;
-                                }
-                                std::thread::sleep(std::time::Duration::from_millis(100));
+                    if command == Command::Stop && pid.is_some() {
+                        // As `doveadm stop`: wait until the master is gone, that is until the
+                        // lock on its pid file is released (a zombie still answers kill(pid, 0)).
+                        for _ in 0..300 {
+                            if PidFile::running(&base_dir).is_none() {
+                                break;
                             }
+                            std::thread::sleep(std::time::Duration::from_millis(100));
                         }
                     }
                     if !text.is_empty() {
