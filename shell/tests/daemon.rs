@@ -526,7 +526,7 @@ fn the_unprivileged_path_runs_as_another_user() {
     .expect("config");
     std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .expect("chmod");
-    let mut child = Command::new("setpriv")
+    let child = Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
         .arg(ROOST)
         .args(["-F", "-c"])
