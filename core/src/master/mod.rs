@@ -1189,7 +1189,11 @@ impl Master {
         if !self.services.contains_key(&id) {
             return;
         }
-        // Only listening again; the top-up waits for the next status, exit or connection.
+        // The original only listens again here and leaves the top-up to the next status, exit
+        // or connection, so a service whose process_min_avail processes all failed stays empty
+        // on a quiet server until a client comes. roost tries the top-up at once (a failure
+        // throttles again, for twice as long), so process_min_avail is kept by time alone.
+        self.top_up(id);
         self.listen_start(id);
     }
 
