@@ -73,6 +73,9 @@ struct Process {
     listeners_closed: bool,
     /// A foreign program: it never writes status records.
     foreign: bool,
+    /// It exited and waits to be reaped (the driver reaps at its next turn, as the shell
+    /// does on SIGCHLD, so signals the master queued before it knew arrive at a zombie).
+    zombie: Option<ExitStatus>,
     how: Misbehaviour,
 }
 
@@ -350,6 +353,7 @@ impl World {
             self.feed(Input::Timeout);
         }
         self.dispatch();
+        self.reap();
         self.check();
     }
 
@@ -453,6 +457,7 @@ impl World {
                         accepting: false,
                         listeners_closed: false,
                         foreign: config.foreign,
+                        zombie: None,
                         how,
                     },
                 );
@@ -477,6 +482,9 @@ impl World {
                     self.processes.contains_key(&pid),
                     "{signal} sent to unknown pid {pid}"
                 );
+                if self.processes[&pid].zombie.is_some() {
+                    return;
+                }
                 match signal {
                     Signal::Kill => self.exit(
                         pid,
@@ -561,7 +569,8 @@ impl World {
                 self.notify_readable(listener);
             }
             Event::Ready { pid } => {
-                let Some(process) = self.processes.get_mut(&pid) else {
+                let Some(process) = self.processes.get_mut(&pid).filter(|p| p.zombie.is_none())
+                else {
                     return;
                 };
                 process.ready = true;
@@ -631,7 +640,9 @@ impl World {
             let pids: Vec<Pid> = self
                 .processes
                 .iter()
-                .filter(|(_, p)| p.service == service && p.accepting && !p.listeners_closed)
+                .filter(|(_, p)| {
+                    p.service == service && p.accepting && !p.listeners_closed && p.zombie.is_none()
+                })
                 .map(|(pid, _)| *pid)
                 .collect();
             for pid in pids {
@@ -704,11 +715,32 @@ impl World {
     }
 
     fn exit(&mut self, pid: Pid, status: ExitStatus) {
-        if self.processes.remove(&pid).is_none() {
-            return;
+        if let Some(process) = self.processes.get_mut(&pid) {
+            if process.zombie.is_none() {
+                process.zombie = Some(status);
+                process.accepting = false;
+                process.clients.clear();
+            }
         }
-        self.reaped.insert(pid);
-        self.feed(Input::Exited { pid, status });
+    }
+
+    /// Reaps every zombie, as the shell's SIGCHLD handler does at its next turn.
+    fn reap(&mut self) {
+        loop {
+            let zombies: Vec<(Pid, ExitStatus)> = self
+                .processes
+                .iter()
+                .filter_map(|(pid, p)| p.zombie.map(|status| (*pid, status)))
+                .collect();
+            if zombies.is_empty() {
+                return;
+            }
+            for (pid, status) in zombies {
+                self.processes.remove(&pid);
+                self.reaped.insert(pid);
+                self.feed(Input::Exited { pid, status });
+            }
+        }
     }
 
     fn check(&mut self) {
@@ -755,7 +787,11 @@ impl World {
 
     /// Clients being served.
     pub fn in_service(&self) -> usize {
-        self.processes.values().map(|p| p.clients.len()).sum()
+        self.processes
+            .values()
+            .filter(|p| p.zombie.is_none())
+            .map(|p| p.clients.len())
+            .sum()
     }
 
     /// Clears every misbehaviour and pending fork failure (the liveness phase).
