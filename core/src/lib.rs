@@ -16,3 +16,4 @@ pub mod settings;
 pub mod setup;
 pub mod signal;
 pub mod time;
+pub mod wire;
