@@ -147,10 +147,8 @@ impl ReferenceStateMachine for ModelMachine {
                     m.exited = true;
                 }
             }
-            Step::Signal(Signal::Int) => {
-                if !m.config.never_idle_die && m.clients == 0 && !m.veto {
-                    m.exited = true;
-                }
+            Step::Signal(Signal::Int) if !m.config.never_idle_die && m.clients == 0 && !m.veto => {
+                m.exited = true;
             }
             Step::Signal(Signal::Term) => m.exited = true,
             Step::Signal(Signal::Quit) => m.closed = true,
