@@ -352,6 +352,34 @@ enum Phase {
 }
 
 /// The machine of one login process.
+///
+/// The contract is the master's: call [`Login::handle`] for each event, drain
+/// [`Login::poll_output`] (answering `WriteStatus` and `ReadFullState` with inputs), then wait
+/// for the next event or [`Login::poll_timeout`].
+///
+/// ```
+/// use roost_core::login::{ClientId, Input, ListenMode, Login, LoginConfig, Output};
+/// use roost_core::time::Instant;
+///
+/// let now = Instant::ZERO;
+/// let mut login = Login::new(LoginConfig::new(1, 1), now);
+/// let mut inputs = vec![Input::InitDone];
+/// let mut mode = ListenMode::Off;
+/// while let Some(input) = inputs.pop() {
+///     login.handle(input, now);
+///     while let Some(output) = login.poll_output() {
+///         match output {
+///             Output::WriteStatus { .. } => inputs.push(Input::StatusWritten),
+///             Output::ReadFullState => inputs.push(Input::FullState { full: false }),
+///             Output::SetListening { mode: m } => mode = m,
+///             _ => {}
+///         }
+///     }
+/// }
+/// assert_eq!(mode, ListenMode::Accept);
+/// login.handle(Input::Accepted { client: ClientId(1) }, now);
+/// assert_eq!(login.client_count(), 1);
+/// ```
 #[derive(Clone, Debug)]
 pub struct Login {
     /// What it is.
@@ -538,6 +566,9 @@ impl Login {
         if state == ClientState::LoggedIn {
             // §2.8: logged-in clients leave the list and are never killed.
             self.arrival.remove(&(client.created, id));
+        } else if state == ClientState::PreLogin && self.phase == Phase::Blocked {
+            // A lookup returned: there may be someone to kill now.
+            self.phase = Phase::Idle;
         }
     }
 
