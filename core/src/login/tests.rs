@@ -192,6 +192,19 @@ fn the_oldest_killable_only_policy_spares_clients_mid_lookup() {
         ListenMode::Off,
         "blocked until something changes"
     );
+    let out = h.input(Input::ClientState {
+        client: b,
+        state: ClientState::PreLogin,
+    });
+    assert_eq!(
+        out,
+        vec![Output::SetListening {
+            mode: ListenMode::Overflow
+        }],
+        "b is killable now"
+    );
+    let out = h.input(Input::ListenerReadable { jitter: 0 });
+    assert_eq!(disconnects(&out), vec![(b, DisconnectReason::QueueFull)]);
 }
 
 #[test]
