@@ -1,1 +1,314 @@
-fn main() {}
+//! `roost`: the master process, its control commands, and the configuration tools.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use roost::control::{self, Command};
+use roost::daemon::{self, Daemon, PidFile};
+use roost::logging::LogWriter;
+use roost::system::RealSystem;
+use roost_core::config::{self, PrintMode};
+use roost_core::notice::Level;
+
+/// A master process for multi-process network services.
+#[derive(Parser, Debug)]
+#[command(name = "roost", version, about, long_about = None)]
+struct Cli {
+    /// Stay in the foreground (children's stdout is the terminal).
+    #[arg(short = 'F', long = "foreground")]
+    foreground: bool,
+    /// The configuration file (default: /etc/roost/roost.conf, else the embedded default).
+    #[arg(short = 'c', long = "config", global = true)]
+    config: Option<String>,
+    /// Run a built-in service (used by the master when it starts a child).
+    #[arg(long = "builtin", hide = true, num_args = 1.., allow_hyphen_values = true)]
+    builtin: Option<Vec<String>>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Stop the running master (clean shutdown) and wait until it is gone.
+    Stop,
+    /// Reload the configuration; prints the error and exits non-zero if it is refused.
+    Reload,
+    /// Operations on the log.
+    Log {
+        #[command(subcommand)]
+        what: LogCmd,
+    },
+    /// Show services and processes of the running master.
+    Status,
+    /// Print the configuration as doveconf does.
+    Config {
+        /// Only settings that differ from the defaults.
+        #[arg(short = 'n')]
+        non_default: bool,
+        /// Every setting (the default).
+        #[arg(short = 'a')]
+        all: bool,
+        /// Show secrets.
+        #[arg(short = 'P')]
+        show_secrets: bool,
+        /// Print the effective values the master uses.
+        #[arg(short = 'e')]
+        effective: bool,
+    },
+    /// Check the configuration: exit non-zero on an error.
+    Check,
+}
+
+#[derive(Subcommand, Debug)]
+enum LogCmd {
+    /// Reopen the log files (after logrotate).
+    Reopen,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(args) = &cli.builtin {
+        return builtin(args);
+    }
+    let source = roost::config_source(cli.config.as_deref());
+    match cli.command {
+        None => run(source, cli.foreground),
+        Some(Cmd::Config {
+            non_default,
+            all: _,
+            show_secrets,
+            effective,
+        }) => {
+            let config = match source.load() {
+                Ok(config) => config,
+                Err(error) => return fail(&error.to_string()),
+            };
+            if effective {
+                let (master, left_out) = daemon::derive(&config.settings);
+                for left in left_out {
+                    println!("# {left}");
+                }
+                print!("{}", config::print_effective(&master));
+            } else {
+                print!(
+                    "{}",
+                    config::print(
+                        &config,
+                        PrintMode {
+                            non_default,
+                            show_secrets
+                        }
+                    )
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Some(Cmd::Check) => {
+            let config = match source.load() {
+                Ok(config) => config,
+                Err(error) => return fail(&error.to_string()),
+            };
+            match config::check(&config, &RealSystem) {
+                Ok(warnings) => {
+                    for warning in warnings {
+                        eprintln!("roost: Warning: {warning}");
+                    }
+                    let (_, left_out) = daemon::derive(&config.settings);
+                    for left in left_out {
+                        eprintln!("roost: Info: {left}");
+                    }
+                    println!("{}: OK", source.describe());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    for error in &errors {
+                        eprintln!("roost: Error: {error}");
+                    }
+                    ExitCode::from(89)
+                }
+            }
+        }
+        Some(command) => {
+            let command = match command {
+                Cmd::Stop => Command::Stop,
+                Cmd::Reload => Command::Reload,
+                Cmd::Log {
+                    what: LogCmd::Reopen,
+                } => Command::LogReopen,
+                _ => Command::Status,
+            };
+            control_command(&source, command)
+        }
+    }
+}
+
+fn fail(text: &str) -> ExitCode {
+    eprintln!("roost: Error: {text}");
+    ExitCode::from(89)
+}
+
+fn builtin(args: &[String]) -> ExitCode {
+    let code = match args.first().map(String::as_str) {
+        Some("inetd") => roost::runtime::run_inetd(&args[1..]),
+        other => {
+            eprintln!("Fatal: unknown built-in: {}", other.unwrap_or(""));
+            89
+        }
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn base_dir_of(source: &daemon::Source) -> Result<String, String> {
+    source
+        .load()
+        .map(|c| c.settings.global.base_dir.clone())
+        .map_err(|e| e.to_string())
+}
+
+fn control_command(source: &daemon::Source, command: Command) -> ExitCode {
+    let base_dir = match base_dir_of(source) {
+        Ok(dir) => dir,
+        Err(error) => return fail(&error),
+    };
+    let socket = format!("{base_dir}/control");
+    let pid = PidFile::running(&base_dir);
+    match control::request(&socket, command) {
+        Ok((lines, result)) => {
+            for line in lines {
+                println!("{line}");
+            }
+            match result {
+                Ok(text) => {
+                    if command == Command::Stop && pid.is_some() {
+                        // As `doveadm stop`: wait until the master is gone, that is until the
+                        // lock on its pid file is released (a zombie still answers kill(pid, 0)).
+                        for _ in 0..300 {
+                            if PidFile::running(&base_dir).is_none() {
+                                break;
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                        }
+                    }
+                    if !text.is_empty() {
+                        println!("{text}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => fail(&error),
+            }
+        }
+        Err(error) => fail(&error),
+    }
+}
+
+fn run(source: daemon::Source, foreground: bool) -> ExitCode {
+    let config = match source.load() {
+        Ok(config) => config,
+        Err(error) => return fail(&error.to_string()),
+    };
+    let warnings = match config::check(&config, &RealSystem) {
+        Ok(warnings) => warnings,
+        Err(errors) => {
+            for error in &errors {
+                eprintln!("roost: Error: {error}");
+            }
+            return ExitCode::from(89);
+        }
+    };
+    let settings = config.settings.clone();
+    let global = &settings.global;
+    if let Err(error) = std::fs::create_dir_all(&global.base_dir) {
+        return fail(&format!(
+            "Can't create base_dir {}: {error}",
+            global.base_dir
+        ));
+    }
+    let _ = std::fs::set_permissions(
+        &global.base_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    );
+    let mut pid_file = match PidFile::lock(&global.base_dir) {
+        Ok(pid_file) => pid_file,
+        Err(error) => return fail(&error),
+    };
+    if !foreground {
+        // SAFETY: no thread exists yet; the parent exits at once.
+        match unsafe { libc::fork() } {
+            -1 => {
+                return fail(&format!(
+                    "fork() failed: {}",
+                    std::io::Error::last_os_error()
+                ))
+            }
+            0 => unsafe {
+                libc::setsid();
+            },
+            _ => return ExitCode::SUCCESS,
+        }
+    }
+    if let Err(error) = std::env::set_current_dir(&global.base_dir) {
+        return fail(&format!("chdir({}) failed: {error}", global.base_dir));
+    }
+    if let Err(error) = pid_file.write_pid() {
+        return fail(&format!("Can't write the pid file: {error}"));
+    }
+    let ident = if global.instance_name.is_empty() {
+        "roost".to_owned()
+    } else {
+        global.instance_name.clone()
+    };
+    let mut log = LogWriter::new(
+        &global.log_path,
+        &global.log_timestamp,
+        &global.syslog_facility,
+        &ident,
+    );
+    log.master(
+        Level::Info,
+        &format!(
+            "roost v{} starting up with {} (pid {})",
+            env!("CARGO_PKG_VERSION"),
+            source.describe(),
+            std::process::id()
+        ),
+    );
+    for warning in warnings {
+        log.master(Level::Warning, &warning.to_string());
+    }
+    let (master_config, left_out) = daemon::derive(&settings);
+    let named: Vec<&config::LeftOut> = left_out
+        .iter()
+        .filter(|l| {
+            config
+                .raw
+                .services
+                .iter()
+                .any(|s| s.name == l.service && s.mentioned.is_some())
+        })
+        .collect();
+    for left in &named {
+        log.master(Level::Info, &left.to_string());
+    }
+    let unnamed: Vec<&str> = left_out
+        .iter()
+        .filter(|l| !named.iter().any(|n| n.service == l.service))
+        .map(|l| l.service.as_str())
+        .collect();
+    if !unnamed.is_empty() {
+        log.master(
+            Level::Info,
+            &format!(
+                "{} default services have no program yet and are left out: {}",
+                unnamed.len(),
+                unnamed.join(", ")
+            ),
+        );
+    }
+    let daemon = match Daemon::new(settings, master_config, source, log, foreground) {
+        Ok(daemon) => daemon,
+        Err(error) => return fail(&format!("Can't start: {error}")),
+    };
+    let code = daemon.run();
+    pid_file.remove();
+    ExitCode::from(code.clamp(0, 255) as u8)
+}

@@ -1,0 +1,1116 @@
+//! The master process: one single-threaded mio loop that turns what the operating system reports
+//! into core inputs and carries out the core's outputs. It decides nothing: every limit, count
+//! and timer is the core's.
+//!
+//! Sources: signals (HUP, TERM, INT, USR1, CHLD through signal-hook-mio's self-pipe), the
+//! listeners while the core watches them (mio is edge-triggered: each `SetListening { on }`
+//! re-registers the fd, so connections already waiting are reported again), every service's
+//! status and log pipes, the control socket, and the core's next timeout.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant as StdInstant;
+
+use mio::net::{UnixListener, UnixStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use roost_core::config::{self, Config};
+use roost_core::ids::{Generation, ListenerId, Pid, ServiceId};
+use roost_core::input::Input;
+use roost_core::master::Master;
+use roost_core::notice::Level;
+use roost_core::output::{Lifecycle, Output, SpawnRequest};
+use roost_core::settings::{ServiceSettings, Settings};
+use roost_core::setup::{ListenerKind, MasterConfig};
+use roost_core::signal::{ExitStatus, Signal};
+use roost_core::time::Instant;
+use roost_core::wire::{decode_status_chunk, STATUS_READ_CHUNK};
+
+use crate::control::{self, Command, Request};
+use crate::listen;
+use crate::logging::LogWriter;
+use crate::spawn::{self, ChildFds, Identity, PlanInput, SpawnPlan};
+use crate::system::{self, RealEnv, RealFiles};
+
+/// Where the configuration comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A file.
+    File(String),
+    /// The embedded default, with the base_dir chosen for this user.
+    Embedded {
+        /// Its text.
+        text: String,
+    },
+}
+
+impl Source {
+    /// How the first log line names it.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::File(path) => path.clone(),
+            Source::Embedded { .. } => "the embedded default configuration".to_owned(),
+        }
+    }
+
+    /// Reads and parses it.
+    pub fn load(&self) -> Result<Config, config::ConfigError> {
+        match self {
+            Source::File(path) => config::load(path, &RealFiles, &RealEnv),
+            Source::Embedded { text } => config::load_str("<embedded>", text, &RealFiles, &RealEnv),
+        }
+    }
+}
+
+/// Where a service's executable is found.
+pub fn libexec_dir(settings: &Settings) -> PathBuf {
+    if settings.global.libexec_dir.is_empty() {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("/usr/libexec/roost"))
+    } else {
+        PathBuf::from(&settings.global.libexec_dir)
+    }
+}
+
+/// The master's configuration from checked settings: the services the daemon can run. The `log`
+/// service is the master's own work (it reads every child's log pipe itself), so it is neither
+/// run nor reported.
+pub fn derive(settings: &Settings) -> (MasterConfig, Vec<config::LeftOut>) {
+    let libexec = libexec_dir(settings);
+    let (config, left_out) = config::master_config(settings, &|service: &ServiceSettings| {
+        service.service_type != "log"
+            && spawn::resolve_program(&service.executable, &libexec).is_some()
+    });
+    let left_out = left_out
+        .into_iter()
+        .filter(|l| l.service != "log")
+        .collect();
+    (config, left_out)
+}
+
+/// One opened listener.
+struct ListenerIo {
+    fds: Vec<OwnedFd>,
+    tcp: bool,
+    tokens: Vec<Token>,
+    watched: bool,
+    /// The path to unlink when closed (unix and fifo listeners).
+    path: Option<String>,
+}
+
+/// The pipes of one service of one generation.
+struct ServiceIo {
+    generation: Generation,
+    name: String,
+    status_r: OwnedFd,
+    status_w: OwnedFd,
+    dead_r: Option<OwnedFd>,
+    dead_w: Option<OwnedFd>,
+    log_r: OwnedFd,
+    log_w: OwnedFd,
+    notify: Option<File>,
+    log_buf: Vec<u8>,
+    tokens: [Token; 2],
+}
+
+/// What a token stands for.
+#[derive(Copy, Clone, Debug)]
+enum Source2 {
+    Signals,
+    Control,
+    ControlClient,
+    Listener(ListenerId, RawFd),
+    Status(ServiceId),
+    Log(ServiceId),
+}
+
+const SIGNALS: Token = Token(0);
+const CONTROL: Token = Token(1);
+
+/// The running master.
+pub struct Daemon {
+    master: Master,
+    epoch: StdInstant,
+    poll: Poll,
+    signals: signal_hook_mio::v1_0::Signals,
+    control: Option<UnixListener>,
+    control_path: String,
+    control_clients: BTreeMap<Token, (UnixStream, Vec<u8>)>,
+    tokens: BTreeMap<Token, Source2>,
+    next_token: usize,
+    listeners: BTreeMap<ListenerId, ListenerIo>,
+    services: BTreeMap<ServiceId, ServiceIo>,
+    generations: BTreeMap<Generation, Settings>,
+    log: LogWriter,
+    devnull: OwnedFd,
+    foreground: bool,
+    roost_binary: PathBuf,
+    source: Source,
+    exit: Option<i32>,
+    warned_non_root: bool,
+}
+
+impl Daemon {
+    /// A master for checked settings, with its control socket at `<base_dir>/control`.
+    pub fn new(
+        settings: Settings,
+        config: MasterConfig,
+        source: Source,
+        log: LogWriter,
+        foreground: bool,
+    ) -> io::Result<Daemon> {
+        let poll = Poll::new()?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new([
+            libc::SIGHUP,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGUSR1,
+            libc::SIGCHLD,
+        ])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        // SIGPIPE: a client that went away must not kill the master.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        let control_path = format!("{}/control", settings.global.base_dir);
+        let _ = std::fs::remove_file(&control_path);
+        let mut control = UnixListener::bind(&control_path)?;
+        std::fs::set_permissions(
+            &control_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        poll.registry()
+            .register(&mut control, CONTROL, Interest::READABLE)?;
+        let devnull = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/null")?
+            .into();
+        let roost_binary = std::env::current_exe()?;
+        let epoch = StdInstant::now();
+        let master = Master::new(config, Instant::ZERO);
+        let mut generations = BTreeMap::new();
+        generations.insert(master.current_generation(), settings);
+        let mut tokens = BTreeMap::new();
+        tokens.insert(SIGNALS, Source2::Signals);
+        tokens.insert(CONTROL, Source2::Control);
+        Ok(Daemon {
+            master,
+            epoch,
+            poll,
+            signals,
+            control: Some(control),
+            control_path,
+            control_clients: BTreeMap::new(),
+            tokens,
+            next_token: 2,
+            listeners: BTreeMap::new(),
+            services: BTreeMap::new(),
+            generations,
+            log,
+            devnull,
+            foreground,
+            roost_binary,
+            source,
+            exit: None,
+            warned_non_root: false,
+        })
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_millis(self.epoch.elapsed().as_millis() as u64)
+    }
+
+    fn token(&mut self, source: Source2) -> Token {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        self.tokens.insert(token, source);
+        token
+    }
+
+    /// Runs until the core says exit; returns the exit status.
+    pub fn run(mut self) -> i32 {
+        self.apply_outputs();
+        let mut events = Events::with_capacity(256);
+        while self.exit.is_none() {
+            let timeout = self.master.poll_timeout().map(|at| {
+                std::time::Duration::from_millis(
+                    at.as_millis().saturating_sub(self.now().as_millis()),
+                )
+            });
+            if let Err(error) = self.poll.poll(&mut events, timeout) {
+                if error.kind() != io::ErrorKind::Interrupted {
+                    self.log
+                        .master(Level::Error, &format!("epoll_wait() failed: {error}"));
+                }
+                continue;
+            }
+            for event in events.iter() {
+                let Some(&source) = self.tokens.get(&event.token()) else {
+                    continue;
+                };
+                match source {
+                    Source2::Signals => self.on_signals(),
+                    Source2::Control => self.on_control_accept(),
+                    Source2::ControlClient => self.on_control_client(event.token()),
+                    Source2::Listener(listener, fd) => {
+                        let tcp = self.listeners.get(&listener).is_some_and(|l| l.tcp);
+                        let queued = listen::queued(fd, tcp);
+                        self.feed(Input::ListenerReadable { listener, queued });
+                    }
+                    Source2::Status(service) => self.on_status_pipe(service),
+                    Source2::Log(service) => self.on_log_pipe(service),
+                }
+                if self.exit.is_some() {
+                    break;
+                }
+            }
+            if self
+                .master
+                .poll_timeout()
+                .is_some_and(|at| at <= self.now())
+            {
+                self.feed(Input::Timeout);
+            }
+        }
+        self.cleanup();
+        self.exit.unwrap_or(0)
+    }
+
+    fn feed(&mut self, input: Input) {
+        let now = self.now();
+        self.master.handle(input, now);
+        self.apply_outputs();
+    }
+
+    fn apply_outputs(&mut self) {
+        while let Some(output) = self.master.poll_output() {
+            self.apply(output);
+        }
+    }
+
+    fn apply(&mut self, output: Output) {
+        match output {
+            Output::OpenListener {
+                listener, config, ..
+            } => match listen::open(&config) {
+                Ok(opened) => {
+                    let path = match &config.kind {
+                        ListenerKind::Unix { path, .. } | ListenerKind::Fifo { path, .. } => {
+                            Some(path.clone())
+                        }
+                        ListenerKind::Inet { .. } => None,
+                    };
+                    self.listeners.insert(
+                        listener,
+                        ListenerIo {
+                            fds: opened.fds,
+                            tcp: opened.tcp,
+                            tokens: Vec::new(),
+                            watched: false,
+                            path,
+                        },
+                    );
+                }
+                Err(error) => {
+                    let now = self.now();
+                    self.master.handle(
+                        Input::ListenFailed {
+                            listener,
+                            soft: error.soft,
+                            error: error.text,
+                        },
+                        now,
+                    );
+                }
+            },
+            Output::TakeOverListener { from, to } => {
+                if let Some(mut io) = self.listeners.remove(&from) {
+                    self.unwatch(&mut io);
+                    self.listeners.insert(to, io);
+                }
+            }
+            Output::CloseListener { listener } => {
+                if let Some(mut io) = self.listeners.remove(&listener) {
+                    self.unwatch(&mut io);
+                    if let Some(path) = &io.path {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+            }
+            Output::SetListening { listener, on } => self.set_listening(listener, on),
+            Output::AcceptAndClose { listener } => {
+                if let Some(io) = self.listeners.get(&listener) {
+                    for fd in &io.fds {
+                        listen::accept_and_close(fd.as_raw_fd());
+                    }
+                }
+            }
+            Output::Spawn(request) => self.spawn(request),
+            Output::Kill { pid, signal } => {
+                let sig = match signal {
+                    Signal::Hup => libc::SIGHUP,
+                    Signal::Int => libc::SIGINT,
+                    Signal::Quit => libc::SIGQUIT,
+                    Signal::Term => libc::SIGTERM,
+                    Signal::Kill => libc::SIGKILL,
+                    Signal::Usr1 => libc::SIGUSR1,
+                };
+                // SAFETY: kill(2) on a pid the core knows is our live child.
+                unsafe { libc::kill(pid.0, sig) };
+            }
+            Output::SetLoginFull { service, full } => {
+                if let Some(file) = self.services.get(&service).and_then(|s| s.notify.as_ref()) {
+                    // The state is the shared file offset (reference §2.8).
+                    unsafe { libc::lseek(file.as_raw_fd(), i64::from(full), libc::SEEK_SET) };
+                }
+            }
+            Output::RetireGeneration { generation } => {
+                for io in self
+                    .services
+                    .values_mut()
+                    .filter(|s| s.generation == generation)
+                {
+                    // Closing the read end tells every child of the generation (reference §4.4).
+                    io.dead_r = None;
+                    io.dead_w = None;
+                    io.notify = None;
+                }
+            }
+            Output::ForgetGeneration { generation } => {
+                let gone: Vec<ServiceId> = self
+                    .services
+                    .iter()
+                    .filter(|(_, s)| s.generation == generation)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in gone {
+                    if let Some(mut io) = self.services.remove(&id) {
+                        self.flush_log(&mut io);
+                        for token in io.tokens {
+                            self.tokens.remove(&token);
+                        }
+                        let _ = self
+                            .poll
+                            .registry()
+                            .deregister(&mut SourceFd(&io.status_r.as_raw_fd()));
+                        let _ = self
+                            .poll
+                            .registry()
+                            .deregister(&mut SourceFd(&io.log_r.as_raw_fd()));
+                    }
+                }
+                self.generations.remove(&generation);
+            }
+            Output::AnvilKill { .. } => {
+                // No anvil runs yet: nothing tracks connections per pid.
+            }
+            Output::Log(notice) => self.log.master(notice.level(), &notice.to_string()),
+            Output::Lifecycle(state) => notify_systemd(state),
+            Output::Exit(code) => self.exit = Some(code),
+        }
+    }
+
+    fn unwatch(&mut self, io: &mut ListenerIo) {
+        for (fd, token) in io.fds.iter().zip(io.tokens.drain(..)) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&fd.as_raw_fd()));
+            self.tokens.remove(&token);
+        }
+        io.watched = false;
+    }
+
+    fn set_listening(&mut self, listener: ListenerId, on: bool) {
+        let Some(mut io) = self.listeners.remove(&listener) else {
+            return;
+        };
+        // Re-registering is deliberate: mio is edge-triggered, and connections that waited while
+        // the master was not watching must be reported again now (epoll reports a ready fd at
+        // registration).
+        self.unwatch(&mut io);
+        if on {
+            let fds: Vec<RawFd> = io.fds.iter().map(|fd| fd.as_raw_fd()).collect();
+            for fd in fds {
+                let token = self.token(Source2::Listener(listener, fd));
+                if self
+                    .poll
+                    .registry()
+                    .register(&mut SourceFd(&fd), token, Interest::READABLE)
+                    .is_ok()
+                {
+                    io.tokens.push(token);
+                } else {
+                    self.tokens.remove(&token);
+                }
+            }
+            io.watched = true;
+        }
+        self.listeners.insert(listener, io);
+    }
+
+    /// The pipes of a service, created when its first process is.
+    fn service_io(
+        &mut self,
+        service: ServiceId,
+        generation: Generation,
+        name: &str,
+        login: bool,
+    ) -> io::Result<()> {
+        if self.services.contains_key(&service) {
+            return Ok(());
+        }
+        let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
+        let (status_r, status_w) = nix::unistd::pipe2(flags)?;
+        let (dead_r, dead_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (log_r, log_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        nix::fcntl::fcntl(
+            &log_r,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        let notify = if login {
+            // An unlinked file whose offset is the "all processes full" state (reference §2.8).
+            let dir = self
+                .generations
+                .get(&generation)
+                .map(|s| s.global.base_dir.clone())
+                .unwrap_or_default();
+            let path = format!(
+                "{dir}/login-master-notify{}-{}",
+                service.0,
+                std::process::id()
+            );
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&path)?;
+            let _ = std::fs::remove_file(&path);
+            Some(file)
+        } else {
+            None
+        };
+        let status_token = self.token(Source2::Status(service));
+        let log_token = self.token(Source2::Log(service));
+        self.poll.registry().register(
+            &mut SourceFd(&status_r.as_raw_fd()),
+            status_token,
+            Interest::READABLE,
+        )?;
+        self.poll.registry().register(
+            &mut SourceFd(&log_r.as_raw_fd()),
+            log_token,
+            Interest::READABLE,
+        )?;
+        self.services.insert(
+            service,
+            ServiceIo {
+                generation,
+                name: name.to_owned(),
+                status_r,
+                status_w,
+                dead_r: Some(dead_r),
+                dead_w: Some(dead_w),
+                log_r,
+                log_w,
+                notify,
+                log_buf: Vec::new(),
+                tokens: [status_token, log_token],
+            },
+        );
+        Ok(())
+    }
+
+    fn spawn(&mut self, request: SpawnRequest) {
+        let result = self.try_spawn(&request);
+        let now = self.now();
+        match result {
+            Ok(pid) => self.master.handle(
+                Input::Spawned {
+                    process: request.process,
+                    pid,
+                },
+                now,
+            ),
+            Err(error) => self.master.handle(
+                Input::SpawnFailed {
+                    process: request.process,
+                    errno: error.raw_os_error().unwrap_or(libc::EIO),
+                    error: error.to_string(),
+                },
+                now,
+            ),
+        }
+    }
+
+    fn try_spawn(&mut self, request: &SpawnRequest) -> io::Result<Pid> {
+        let config = self
+            .master
+            .service_config(request.service)
+            .cloned()
+            .ok_or_else(|| io::Error::other("the core asked for a service it does not know"))?;
+        let settings = self
+            .generations
+            .get(&request.generation)
+            .ok_or_else(|| io::Error::other("the core asked for a generation that is gone"))?;
+        let service_settings = settings
+            .services
+            .iter()
+            .find(|s| s.name == config.name)
+            .cloned()
+            .ok_or_else(|| io::Error::other(format!("service {} has no settings", config.name)))?;
+        let global = settings.global.clone();
+        let program = spawn::resolve_program(&service_settings.executable, &libexec_dir(settings))
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "no program for executable '{}'",
+                    service_settings.executable
+                ))
+            })?;
+        let settings_fd = settings_memfd(&service_settings, settings)?;
+        let login = config.service_type == roost_core::setup::ServiceType::Login;
+        self.service_io(request.service, request.generation, &config.name, login)?;
+        let identity = self.identity(&service_settings, &global)?;
+        let io = &self.services[&request.service];
+        let mut listeners = Vec::new();
+        for id in self.master.service_listeners(request.service) {
+            let (Some(opened), Some(listener_config)) =
+                (self.listeners.get(id), self.master.listener_config(*id))
+            else {
+                continue;
+            };
+            for fd in &opened.fds {
+                listeners.push((fd.as_raw_fd(), listener_config.clone()));
+            }
+        }
+        let stdout = if self.foreground {
+            1
+        } else {
+            self.devnull.as_raw_fd()
+        };
+        let fds = ChildFds {
+            stdin: self.devnull.as_raw_fd(),
+            stdout,
+            stderr: io.log_w.as_raw_fd(),
+            listeners,
+            status: io.status_w.as_raw_fd(),
+            master_dead: io
+                .dead_w
+                .as_ref()
+                .map_or(self.devnull.as_raw_fd(), |fd| fd.as_raw_fd()),
+            login_notify: io.notify.as_ref().map(|f| f.as_raw_fd()),
+            settings: Some(settings_fd.as_raw_fd()),
+        };
+        let imported = imported_environment(&global.import_environment);
+        let title = spawn::process_title(&global.instance_name, &config.name);
+        let mut plan = SpawnPlan::new(PlanInput {
+            roost_binary: &self.roost_binary,
+            program: &program,
+            title: &title,
+            settings: &service_settings,
+            config: &config,
+            uid: request.uid,
+            imported,
+            fds,
+            identity,
+            shutdown_clients: global.shutdown_clients,
+        })
+        .map_err(io::Error::other)?;
+        let pid = plan.spawn();
+        drop(settings_fd);
+        pid
+    }
+
+    /// The user, groups and chroot a child takes; nothing when the master is not root.
+    fn identity(
+        &mut self,
+        service: &ServiceSettings,
+        global: &roost_core::settings::GlobalSettings,
+    ) -> io::Result<Option<Identity>> {
+        if !system::is_root() {
+            if !self.warned_non_root && !service.user.is_empty() {
+                self.warned_non_root = true;
+                self.log.master(
+                    Level::Info,
+                    &format!(
+                        "running as {} (not root): services run as this user, their user, group and chroot settings are not applied",
+                        system::current_user_name()
+                    ),
+                );
+            }
+            return Ok(None);
+        }
+        if service.user.is_empty()
+            && service.group.is_empty()
+            && service.chroot.is_empty()
+            && service.extra_groups.is_empty()
+        {
+            return Ok(None);
+        }
+        let (uid, user_gid) = match service.user.as_str() {
+            "" => (None, None),
+            user => {
+                let (uid, gid) = system::lookup_user(user)
+                    .ok_or_else(|| io::Error::other(format!("User doesn't exist: {user}")))?;
+                (Some(uid), Some(gid))
+            }
+        };
+        let gid = match service.group.as_str() {
+            "" => user_gid,
+            group => Some(
+                system::lookup_group(group)
+                    .ok_or_else(|| io::Error::other(format!("Group doesn't exist: {group}")))?,
+            ),
+        };
+        let mut groups = Vec::new();
+        for group in service.extra_groups.split_whitespace() {
+            groups.push(
+                system::lookup_group(group)
+                    .ok_or_else(|| io::Error::other(format!("Group doesn't exist: {group}")))?,
+            );
+        }
+        let chroot = match service.chroot.as_str() {
+            "" => None,
+            dir if dir.starts_with('/') => Some(PathBuf::from(dir)),
+            "." => Some(PathBuf::from(&global.base_dir)),
+            dir => Some(Path::new(&global.base_dir).join(dir)),
+        };
+        if let Some(dir) = &chroot {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(Some(Identity {
+            uid,
+            gid: gid.or(uid.map(|_| 65534)),
+            groups,
+            chroot,
+        }))
+    }
+
+    fn on_signals(&mut self) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for signal in pending {
+            match signal {
+                libc::SIGCHLD => self.reap(),
+                libc::SIGHUP => {
+                    self.feed(Input::Signal(Signal::Hup));
+                    if let Err(error) = self.reload() {
+                        self.log
+                            .master(Level::Error, &format!("Config reload failed: {error}"));
+                    }
+                }
+                libc::SIGUSR1 => {
+                    self.log.reopen();
+                    self.feed(Input::Signal(Signal::Usr1));
+                }
+                libc::SIGINT => self.feed(Input::Signal(Signal::Int)),
+                _ => self.feed(Input::Signal(Signal::Term)),
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid on any child, without blocking.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            let exit = if libc::WIFSIGNALED(status) {
+                ExitStatus::Signaled {
+                    signal: libc::WTERMSIG(status),
+                    core_dumped: libc::WCOREDUMP(status),
+                }
+            } else {
+                ExitStatus::Exited(libc::WEXITSTATUS(status))
+            };
+            // Read what it said last before the core forgets the pid.
+            self.drain_pipes();
+            self.feed(Input::Exited {
+                pid: Pid(pid),
+                status: exit,
+            });
+        }
+    }
+
+    fn drain_pipes(&mut self) {
+        let ids: Vec<ServiceId> = self.services.keys().copied().collect();
+        for id in ids {
+            self.on_status_pipe(id);
+            self.on_log_pipe(id);
+        }
+    }
+
+    /// Reads the configuration again and hands it to the core; an error keeps the running
+    /// generation and is returned (for `roost reload`).
+    fn reload(&mut self) -> Result<(), String> {
+        let config = self.source.load().map_err(|e| e.to_string())?;
+        let warnings = match config::check(&config, &system::RealSystem) {
+            Ok(warnings) => warnings,
+            Err(errors) => {
+                return Err(errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "));
+            }
+        };
+        for warning in warnings {
+            self.log.master(Level::Warning, &warning.to_string());
+        }
+        let (master_config, _) = derive(&config.settings);
+        let settings = config.settings.clone();
+        self.feed(Input::Reload(Box::new(master_config)));
+        self.generations
+            .insert(self.master.current_generation(), settings);
+        Ok(())
+    }
+
+    fn on_status_pipe(&mut self, service: ServiceId) {
+        let mut buffer = [0u8; STATUS_READ_CHUNK];
+        loop {
+            let Some(io) = self.services.get(&service) else {
+                return;
+            };
+            let n = match nix::unistd::read(&io.status_r, &mut buffer) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            };
+            match decode_status_chunk(&buffer[..n]) {
+                Ok(records) => {
+                    for record in records {
+                        self.feed(Input::Status {
+                            pid: record.pid,
+                            uid: record.uid,
+                            available_count: record.available_count,
+                        });
+                    }
+                }
+                Err(partial) => self.feed(Input::StatusPartial {
+                    service,
+                    bytes: partial.bytes as u32,
+                }),
+            }
+        }
+    }
+
+    fn on_log_pipe(&mut self, service: ServiceId) {
+        let Some(mut io) = self.services.remove(&service) else {
+            return;
+        };
+        let mut buffer = [0u8; 4096];
+        loop {
+            match nix::unistd::read(&io.log_r, &mut buffer) {
+                Ok(0) => break,
+                Ok(n) => io.log_buf.extend_from_slice(&buffer[..n]),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+            while let Some(end) = io.log_buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = io.log_buf.drain(..=end).collect();
+                let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                self.log.child(&io.name, &text);
+            }
+            if io.log_buf.len() > 8192 {
+                self.flush_log(&mut io);
+            }
+        }
+        self.services.insert(service, io);
+    }
+
+    fn flush_log(&mut self, io: &mut ServiceIo) {
+        if !io.log_buf.is_empty() {
+            let text = String::from_utf8_lossy(&io.log_buf).into_owned();
+            io.log_buf.clear();
+            self.log.child(&io.name, &text);
+        }
+    }
+
+    fn on_control_accept(&mut self) {
+        loop {
+            let Some(control) = self.control.as_ref() else {
+                return;
+            };
+            match control.accept() {
+                Ok((mut stream, _)) => {
+                    let token = self.token(Source2::ControlClient);
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut stream, token, Interest::READABLE)
+                        .is_ok()
+                    {
+                        self.control_clients.insert(token, (stream, Vec::new()));
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn on_control_client(&mut self, token: Token) {
+        let Some((mut stream, mut buffer)) = self.control_clients.remove(&token) else {
+            return;
+        };
+        let mut chunk = [0u8; 1024];
+        let mut closed = false;
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let reply = match control::decode_request(&buffer) {
+            Request::Incomplete if !closed => {
+                self.control_clients.insert(token, (stream, buffer));
+                return;
+            }
+            Request::Incomplete => None,
+            Request::Invalid(error) => Some(control::encode_reply(&[], Err(&error))),
+            Request::Command(command) => Some(self.on_command(command)),
+        };
+        let _ = self.poll.registry().deregister(&mut stream);
+        self.tokens.remove(&token);
+        if let Some(reply) = reply {
+            // The reply is small: it fits the socket buffer of a fresh connection.
+            let _ = stream.write_all(&reply);
+        }
+    }
+
+    fn on_command(&mut self, command: Command) -> Vec<u8> {
+        match command {
+            Command::Stop => {
+                let reply = control::encode_reply(
+                    &[],
+                    Ok(&format!("stopping (pid {})", std::process::id())),
+                );
+                self.feed(Input::Signal(Signal::Term));
+                reply
+            }
+            Command::Reload => {
+                self.feed(Input::Signal(Signal::Hup));
+                match self.reload() {
+                    Ok(()) => control::encode_reply(&[], Ok("configuration reloaded")),
+                    Err(error) => {
+                        self.log
+                            .master(Level::Error, &format!("Config reload failed: {error}"));
+                        control::encode_reply(&[], Err(&error))
+                    }
+                }
+            }
+            Command::LogReopen => {
+                self.log.reopen();
+                self.feed(Input::Signal(Signal::Usr1));
+                control::encode_reply(&[], Ok("log files reopened"))
+            }
+            Command::Status => {
+                let now = self.now();
+                let mut lines = vec!["service\tgeneration\tprocess_count\tprocess_avail\tprocess_limit\tclient_limit\tthrottle_secs\tlisten_pending\tlistening\ttotal_created".to_owned()];
+                for s in self.master.services() {
+                    let yn = |b: bool| if b { "y" } else { "n" };
+                    lines.push(format!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        s.name,
+                        s.generation.0,
+                        s.process_count,
+                        s.process_avail,
+                        s.process_limit,
+                        s.client_limit,
+                        s.throttle_secs,
+                        yn(s.listen_pending),
+                        yn(s.listening),
+                        s.total_created
+                    ));
+                }
+                lines.push(String::new());
+                lines.push(
+                    "service\tpid\tavailable_count\ttotal_count\tidle_secs\tlast_status_secs_ago"
+                        .to_owned(),
+                );
+                for p in self.master.processes() {
+                    let ago = |at: Option<Instant>| {
+                        at.map_or("-".to_owned(), |at| (now - at).as_secs().to_string())
+                    };
+                    lines.push(format!(
+                        "{}\t{}\t{}\t{}\t{}\t{}",
+                        p.service,
+                        p.pid.map_or("-".to_owned(), |p| p.0.to_string()),
+                        p.available_count,
+                        p.total_count,
+                        ago(p.idle_start),
+                        ago(p.last_status_update)
+                    ));
+                }
+                control::encode_reply(&lines, Ok(""))
+            }
+        }
+    }
+
+    fn cleanup(&mut self) {
+        let ids: Vec<ServiceId> = self.services.keys().copied().collect();
+        for id in ids {
+            self.on_log_pipe(id);
+            if let Some(mut io) = self.services.remove(&id) {
+                self.flush_log(&mut io);
+            }
+        }
+        for io in self.listeners.values() {
+            if let Some(path) = &io.path {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        self.control = None;
+        let _ = std::fs::remove_file(&self.control_path);
+    }
+}
+
+/// A sealed memfd holding the RON of the globals and the one service the child runs
+/// (DESIGN.md "Settings to children"); the ssl key only to services with ssl listeners.
+fn settings_memfd(service: &ServiceSettings, settings: &Settings) -> io::Result<OwnedFd> {
+    let mut global = settings.global.clone();
+    if !service.inet_listeners.iter().any(|l| l.ssl) {
+        global.ssl_key.clear();
+    }
+    let text = config::to_ron(&Settings {
+        global,
+        services: vec![service.clone()],
+    });
+    let name = c"roost-settings";
+    // SAFETY: memfd_create with a static name; the fd is owned at once.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(text.as_bytes())?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on the fd we own.
+    unsafe {
+        libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals);
+        libc::lseek(file.as_raw_fd(), 0, libc::SEEK_SET);
+    }
+    Ok(file.into())
+}
+
+/// `import_environment`: `NAME` keeps the master's value, `NAME=VALUE` sets one.
+fn imported_environment(spec: &str) -> Vec<(String, String)> {
+    spec.split_whitespace()
+        .filter_map(|item| match item.split_once('=') {
+            Some((name, value)) => Some((name.to_owned(), value.to_owned())),
+            None => std::env::var(item)
+                .ok()
+                .map(|value| (item.to_owned(), value)),
+        })
+        .collect()
+}
+
+/// Tells systemd (NOTIFY_SOCKET) about a lifecycle change.
+fn notify_systemd(state: Lifecycle) {
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+        return;
+    };
+    let message = match state {
+        Lifecycle::Ready => format!("READY=1\nMAINPID={}", std::process::id()),
+        Lifecycle::Reloading => {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime into a local.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+            let usec = ts.tv_sec as i128 * 1_000_000 + ts.tv_nsec as i128 / 1000;
+            format!("RELOADING=1\nMONOTONIC_USEC={usec}")
+        }
+        Lifecycle::Stopping => "STOPPING=1".to_owned(),
+    };
+    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let target = if let Some(abstract_name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).ok()
+    } else {
+        std::os::unix::net::SocketAddr::from_pathname(&path).ok()
+    };
+    if let Some(target) = target {
+        let _ = socket.send_to_addr(message.as_bytes(), &target);
+    }
+}
+
+/// The pid file `<base_dir>/master.pid`, locked for the master's whole life: a second master
+/// fails on the lock, and a stale file whose pid the OS reused (containers) cannot block a start,
+/// unlike the original's bare `kill(pid, 0)` (reference §7.2 item 6).
+pub struct PidFile {
+    file: File,
+    path: String,
+}
+
+impl PidFile {
+    /// Takes the lock, or says who holds it.
+    pub fn lock(base_dir: &str) -> Result<PidFile, String> {
+        let path = format!("{base_dir}/master.pid");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| format!("Can't open {path}: {e}"))?;
+        // SAFETY: flock on the fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(format!(
+                "roost is already running with PID {} (read from {path})",
+                pid.trim()
+            ));
+        }
+        Ok(PidFile { file, path })
+    }
+
+    /// Writes the master's pid (after daemonising).
+    pub fn write_pid(&mut self) -> io::Result<()> {
+        self.file.set_len(0)?;
+        use std::io::Seek;
+        self.file.seek(std::io::SeekFrom::Start(0))?;
+        writeln!(self.file, "{}", std::process::id())
+    }
+
+    /// Removes the file at a clean shutdown.
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// The pid in a pid file, if a master holds its lock.
+    pub fn running(base_dir: &str) -> Option<u32> {
+        let path = format!("{base_dir}/master.pid");
+        let file = File::open(&path).ok()?;
+        // SAFETY: a probe lock on a fd we own; released when it closes.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0;
+        if !locked {
+            return None;
+        }
+        std::fs::read_to_string(&path).ok()?.trim().parse().ok()
+    }
+}

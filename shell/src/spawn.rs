@@ -1,0 +1,619 @@
+//! Creating a child: everything planned before `fork`, and a child side that only carries out the
+//! plan with async-signal-safe calls and `execve`s.
+//!
+//! The fd layout is DESIGN.md's "Child fds": 0 and 1 are /dev/null (1 is the terminal with -F),
+//! 2 is the service's log pipe, listeners start at 3 (unix, fifo, inet, each in configuration
+//! order) and are announced the systemd way (`LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID`), then
+//! roost's own fds follow with their numbers in `ROOST_*` variables. The environment is wiped
+//! but for `import_environment`.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+use roost_core::ids::{Pid, ProcessUid};
+use roost_core::settings::ServiceSettings;
+use roost_core::setup::{ListenerConfig, ListenerKind, ServiceConfig};
+
+use crate::fdplan::{self, FdOp};
+
+/// The programs built into the roost binary, run by re-executing it in that mode.
+pub const BUILTINS: &[&str] = &["inetd"];
+
+/// The exit status of a child that could not exec (reference §2.4: "exec() failed").
+pub const EXIT_EXEC_FAILED: i32 = 84;
+
+/// Where a service's executable is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// A mode of the roost binary: `roost --builtin NAME ARGS...`.
+    Builtin {
+        /// The built-in's name.
+        name: String,
+        /// The rest of the executable line.
+        args: Vec<String>,
+    },
+    /// A file to exec, and its arguments.
+    External {
+        /// The program.
+        path: PathBuf,
+        /// Its arguments (without argv[0]).
+        args: Vec<String>,
+    },
+}
+
+/// Finds the program of an `executable` setting (DESIGN.md "executable"): a built-in's name, an
+/// absolute path, or a path relative to libexec_dir. `None` if nothing runnable is there.
+pub fn resolve_program(executable: &str, libexec_dir: &Path) -> Option<Program> {
+    let mut words = executable.split_whitespace();
+    let first = words.next()?;
+    let args: Vec<String> = words.map(str::to_owned).collect();
+    if BUILTINS.contains(&first) {
+        return Some(Program::Builtin {
+            name: first.to_owned(),
+            args,
+        });
+    }
+    let path = if first.starts_with('/') {
+        PathBuf::from(first)
+    } else {
+        libexec_dir.join(first)
+    };
+    is_executable(&path).then_some(Program::External { path, args })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The process title: `roost/<service>`, or `roost-<instance>/<service>`.
+pub fn process_title(instance_name: &str, service: &str) -> String {
+    if instance_name.is_empty() || instance_name == "roost" {
+        format!("roost/{service}")
+    } else if instance_name.starts_with("roost") {
+        format!("{instance_name}/{service}")
+    } else {
+        format!("roost-{instance_name}/{service}")
+    }
+}
+
+/// The identity a child takes before exec (foreign programs) or after (roost-aware ones).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The uid to switch to.
+    pub uid: Option<u32>,
+    /// The primary gid.
+    pub gid: Option<u32>,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// The chroot directory (absolute).
+    pub chroot: Option<PathBuf>,
+}
+
+/// The fds a child receives, as the master holds them now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildFds {
+    /// For fd 0.
+    pub stdin: RawFd,
+    /// For fd 1.
+    pub stdout: RawFd,
+    /// For fd 2: the service's log pipe.
+    pub stderr: RawFd,
+    /// The listeners, in order, with their configuration.
+    pub listeners: Vec<(RawFd, ListenerConfig)>,
+    /// The status pipe's write end.
+    pub status: RawFd,
+    /// The master-dead pipe's write end.
+    pub master_dead: RawFd,
+    /// The login "all processes full" notify file (login services).
+    pub login_notify: Option<RawFd>,
+    /// The sealed settings memfd.
+    pub settings: Option<RawFd>,
+}
+
+/// Everything one child needs, computed before fork.
+#[derive(Debug)]
+pub struct SpawnPlan {
+    path: CString,
+    argv: Vec<CString>,
+    env: Vec<Vec<u8>>,
+    listen_pid_index: Option<usize>,
+    fd_ops: Vec<FdOp>,
+    highest_fd: RawFd,
+    identity_before_exec: Option<Identity>,
+    vsz_limit: u64,
+}
+
+/// Why a child could not be planned.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// A string with a NUL byte.
+    #[error("{0} contains a NUL byte")]
+    Nul(String),
+    /// The fd moves contradict each other.
+    #[error(transparent)]
+    Fds(#[from] fdplan::FdPlanError),
+}
+
+fn cstring(text: &str) -> Result<CString, PlanError> {
+    CString::new(text).map_err(|_| PlanError::Nul(text.chars().take(40).collect()))
+}
+
+/// What the plan is made from.
+pub struct PlanInput<'a> {
+    /// The roost binary (for built-ins).
+    pub roost_binary: &'a Path,
+    /// The program.
+    pub program: &'a Program,
+    /// The process title (argv[0]).
+    pub title: &'a str,
+    /// The service as written.
+    pub settings: &'a ServiceSettings,
+    /// Its effective configuration.
+    pub config: &'a ServiceConfig,
+    /// The process uid to echo.
+    pub uid: ProcessUid,
+    /// Variables kept from the master's environment.
+    pub imported: Vec<(String, String)>,
+    /// The fds.
+    pub fds: ChildFds,
+    /// The identity to take (`None`: as the master).
+    pub identity: Option<Identity>,
+    /// Children die with the master.
+    pub shutdown_clients: bool,
+}
+
+impl SpawnPlan {
+    /// Plans one child.
+    pub fn new(input: PlanInput<'_>) -> Result<SpawnPlan, PlanError> {
+        let (path, mut argv) = match input.program {
+            Program::Builtin { name, args } => {
+                let mut argv = vec![input.title.to_owned(), "--builtin".to_owned(), name.clone()];
+                argv.extend(args.iter().cloned());
+                (input.roost_binary.to_string_lossy().into_owned(), argv)
+            }
+            Program::External { path, args } => {
+                let mut argv = vec![input.title.to_owned()];
+                argv.extend(args.iter().cloned());
+                (path.to_string_lossy().into_owned(), argv)
+            }
+        };
+        if argv.is_empty() {
+            argv.push(input.title.to_owned());
+        }
+        let fds = &input.fds;
+        let mut moves: Vec<(RawFd, RawFd)> = vec![(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)];
+        let mut next: RawFd = 3;
+        let mut names = Vec::new();
+        let mut flags = Vec::new();
+        for (fd, listener) in &fds.listeners {
+            moves.push((*fd, next));
+            next += 1;
+            names.push(listener.name.replace(':', "_"));
+            let mut flag = listener.name.replace([' ', ':'], "_");
+            if let ListenerKind::Inet { ssl, haproxy, .. } = &listener.kind {
+                if *ssl {
+                    flag.push_str(":ssl");
+                }
+                if *haproxy {
+                    flag.push_str(":haproxy");
+                }
+            }
+            flags.push(flag);
+        }
+        let mut env: Vec<String> = input
+            .imported
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let listen_fds = fds.listeners.len();
+        if listen_fds > 0 {
+            env.push(format!("LISTEN_FDS={listen_fds}"));
+            env.push(format!("LISTEN_FDNAMES={}", names.join(":")));
+        }
+        env.push(format!("ROOST_LISTENERS={}", flags.join(" ")));
+        let mut own = |name: &str, fd: RawFd, env: &mut Vec<String>| {
+            moves.push((fd, next));
+            env.push(format!("ROOST_{name}_FD={next}"));
+            next += 1;
+        };
+        own("STATUS", fds.status, &mut env);
+        own("MASTER_DEAD", fds.master_dead, &mut env);
+        if let Some(fd) = fds.login_notify {
+            own("LOGIN_NOTIFY", fd, &mut env);
+        }
+        if let Some(fd) = fds.settings {
+            own("SETTINGS", fd, &mut env);
+        }
+        let config = input.config;
+        env.push(format!("ROOST_SERVICE={}", config.name));
+        env.push(format!("ROOST_PROCESS_UID={}", input.uid.0));
+        env.push(format!("ROOST_CLIENT_LIMIT={}", config.client_limit));
+        env.push(format!("ROOST_PROCESS_LIMIT={}", config.process_limit));
+        env.push(format!(
+            "ROOST_PROCESS_MIN_AVAIL={}",
+            config.process_min_avail
+        ));
+        env.push(format!("ROOST_SERVICE_COUNT={}", config.service_count));
+        env.push(format!(
+            "ROOST_IDLE_KILL={}",
+            config
+                .idle_kill
+                .map(|d| d.as_secs().to_string())
+                .unwrap_or_else(|| "never".to_owned())
+        ));
+        env.push(format!(
+            "ROOST_SHUTDOWN_CLIENTS={}",
+            if input.shutdown_clients { "yes" } else { "no" }
+        ));
+        env.push(format!(
+            "ROOST_SERVICE_TYPE={}",
+            config.service_type.as_str()
+        ));
+        // Roost-aware children drop privileges themselves after exec, once they opened what
+        // they need as root; foreign programs (and drop_priv_before_exec) are dropped before.
+        let drop_before = config.foreign || input.settings.drop_priv_before_exec;
+        if let (Some(identity), false) = (&input.identity, drop_before) {
+            if let Some(uid) = identity.uid {
+                env.push(format!("ROOST_RESTRICT_UID={uid}"));
+            }
+            if let Some(gid) = identity.gid {
+                env.push(format!("ROOST_RESTRICT_GID={gid}"));
+            }
+            if !identity.groups.is_empty() {
+                let groups: Vec<String> = identity.groups.iter().map(u32::to_string).collect();
+                env.push(format!("ROOST_RESTRICT_GROUPS={}", groups.join(",")));
+            }
+            if let Some(chroot) = &identity.chroot {
+                env.push(format!("ROOST_RESTRICT_CHROOT={}", chroot.display()));
+            }
+        }
+        let mut env_bytes: Vec<Vec<u8>> = Vec::with_capacity(env.len() + 1);
+        for var in &env {
+            env_bytes.push(cstring(var)?.into_bytes_with_nul());
+        }
+        let listen_pid_index = (listen_fds > 0).then(|| {
+            // Room for any pid; the child writes its own digits and a NUL after fork.
+            env_bytes.push(b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0".to_vec());
+            env_bytes.len() - 1
+        });
+        let highest_fd = next - 1;
+        Ok(SpawnPlan {
+            path: cstring(&path)?,
+            argv: argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
+            env: env_bytes,
+            listen_pid_index,
+            fd_ops: fdplan::plan_fd_moves(&moves)?,
+            highest_fd,
+            identity_before_exec: if drop_before {
+                input.identity.clone()
+            } else {
+                None
+            },
+            vsz_limit: config.vsz_limit,
+        })
+    }
+
+    /// The environment as planned (tests, and `roost status` debugging).
+    pub fn env_vars(&self) -> Vec<String> {
+        self.env
+            .iter()
+            .map(|v| {
+                String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(&[])).into_owned()
+            })
+            .collect()
+    }
+
+    /// argv as planned.
+    pub fn argv(&self) -> Vec<String> {
+        self.argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Forks and execs. Returns the child's pid; an exec failure shows as exit status 84.
+    pub fn spawn(&mut self) -> std::io::Result<Pid> {
+        // Everything the child touches exists now: pointers into owned buffers.
+        let argv_ptrs: Vec<*const libc::c_char> = self
+            .argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let mut env_ptrs: Vec<*const libc::c_char> = self
+            .env
+            .iter()
+            .map(|v| v.as_ptr().cast())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let listen_pid = self
+            .listen_pid_index
+            .map(|i| self.env[i].as_mut_ptr().cast::<libc::c_char>());
+        let chroot = match self
+            .identity_before_exec
+            .as_ref()
+            .and_then(|i| i.chroot.as_ref())
+        {
+            Some(path) => Some(cstring(&path.to_string_lossy()).map_err(std::io::Error::other)?),
+            None => None,
+        };
+        let identity = self.identity_before_exec.clone();
+        // SAFETY: the master is single-threaded; the child only calls async-signal-safe
+        // functions on memory prepared above, then execve or _exit.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if pid > 0 {
+            return Ok(Pid(pid));
+        }
+        // The child.
+        unsafe {
+            child_after_fork(
+                &self.fd_ops,
+                self.highest_fd,
+                listen_pid,
+                self.vsz_limit,
+                identity.as_ref(),
+                chroot.as_ref(),
+                &self.path,
+                &argv_ptrs,
+                &mut env_ptrs,
+            )
+        }
+    }
+}
+
+/// The child between fork and exec: no allocation, no locks.
+#[allow(clippy::too_many_arguments)]
+unsafe fn child_after_fork(
+    fd_ops: &[FdOp],
+    highest_fd: RawFd,
+    listen_pid: Option<*mut libc::c_char>,
+    vsz_limit: u64,
+    identity: Option<&Identity>,
+    chroot: Option<&CString>,
+    path: &CString,
+    argv: &[*const libc::c_char],
+    env: &mut [*const libc::c_char],
+) -> ! {
+    unsafe {
+        // Its own process group: a terminal's Ctrl-C under -F is not an idle-kill request.
+        libc::setsid();
+        // Signal mask and dispositions reset (SIGPIPE too: mask and SIG_IGN survive exec).
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for signal in 1..32 {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+        if fdplan::execute(fd_ops).is_err() {
+            libc::_exit(EXIT_EXEC_FAILED);
+        }
+        // Everything else goes: only the planned fds survive.
+        libc::close_range((highest_fd + 1) as libc::c_uint, libc::c_uint::MAX, 0);
+        libc::umask(0o077);
+        if let Some(buffer) = listen_pid {
+            write_pid(buffer, libc::getpid());
+        }
+        if vsz_limit > 0 {
+            let limit = libc::rlimit {
+                rlim_cur: vsz_limit,
+                rlim_max: vsz_limit,
+            };
+            libc::setrlimit(libc::RLIMIT_AS, &limit);
+            libc::setrlimit(libc::RLIMIT_DATA, &limit);
+        }
+        if let Some(identity) = identity {
+            if let Some(dir) = chroot {
+                if libc::chroot(dir.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                    libc::_exit(EXIT_EXEC_FAILED);
+                }
+            }
+            if let Some(gid) = identity.gid {
+                let groups: &[u32] = &identity.groups;
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 {
+                    libc::_exit(EXIT_EXEC_FAILED);
+                }
+            }
+            if let Some(uid) = identity.uid {
+                if libc::setuid(uid) != 0 {
+                    libc::_exit(EXIT_EXEC_FAILED);
+                }
+            }
+        }
+        let _ = &env;
+        libc::execve(path.as_ptr(), argv.as_ptr(), env.as_ptr());
+        libc::_exit(EXIT_EXEC_FAILED);
+    }
+}
+
+/// Writes `LISTEN_PID=<pid>` into the prepared buffer (which has room for 12 digits).
+unsafe fn write_pid(buffer: *mut libc::c_char, pid: libc::pid_t) {
+    let prefix = b"LISTEN_PID=".len();
+    let mut digits = [0u8; 12];
+    let mut n = pid.max(0) as u32;
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        n /= 10;
+        len += 1;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        unsafe { *buffer.add(prefix + i) = digits[len - 1 - i] as libc::c_char };
+    }
+    unsafe { *buffer.add(prefix + len) = 0 };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roost_core::setup::ServiceType;
+    use roost_core::time::Duration;
+
+    fn settings() -> ServiceSettings {
+        ServiceSettings {
+            name: "pop3-login".into(),
+            executable: "inetd /bin/cat".into(),
+            service_type: "login".into(),
+            protocol: String::new(),
+            user: String::new(),
+            group: String::new(),
+            extra_groups: String::new(),
+            privileged_group: String::new(),
+            chroot: String::new(),
+            drop_priv_before_exec: false,
+            client_limit: 0,
+            service_count: 1,
+            process_limit: 0,
+            process_min_avail: 0,
+            idle_kill: Duration::ZERO,
+            vsz_limit: u64::MAX,
+            foreign: false,
+            unix_listeners: vec![],
+            fifo_listeners: vec![],
+            inet_listeners: vec![],
+        }
+    }
+
+    fn config() -> ServiceConfig {
+        ServiceConfig {
+            name: "pop3-login".into(),
+            service_type: ServiceType::Login,
+            process_limit: 100,
+            client_limit: 1,
+            service_count: 1,
+            process_min_avail: 0,
+            idle_kill: Some(Duration::from_secs(60)),
+            vsz_limit: 256 << 20,
+            foreign: false,
+            listeners: vec![],
+        }
+    }
+
+    fn inet(name: &str, ssl: bool) -> ListenerConfig {
+        ListenerConfig {
+            name: name.into(),
+            kind: ListenerKind::Inet {
+                address: "127.0.0.1".into(),
+                port: 1,
+                ssl,
+                haproxy: !ssl,
+                reuse_port: false,
+            },
+        }
+    }
+
+    #[test]
+    fn the_plan_follows_the_child_fd_layout_and_announces_listeners_the_systemd_way() {
+        let program =
+            resolve_program("inetd /bin/cat", Path::new("/nonexistent")).expect("a built-in");
+        let settings = settings();
+        let config = config();
+        let plan = SpawnPlan::new(PlanInput {
+            roost_binary: Path::new("/usr/sbin/roost"),
+            program: &program,
+            title: "roost/pop3-login",
+            settings: &settings,
+            config: &config,
+            uid: ProcessUid(42),
+            imported: vec![("TZ".into(), "UTC".into())],
+            fds: ChildFds {
+                stdin: 10,
+                stdout: 10,
+                stderr: 11,
+                listeners: vec![(20, inet("pop3", false)), (21, inet("pop3s", true))],
+                status: 12,
+                master_dead: 13,
+                login_notify: Some(14),
+                settings: Some(15),
+            },
+            identity: Some(Identity {
+                uid: Some(65534),
+                gid: Some(65534),
+                groups: vec![],
+                chroot: None,
+            }),
+            shutdown_clients: true,
+        })
+        .expect("plans");
+        assert_eq!(
+            plan.argv(),
+            ["roost/pop3-login", "--builtin", "inetd", "/bin/cat"]
+        );
+        let env = plan.env_vars();
+        for expected in [
+            "TZ=UTC",
+            "LISTEN_FDS=2",
+            "LISTEN_FDNAMES=pop3:pop3s",
+            "ROOST_LISTENERS=pop3:haproxy pop3s:ssl",
+            "ROOST_STATUS_FD=5",
+            "ROOST_MASTER_DEAD_FD=6",
+            "ROOST_LOGIN_NOTIFY_FD=7",
+            "ROOST_SETTINGS_FD=8",
+            "ROOST_PROCESS_UID=42",
+            "ROOST_CLIENT_LIMIT=1",
+            "ROOST_SERVICE_COUNT=1",
+            "ROOST_IDLE_KILL=60",
+            "ROOST_RESTRICT_UID=65534",
+        ] {
+            assert!(
+                env.iter().any(|v| v == expected),
+                "{expected} missing from {env:?}"
+            );
+        }
+        assert!(
+            env.iter().any(|v| v == "LISTEN_PID="),
+            "a buffer the child fills"
+        );
+        assert_eq!(plan.highest_fd, 8);
+    }
+
+    #[test]
+    fn executables_resolve_to_builtins_absolute_paths_or_libexec_dir() {
+        assert_eq!(
+            resolve_program("inetd /bin/echo hi", Path::new("/x")),
+            Some(Program::Builtin {
+                name: "inetd".into(),
+                args: vec!["/bin/echo".into(), "hi".into()]
+            })
+        );
+        assert_eq!(
+            resolve_program("/bin/sh -c true", Path::new("/x")),
+            Some(Program::External {
+                path: "/bin/sh".into(),
+                args: vec!["-c".into(), "true".into()]
+            })
+        );
+        assert_eq!(
+            resolve_program("sh", Path::new("/bin")),
+            Some(Program::External {
+                path: "/bin/sh".into(),
+                args: vec![]
+            })
+        );
+        assert_eq!(resolve_program("imap", Path::new("/nonexistent")), None);
+        assert_eq!(resolve_program("", Path::new("/bin")), None);
+    }
+
+    #[test]
+    fn titles_carry_the_instance_name() {
+        assert_eq!(process_title("roost", "imap"), "roost/imap");
+        assert_eq!(process_title("mail", "imap"), "roost-mail/imap");
+        assert_eq!(process_title("roost-b", "imap"), "roost-b/imap");
+    }
+
+    #[test]
+    fn the_pid_is_written_in_place_with_its_terminator() {
+        let mut buffer = b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0".to_vec();
+        unsafe { write_pid(buffer.as_mut_ptr().cast(), 40213) };
+        assert_eq!(&buffer[..17], b"LISTEN_PID=40213\0");
+    }
+}
