@@ -12,8 +12,9 @@ use std::time::Instant as StdInstant;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use roost_core::child::{Child, ChildConfig, ChildInput, ChildOutput};
+use roost_core::child::{Child, ChildConfig, Input as ChildInput, Output as ChildOutput};
 use roost_core::ids::{Pid, ProcessUid};
+use roost_core::signal::Signal;
 use roost_core::time::Instant;
 use roost_core::wire::StatusRecord;
 
@@ -120,7 +121,7 @@ fn write_status(env: &ChildEnv, available_count: u32) -> ChildInput {
     } else if crate::fdplan::errno() == libc::EAGAIN {
         ChildInput::StatusWouldBlock
     } else {
-        ChildInput::StatusBroken
+        ChildInput::StatusWriteFailed
     }
 }
 
@@ -172,13 +173,18 @@ fn inetd_loop(env: &ChildEnv) -> io::Result<Option<RawFd>> {
         Interest::WRITABLE,
     )?;
     // One connection per process: the exec'd program serves it.
-    let mut child = Child::new(ChildConfig {
-        client_limit: 1,
-        service_count: 1,
-        die_with_master: env.die_with_master,
-        is_login: env.is_login,
-        never_idle_die: false,
-    });
+    let mut child = Child::new(
+        ChildConfig {
+            client_limit: 1,
+            service_count: 1,
+            die_with_master: env.die_with_master,
+            is_login: env.is_login,
+            never_idle_die: false,
+            has_die_callback: false,
+            starts_with_client: false,
+        },
+        now(),
+    );
     child.handle(ChildInput::InitDone, now());
     let mut accepting = false;
     let mut status_registered = false;
@@ -186,7 +192,9 @@ fn inetd_loop(env: &ChildEnv) -> io::Result<Option<RawFd>> {
     loop {
         while let Some(output) = child.poll_output() {
             match output {
-                ChildOutput::WriteStatus(value) => {
+                ChildOutput::WriteStatus {
+                    available_count: value,
+                } => {
                     let result = write_status(env, value);
                     if result == ChildInput::StatusWouldBlock && !status_registered {
                         poll.registry().register(
@@ -198,7 +206,7 @@ fn inetd_loop(env: &ChildEnv) -> io::Result<Option<RawFd>> {
                     }
                     child.handle(result, now());
                 }
-                ChildOutput::SetAccepting(on) => {
+                ChildOutput::SetAccepting { on } => {
                     for (i, fd) in env.listeners.iter().enumerate() {
                         let token = Token(LISTENER + i);
                         if on && !accepting {
@@ -213,7 +221,11 @@ fn inetd_loop(env: &ChildEnv) -> io::Result<Option<RawFd>> {
                     }
                     accepting = on;
                 }
+                // The status fd is registered for writability at the first EAGAIN above.
+                ChildOutput::AwaitStatusWritable => {}
                 ChildOutput::CloseListeners => {}
+                // The driver accepts only while accepting is on, so nothing is refused here.
+                ChildOutput::Refuse => {}
                 ChildOutput::DieCallback => {}
                 ChildOutput::Exit(_) => return Ok(None),
             }
@@ -234,9 +246,9 @@ fn inetd_loop(env: &ChildEnv) -> io::Result<Option<RawFd>> {
                 SIGNALS => {
                     for signal in signals.pending() {
                         let input = match signal {
-                            libc::SIGINT => ChildInput::IdleKillRequest,
-                            libc::SIGQUIT => ChildInput::Quit,
-                            _ => ChildInput::Terminate,
+                            libc::SIGINT => ChildInput::Signal(Signal::Int),
+                            libc::SIGQUIT => ChildInput::Signal(Signal::Quit),
+                            _ => ChildInput::Signal(Signal::Term),
                         };
                         child.handle(input, now());
                     }
@@ -261,7 +273,10 @@ fn inetd_loop(env: &ChildEnv) -> io::Result<Option<RawFd>> {
                     child.handle(ChildInput::Accepted, now());
                     // Report busy before the program takes over this pid.
                     while let Some(output) = child.poll_output() {
-                        if let ChildOutput::WriteStatus(value) = output {
+                        if let ChildOutput::WriteStatus {
+                            available_count: value,
+                        } = output
+                        {
                             let result = write_status(env, value);
                             child.handle(result, now());
                         }

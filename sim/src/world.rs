@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use roost_core::child::{Child, ChildConfig, ChildInput, ChildOutput};
+use roost_core::child::{Child, ChildConfig, Input as ChildInput, Output as ChildOutput};
 use roost_core::ids::{Generation, ListenerId, Pid, ProcessUid, ServiceId};
 use roost_core::input::Input;
 use roost_core::master::Master;
@@ -434,16 +434,22 @@ impl World {
                     .get(&config.name)
                     .cloned()
                     .unwrap_or_default();
-                let child = Child::new(ChildConfig {
-                    client_limit: config.client_limit,
-                    service_count: config.service_count,
-                    die_with_master: true,
-                    is_login: config.service_type == ServiceType::Login,
-                    never_idle_die: matches!(
-                        config.service_type,
-                        ServiceType::Anvil | ServiceType::Log
-                    ),
-                });
+                let child = Child::new(
+                    ChildConfig {
+                        client_limit: config.client_limit,
+                        service_count: config.service_count,
+                        die_with_master: true,
+                        is_login: config.service_type == ServiceType::Login,
+                        never_idle_die: matches!(
+                            config.service_type,
+                            ServiceType::Anvil | ServiceType::Log
+                        ),
+                        // The simulated programs tell their clients and stop within 30 s (§4.4).
+                        has_die_callback: true,
+                        starts_with_client: false,
+                    },
+                    self.now,
+                );
                 let delay = how.exec_delay_ms + self.rng.random_range(1..4);
                 self.processes.insert(
                     pid,
@@ -493,13 +499,13 @@ impl World {
                             core_dumped: false,
                         },
                     ),
-                    Signal::Term => self.child_input(pid, ChildInput::Terminate),
+                    Signal::Term => self.child_input(pid, ChildInput::Signal(Signal::Term)),
                     Signal::Int => {
                         if !self.processes[&pid].how.ignores_sigint && self.processes[&pid].ready {
-                            self.child_input(pid, ChildInput::IdleKillRequest);
+                            self.child_input(pid, ChildInput::Signal(Signal::Int));
                         }
                     }
-                    Signal::Quit => self.child_input(pid, ChildInput::Quit),
+                    Signal::Quit => self.child_input(pid, ChildInput::Signal(Signal::Quit)),
                     Signal::Usr1 | Signal::Hup => {}
                 }
             }
@@ -691,7 +697,7 @@ impl World {
                 return;
             };
             match output {
-                ChildOutput::WriteStatus(available_count) => {
+                ChildOutput::WriteStatus { available_count } => {
                     let uid = process.uid;
                     let foreign = process.foreign;
                     process.child.handle(ChildInput::StatusWritten, self.now);
@@ -703,8 +709,10 @@ impl World {
                         });
                     }
                 }
-                ChildOutput::SetAccepting(on) => process.accepting = on,
+                ChildOutput::SetAccepting { on } => process.accepting = on,
                 ChildOutput::CloseListeners => process.listeners_closed = true,
+                // The simulated pipe never fills, and the world accepts only while accepting.
+                ChildOutput::AwaitStatusWritable | ChildOutput::Refuse => {}
                 ChildOutput::DieCallback => {}
                 ChildOutput::Exit(code) => {
                     self.exit(pid, ExitStatus::Exited(code));
