@@ -1,1 +1,8 @@
 //! roost's shell: binds the core's machines to the operating system.
+//!
+//! The library holds everything but `main`: the fd planner and spawner, listeners, the
+//! reopenable log writer, the master's event loop, the control client, and the child runtime
+//! with the built-in services, so that tests and third-party services can use them.
+
+pub mod fdplan;
+pub mod spawn;
