@@ -5,4 +5,6 @@
 //! with the built-in services, so that tests and third-party services can use them.
 
 pub mod fdplan;
+pub mod listen;
+pub mod logwriter;
 pub mod spawn;
