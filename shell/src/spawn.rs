@@ -369,9 +369,10 @@ fn write_pid(entry: &mut [u8], pid: i32) {
     entry[prefix + len] = 0;
 }
 
-/// Forks and execs a planned child. Returns its pid, or the errno of fork or of the child's
-/// setup (reported through the CLOEXEC pipe).
-pub fn spawn(mut plan: SpawnPlan) -> Result<i32, (i32, String)> {
+/// Forks and execs a planned child. Returns its pid and, when the child's setup or exec failed
+/// (reported through the CLOEXEC pipe; the child then exits 84 and is reaped as any other, so
+/// the core throttles it), the reason; or the errno of a failed fork.
+pub fn spawn(mut plan: SpawnPlan) -> Result<(i32, Option<String>), (i32, String)> {
     let idx = plan.listen_pid_index;
     let pid_entry: &mut [u8] = &mut plan.env[idx];
     let pid_ptr = pid_entry.as_mut_ptr();
@@ -417,16 +418,16 @@ pub fn spawn(mut plan: SpawnPlan) -> Result<i32, (i32, String)> {
     match file.read(&mut buf) {
         Ok(4) => {
             let errno = i32::from_ne_bytes(buf);
-            Err((
-                errno,
-                format!(
-                    "exec({}) failed: {}",
+            Ok((
+                pid,
+                Some(format!(
+                    "execv({}) failed: {}",
                     plan.path.to_string_lossy(),
                     std::io::Error::from_raw_os_error(errno)
-                ),
+                )),
             ))
         }
-        _ => Ok(pid),
+        _ => Ok((pid, None)),
     }
 }
 
