@@ -10,6 +10,7 @@ pub mod child;
 pub mod config;
 pub mod ids;
 pub mod input;
+pub mod login;
 pub mod master;
 pub mod notice;
 pub mod output;

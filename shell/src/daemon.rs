@@ -1,618 +1,386 @@
-//! The master process: one single-threaded mio loop around the core's `Master`.
+//! The master process: one single-threaded mio loop that turns what the operating system reports
+//! into core inputs and carries out the core's outputs. It decides nothing: every limit, count
+//! and timer is the core's.
 //!
-//! It owns every OS resource the core refers to by id: listeners (`ListenerId`), per-service
-//! status, master-dead and log pipes and settings memfds (`ServiceId`), login notify files, the
-//! control socket and its connections, the signal source. It translates OS events into
-//! `Input`s and carries out every `Output`; it decides nothing about limits or counts (that is
-//! the core's job). Children's stderr is read by the master itself from each service's log
-//! pipe and written through the same [`LogWriter`] with the `NAME: ` prefix (the `log` service
-//! of DESIGN.md is not a separate process yet; see docs/child-protocol.md).
-//!
-//! Reference §1 (child protocol), §2.7 (exits), §4 (reload, shutdown, signals).
+//! Sources: signals (HUP, TERM, INT, USR1, CHLD through signal-hook-mio's self-pipe), the
+//! listeners while the core watches them (mio is edge-triggered: each `SetListening { on }`
+//! re-registers the fd, so connections already waiting are reported again), every service's
+//! status and log pipes, the control socket, and the core's next timeout.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
-use std::time::Duration as StdDuration;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant as StdInstant;
 
 use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use roost_core::config::Config;
+use roost_core::config::{self, Config};
 use roost_core::ids::{Generation, ListenerId, Pid, ServiceId};
 use roost_core::input::Input;
 use roost_core::master::Master;
+use roost_core::notice::Level;
 use roost_core::output::{Lifecycle, Output, SpawnRequest};
-use roost_core::settings::Settings;
-use roost_core::setup::ListenerKind;
+use roost_core::settings::{ServiceSettings, Settings};
+use roost_core::setup::{ListenerKind, MasterConfig};
 use roost_core::signal::{ExitStatus, Signal};
 use roost_core::time::Instant;
-use roost_core::wire::control::{
-    self, ProcessRow, Reply, Request, RequestDecoder, Row, ServiceRow,
-};
-use roost_core::wire::status;
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1};
-use signal_hook_mio::v1_0::Signals;
+use roost_core::wire::{decode_status_chunk, STATUS_READ_CHUNK};
 
-use crate::conf;
-use crate::listen::{self, OpenedListener};
-use crate::logwriter::LogWriter;
-use crate::spawn::{self, ChildFds, Credentials, ListenerFd, PlanContext};
+use crate::control::{self, Command, Request};
+use crate::listen;
+use crate::logging::LogWriter;
+use crate::spawn::{self, ChildFds, Identity, PlanInput, SpawnPlan};
+use crate::system::{self, RealEnv, RealFiles};
 
-const TOKEN_SIGNALS: Token = Token(0);
-const TOKEN_CONTROL: Token = Token(1);
-const KIND_LISTENER: usize = 1 << 40;
-const KIND_STATUS: usize = 2 << 40;
-const KIND_LOG: usize = 3 << 40;
-const KIND_CONN: usize = 4 << 40;
-const KIND_MASK: usize = 0xff << 40;
-
-/// What the command line decided.
-#[derive(Clone, Debug, Default)]
-pub struct Options {
-    /// `-c FILE`; None = the system file or the embedded default.
-    pub config: Option<String>,
-    /// `-F`: stay in the foreground.
-    pub foreground: bool,
-    /// `-i NAME`: instance name.
-    pub instance: Option<String>,
+/// Where the configuration comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A file.
+    File(String),
+    /// The embedded default, with the base_dir chosen for this user.
+    Embedded {
+        /// Its text.
+        text: String,
+    },
 }
 
-/// One listener the master holds.
-struct ListenerEntry {
-    /// The socket or fifo.
-    opened: OpenedListener,
-    /// Its service.
-    service: ServiceId,
-    /// Name, ssl, haproxy for the child.
-    name: String,
-    /// `ssl = yes`.
-    ssl: bool,
-    /// `haproxy = yes`.
-    haproxy: bool,
-    /// Registered with the poll.
-    watching: bool,
+impl Source {
+    /// How the first log line names it.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::File(path) => path.clone(),
+            Source::Embedded { .. } => "the embedded default configuration".to_owned(),
+        }
+    }
+
+    /// Reads and parses it.
+    pub fn load(&self) -> Result<Config, config::ConfigError> {
+        match self {
+            Source::File(path) => config::load(path, &RealFiles, &RealEnv),
+            Source::Embedded { text } => config::load_str("<embedded>", text, &RealFiles, &RealEnv),
+        }
+    }
 }
 
-/// The fds of one service of one generation.
-struct ServiceFds {
-    /// Generation.
+/// Where a service's executable is found.
+pub fn libexec_dir(settings: &Settings) -> PathBuf {
+    if settings.global.libexec_dir.is_empty() {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("/usr/libexec/roost"))
+    } else {
+        PathBuf::from(&settings.global.libexec_dir)
+    }
+}
+
+/// The master's configuration from checked settings: the services the daemon can run. The `log`
+/// service is the master's own work (it reads every child's log pipe itself), so it is neither
+/// run nor reported.
+pub fn derive(settings: &Settings) -> (MasterConfig, Vec<config::LeftOut>) {
+    let libexec = libexec_dir(settings);
+    let (config, left_out) = config::master_config(settings, &|service: &ServiceSettings| {
+        service.service_type != "log"
+            && spawn::resolve_program(&service.executable, &libexec).is_some()
+    });
+    let left_out = left_out
+        .into_iter()
+        .filter(|l| l.service != "log")
+        .collect();
+    (config, left_out)
+}
+
+/// One opened listener.
+struct ListenerIo {
+    fds: Vec<OwnedFd>,
+    tcp: bool,
+    tokens: Vec<Token>,
+    watched: bool,
+    /// The path to unlink when closed (unix and fifo listeners).
+    path: Option<String>,
+}
+
+/// The pipes of one service of one generation.
+struct ServiceIo {
     generation: Generation,
-    /// Status pipe (read end registered, write end given to children).
-    status_read: OwnedFd,
-    /// Write end.
-    status_write: OwnedFd,
-    /// Master-dead pipe: the master keeps the write end; children get the read end.
-    dead_read: OwnedFd,
-    /// Write end; None once the generation is retired.
-    dead_write: Option<OwnedFd>,
-    /// Log pipe read end (registered).
-    log_read: OwnedFd,
-    /// Log pipe write end (fd 2 of children).
-    log_write: OwnedFd,
-    /// Bytes of an unfinished log line.
-    log_buf: Vec<u8>,
-    /// Settings memfd.
-    settings: OwnedFd,
-    /// Login notify file (login services).
-    login_notify: Option<OwnedFd>,
-    /// The service's name.
     name: String,
+    status_r: OwnedFd,
+    status_w: OwnedFd,
+    dead_r: Option<OwnedFd>,
+    dead_w: Option<OwnedFd>,
+    log_r: OwnedFd,
+    log_w: OwnedFd,
+    notify: Option<File>,
+    log_buf: Vec<u8>,
+    tokens: [Token; 2],
 }
 
-/// One control connection.
-struct Conn {
-    /// The stream.
-    stream: UnixStream,
-    /// Incoming requests.
-    decoder: RequestDecoder,
-    /// Unsent reply bytes.
-    out: Vec<u8>,
-    /// Close once `out` is sent.
-    closing: bool,
+/// What a token stands for.
+#[derive(Copy, Clone, Debug)]
+enum Source2 {
+    Signals,
+    Control,
+    ControlClient,
+    Listener(ListenerId, RawFd),
+    Status(ServiceId),
+    Log(ServiceId),
 }
+
+const SIGNALS: Token = Token(0);
+const CONTROL: Token = Token(1);
 
 /// The running master.
 pub struct Daemon {
-    /// The core.
     master: Master,
-    /// The mio poll.
+    epoch: StdInstant,
     poll: Poll,
-    /// Signals.
-    signals: Signals,
-    /// The clock origin: core time is milliseconds since it.
-    start: std::time::Instant,
-    /// The options.
-    options: Options,
-    /// Settings by generation.
-    settings: BTreeMap<Generation, Settings>,
-    /// Listeners.
-    listeners: BTreeMap<ListenerId, ListenerEntry>,
-    /// Per-service fds.
-    services: BTreeMap<ServiceId, ServiceFds>,
-    /// The log.
-    log: LogWriter,
-    /// /dev/null.
-    dev_null: OwnedFd,
-    /// The control socket.
+    signals: signal_hook_mio::v1_0::Signals,
     control: Option<UnixListener>,
-    /// Its path.
     control_path: String,
-    /// Control connections.
-    conns: BTreeMap<usize, Conn>,
-    /// Next connection number.
-    next_conn: usize,
-    /// The roost binary and its directory.
-    self_exe: (String, String),
-    /// Root: switch users for children.
-    is_root: bool,
-    /// Exit status once the core said Exit.
+    control_clients: BTreeMap<Token, (UnixStream, Vec<u8>)>,
+    tokens: BTreeMap<Token, Source2>,
+    next_token: usize,
+    listeners: BTreeMap<ListenerId, ListenerIo>,
+    services: BTreeMap<ServiceId, ServiceIo>,
+    generations: BTreeMap<Generation, Settings>,
+    log: LogWriter,
+    devnull: OwnedFd,
+    foreground: bool,
+    roost_binary: PathBuf,
+    source: Source,
     exit: Option<i32>,
-    /// The pid file (locked).
-    _pid_file: std::fs::File,
-    /// Its path.
-    pid_path: String,
-}
-
-/// Errors of start-up, each one line for the operator.
-pub type StartError = String;
-
-/// The pid file: `flock`ed while the master lives, so a reused pid cannot fool the check
-/// (reference §7.2 item 6): only a live master holds the lock.
-pub fn lock_pid_file(path: &str) -> Result<std::fs::File, StartError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .mode(0o644)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| format!("open({path}) failed: {e}"))?;
-    // SAFETY: flock on a valid fd.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let pid = std::fs::read_to_string(path).unwrap_or_default();
-        return Err(format!(
-            "roost is already running with PID {} (read from {path})",
-            pid.trim()
-        ));
-    }
-    Ok(file)
-}
-
-/// Reads the pid of the live master from `master.pid`, if one holds its lock.
-pub fn running_master_pid(base_dir: &str) -> Option<i32> {
-    let path = format!("{base_dir}/master.pid");
-    let file = std::fs::File::open(&path).ok()?;
-    // SAFETY: flock on a valid fd; a shared probe lock fails only while the master holds it.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-    if rc == 0 {
-        return None;
-    }
-    std::fs::read_to_string(&path).ok()?.trim().parse().ok()
-}
-
-fn write_pid(file: &mut std::fs::File) -> io::Result<()> {
-    file.set_len(0)?;
-    use std::io::Seek;
-    file.seek(io::SeekFrom::Start(0))?;
-    writeln!(file, "{}", std::process::id())
-}
-
-fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
-    Ok((r, w))
-}
-
-fn set_blocking(fd: &OwnedFd) -> io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
-    fcntl(fd, FcntlArg::F_SETFL(flags & !OFlag::O_NONBLOCK))?;
-    Ok(())
-}
-
-fn daemonize() -> Result<(), StartError> {
-    // SAFETY: single-threaded at this point; the parent exits at once.
-    match unsafe { libc::fork() } {
-        -1 => return Err(format!("fork() failed: {}", io::Error::last_os_error())),
-        0 => {}
-        _ => unsafe { libc::_exit(0) },
-    }
-    // SAFETY: plain syscalls in the child.
-    unsafe { libc::setsid() };
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| format!("open(/dev/null) failed: {e}"))?;
-    // SAFETY: dup2 onto stdin/stdout; stderr stays for a log_path of /dev/stderr.
-    unsafe {
-        libc::dup2(null.as_raw_fd(), 0);
-        libc::dup2(null.as_raw_fd(), 1);
-    }
-    Ok(())
-}
-
-/// Runs the master until it exits; returns the exit status.
-pub fn run(options: Options) -> i32 {
-    match start(options) {
-        Ok(mut d) => d.main_loop(),
-        Err(e) => {
-            eprintln!("roost: Fatal: {e}");
-            89
-        }
-    }
-}
-
-fn start(options: Options) -> Result<Daemon, StartError> {
-    let path = conf::choose(options.config.as_deref());
-    let (mut cfg, warnings) = conf::load_checked(path.as_deref()).map_err(|e| e.join("\n"))?;
-    if let Some(name) = &options.instance {
-        cfg.settings.global.instance_name = name.clone();
-    }
-    let base_dir = cfg.settings.global.base_dir.clone();
-    std::fs::create_dir_all(&base_dir).map_err(|e| format!("mkdir({base_dir}) failed: {e}"))?;
-    let _ = std::fs::set_permissions(&base_dir, std::fs::Permissions::from_mode(0o755));
-    std::env::set_current_dir(&base_dir).map_err(|e| format!("chdir({base_dir}) failed: {e}"))?;
-    let pid_path = format!("{base_dir}/master.pid");
-    let mut pid_file = lock_pid_file(&pid_path)?;
-    let mut log = LogWriter::open(&cfg.settings.global.log_path).map_err(|e| e.to_string())?;
-    if !options.foreground {
-        daemonize()?;
-    }
-    write_pid(&mut pid_file).map_err(|e| format!("write({pid_path}) failed: {e}"))?;
-    let which = path
-        .clone()
-        .unwrap_or_else(|| conf::DEFAULT_NAME.to_owned());
-    log.line(&format!(
-        "roost: Info: roost v{} starting up with configuration {which}",
-        env!("CARGO_PKG_VERSION")
-    ));
-    for w in &warnings {
-        log.line(&format!("roost: Warning: {w}"));
-    }
-    let is_root = nix::unistd::geteuid().is_root();
-    if !is_root {
-        log.line(
-            "roost: Info: not running as root: children run as this user, no user is switched",
-        );
-    }
-    let (mc, left_out) = conf::master_config(&cfg);
-    for l in &left_out {
-        log.line(&format!("roost: Info: {l}"));
-    }
-    let dev_null: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| format!("open(/dev/null) failed: {e}"))?
-        .into();
-    let poll = Poll::new().map_err(|e| format!("epoll failed: {e}"))?;
-    let mut signals = Signals::new([SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1])
-        .map_err(|e| format!("signal setup failed: {e}"))?;
-    poll.registry()
-        .register(&mut signals, TOKEN_SIGNALS, Interest::READABLE)
-        .map_err(|e| format!("epoll failed: {e}"))?;
-    let control_path = format!("{base_dir}/control");
-    let _ = std::fs::remove_file(&control_path);
-    let mut control = UnixListener::bind(&control_path)
-        .map_err(|e| format!("bind({control_path}) failed: {e}"))?;
-    let _ = std::fs::set_permissions(&control_path, std::fs::Permissions::from_mode(0o600));
-    poll.registry()
-        .register(&mut control, TOKEN_CONTROL, Interest::READABLE)
-        .map_err(|e| format!("epoll failed: {e}"))?;
-    let start = std::time::Instant::now();
-    let master = Master::new(mc, Instant::ZERO);
-    let mut settings = BTreeMap::new();
-    settings.insert(master.current_generation(), cfg.settings.clone());
-    Ok(Daemon {
-        master,
-        poll,
-        signals,
-        start,
-        options,
-        settings,
-        listeners: BTreeMap::new(),
-        services: BTreeMap::new(),
-        log,
-        dev_null,
-        control: Some(control),
-        control_path,
-        conns: BTreeMap::new(),
-        next_conn: 0,
-        self_exe: conf::self_exe(),
-        is_root,
-        exit: None,
-        _pid_file: pid_file,
-        pid_path,
-    })
+    warned_non_root: bool,
 }
 
 impl Daemon {
+    /// A master for checked settings, with its control socket at `<base_dir>/control`.
+    pub fn new(
+        settings: Settings,
+        config: MasterConfig,
+        source: Source,
+        log: LogWriter,
+        foreground: bool,
+    ) -> io::Result<Daemon> {
+        let poll = Poll::new()?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new([
+            libc::SIGHUP,
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGUSR1,
+            libc::SIGCHLD,
+        ])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        // SIGPIPE: a client that went away must not kill the master.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        let control_path = format!("{}/control", settings.global.base_dir);
+        let _ = std::fs::remove_file(&control_path);
+        let mut control = UnixListener::bind(&control_path)?;
+        std::fs::set_permissions(
+            &control_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        poll.registry()
+            .register(&mut control, CONTROL, Interest::READABLE)?;
+        let devnull = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/null")?
+            .into();
+        let roost_binary = std::env::current_exe()?;
+        let epoch = StdInstant::now();
+        let master = Master::new(config, Instant::ZERO);
+        let mut generations = BTreeMap::new();
+        generations.insert(master.current_generation(), settings);
+        let mut tokens = BTreeMap::new();
+        tokens.insert(SIGNALS, Source2::Signals);
+        tokens.insert(CONTROL, Source2::Control);
+        Ok(Daemon {
+            master,
+            epoch,
+            poll,
+            signals,
+            control: Some(control),
+            control_path,
+            control_clients: BTreeMap::new(),
+            tokens,
+            next_token: 2,
+            listeners: BTreeMap::new(),
+            services: BTreeMap::new(),
+            generations,
+            log,
+            devnull,
+            foreground,
+            roost_binary,
+            source,
+            exit: None,
+            warned_non_root: false,
+        })
+    }
+
     fn now(&self) -> Instant {
-        Instant::from_millis(u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX))
+        Instant::from_millis(self.epoch.elapsed().as_millis() as u64)
     }
 
-    fn handle(&mut self, input: Input) {
-        let now = self.now();
-        self.master.handle(input, now);
-        #[cfg(debug_assertions)]
-        if let Err(v) = self.master.check_invariants() {
-            self.log
-                .line(&format!("roost: Error: invariant violated: {v:?}"));
-        }
-        self.drain();
+    fn token(&mut self, source: Source2) -> Token {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        self.tokens.insert(token, source);
+        token
     }
 
-    fn drain(&mut self) {
-        while let Some(out) = self.master.poll_output() {
-            self.apply(out);
-        }
-    }
-
-    fn main_loop(&mut self) -> i32 {
+    /// Runs until the core says exit; returns the exit status.
+    pub fn run(mut self) -> i32 {
+        self.apply_outputs();
         let mut events = Events::with_capacity(256);
-        self.drain();
-        loop {
-            if let Some(code) = self.exit {
-                self.cleanup();
-                return code;
+        while self.exit.is_none() {
+            let timeout = self.master.poll_timeout().map(|at| {
+                std::time::Duration::from_millis(
+                    at.as_millis().saturating_sub(self.now().as_millis()),
+                )
+            });
+            if let Err(error) = self.poll.poll(&mut events, timeout) {
+                if error.kind() != io::ErrorKind::Interrupted {
+                    self.log
+                        .master(Level::Error, &format!("epoll_wait() failed: {error}"));
+                }
+                continue;
             }
-            let now = self.now();
-            let timeout = self
+            for event in events.iter() {
+                let Some(&source) = self.tokens.get(&event.token()) else {
+                    continue;
+                };
+                match source {
+                    Source2::Signals => self.on_signals(),
+                    Source2::Control => self.on_control_accept(),
+                    Source2::ControlClient => self.on_control_client(event.token()),
+                    Source2::Listener(listener, fd) => {
+                        let tcp = self.listeners.get(&listener).is_some_and(|l| l.tcp);
+                        let queued = listen::queued(fd, tcp);
+                        self.feed(Input::ListenerReadable { listener, queued });
+                    }
+                    Source2::Status(service) => self.on_status_pipe(service),
+                    Source2::Log(service) => self.on_log_pipe(service),
+                }
+                if self.exit.is_some() {
+                    break;
+                }
+            }
+            if self
                 .master
                 .poll_timeout()
-                .map(|at| StdDuration::from_millis(at.as_millis().saturating_sub(now.as_millis())));
-            if timeout == Some(StdDuration::ZERO) {
-                self.handle(Input::Timeout);
-                continue;
+                .is_some_and(|at| at <= self.now())
+            {
+                self.feed(Input::Timeout);
             }
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    self.log
-                        .line(&format!("roost: Error: epoll_wait() failed: {e}"));
-                }
-                continue;
-            }
-            let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
-            for token in tokens {
-                self.on_event(token);
-            }
-            if let Some(at) = self.master.poll_timeout() {
-                if at <= self.now() {
-                    self.handle(Input::Timeout);
-                }
-            }
+        }
+        self.cleanup();
+        self.exit.unwrap_or(0)
+    }
+
+    fn feed(&mut self, input: Input) {
+        let now = self.now();
+        self.master.handle(input, now);
+        self.apply_outputs();
+    }
+
+    fn apply_outputs(&mut self) {
+        while let Some(output) = self.master.poll_output() {
+            self.apply(output);
         }
     }
 
-    fn on_event(&mut self, token: Token) {
-        match token {
-            TOKEN_SIGNALS => self.on_signals(),
-            TOKEN_CONTROL => self.on_control_accept(),
-            Token(t) => {
-                let id = t & !KIND_MASK;
-                match t & KIND_MASK {
-                    KIND_LISTENER => {
-                        let listener = ListenerId(id as u32);
-                        if let Some(l) = self.listeners.get(&listener) {
-                            let queued = if l.opened.kind == "inet" {
-                                listen::queued(l.opened.fd.as_raw_fd())
-                            } else {
-                                1
-                            };
-                            self.handle(Input::ListenerReadable { listener, queued });
-                        }
-                    }
-                    KIND_STATUS => self.on_status(ServiceId(id as u32)),
-                    KIND_LOG => self.on_log(ServiceId(id as u32)),
-                    KIND_CONN => self.on_conn(id),
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    fn on_signals(&mut self) {
-        let pending: Vec<i32> = self.signals.pending().collect();
-        for sig in pending {
-            match sig {
-                SIGCHLD => self.reap(),
-                SIGHUP => {
-                    let _ = self.reload();
-                }
-                SIGTERM => self.handle(Input::Signal(Signal::Term)),
-                SIGINT => self.handle(Input::Signal(Signal::Int)),
-                SIGUSR1 => self.log_reopen(),
-                _ => {}
-            }
-        }
-    }
-
-    fn reap(&mut self) {
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => self.handle(Input::Exited {
-                    pid: Pid(pid.as_raw()),
-                    status: ExitStatus::Exited(code),
-                }),
-                Ok(WaitStatus::Signaled(pid, sig, core)) => self.handle(Input::Exited {
-                    pid: Pid(pid.as_raw()),
-                    status: ExitStatus::Signaled {
-                        signal: sig as i32,
-                        core_dumped: core,
-                    },
-                }),
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    }
-
-    fn log_reopen(&mut self) {
-        if let Err(e) = self.log.reopen() {
-            self.log.line(&format!("roost: Error: {e}"));
-        }
-        self.handle(Input::Signal(Signal::Usr1));
-    }
-
-    /// Re-reads the configuration; Err with the reason when refused.
-    fn reload(&mut self) -> Result<(), String> {
-        self.lifecycle(Lifecycle::Reloading);
-        let path = conf::choose(self.options.config.as_deref());
-        let result = conf::load_checked(path.as_deref())
-            .map_err(|e| e.join("\n"))
-            .and_then(|(mut cfg, warnings)| {
-                if let Some(name) = &self.options.instance {
-                    cfg.settings.global.instance_name = name.clone();
-                }
-                let current = self.settings.get(&self.master.current_generation());
-                if let Some(cur) = current {
-                    if cur.global.base_dir != cfg.settings.global.base_dir {
-                        return Err("base_dir can't be changed by a reload".to_owned());
-                    }
-                }
-                Ok((cfg, warnings))
-            });
-        match result {
-            Err(e) => {
-                for line in e.lines() {
-                    self.log.line(&format!("roost: Error: {line}"));
-                }
-                self.log
-                    .line("roost: Error: Config reload failed, keeping the running configuration");
-                self.lifecycle(Lifecycle::Ready);
-                Err(e)
-            }
-            Ok((cfg, warnings)) => {
-                self.apply_reload(cfg, warnings);
-                Ok(())
-            }
-        }
-    }
-
-    fn apply_reload(&mut self, cfg: Config, warnings: Vec<String>) {
-        for w in &warnings {
-            self.log.line(&format!("roost: Warning: {w}"));
-        }
-        self.log
-            .line("roost: Warning: SIGHUP received - reloading configuration");
-        let (mc, left_out) = conf::master_config(&cfg);
-        for l in &left_out {
-            self.log.line(&format!("roost: Info: {l}"));
-        }
-        let next = Generation(self.master.current_generation().0 + 1);
-        self.settings.insert(next, cfg.settings);
-        self.handle(Input::Reload(Box::new(mc)));
-        let current = self.master.current_generation();
-        if current != next {
-            if let Some(s) = self.settings.remove(&next) {
-                self.settings.insert(current, s);
-            }
-        }
-    }
-
-    fn lifecycle(&mut self, state: Lifecycle) {
-        let Ok(socket) = std::env::var("NOTIFY_SOCKET") else {
-            return;
-        };
-        let msg = match state {
-            Lifecycle::Ready => "READY=1".to_owned(),
-            Lifecycle::Reloading => {
-                let mut ts = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                };
-                // SAFETY: clock_gettime fills a valid timespec.
-                unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-                let usec = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000;
-                format!("RELOADING=1\nMONOTONIC_USEC={usec}")
-            }
-            Lifecycle::Stopping => "STOPPING=1".to_owned(),
-        };
-        let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-            return;
-        };
-        if let Some(name) = socket.strip_prefix('@') {
-            use std::os::linux::net::SocketAddrExt;
-            if let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(name) {
-                let _ = sock.send_to_addr(msg.as_bytes(), &addr);
-            }
-        } else {
-            let _ = sock.send_to(msg.as_bytes(), &socket);
-        }
-    }
-
-    fn apply(&mut self, out: Output) {
-        match out {
+    fn apply(&mut self, output: Output) {
+        match output {
             Output::OpenListener {
-                listener,
-                service,
-                config,
-            } => self.open_listener(listener, service, &config.name, &config.kind),
+                listener, config, ..
+            } => match listen::open(&config) {
+                Ok(opened) => {
+                    let path = match &config.kind {
+                        ListenerKind::Unix { path, .. } | ListenerKind::Fifo { path, .. } => {
+                            Some(path.clone())
+                        }
+                        ListenerKind::Inet { .. } => None,
+                    };
+                    self.listeners.insert(
+                        listener,
+                        ListenerIo {
+                            fds: opened.fds,
+                            tcp: opened.tcp,
+                            tokens: Vec::new(),
+                            watched: false,
+                            path,
+                        },
+                    );
+                }
+                Err(error) => {
+                    let now = self.now();
+                    self.master.handle(
+                        Input::ListenFailed {
+                            listener,
+                            soft: error.soft,
+                            error: error.text,
+                        },
+                        now,
+                    );
+                }
+            },
             Output::TakeOverListener { from, to } => {
-                if let Some(mut l) = self.listeners.remove(&from) {
-                    if l.watching {
-                        let fd = l.opened.fd.as_raw_fd();
-                        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-                        l.watching = false;
-                    }
-                    // The new generation's service owns it from now on.
-                    let ids: Vec<ServiceId> = self.master.services().map(|s| s.id).collect();
-                    let service = ids
-                        .into_iter()
-                        .find(|id| self.master.service_listeners(*id).contains(&to))
-                        .unwrap_or(l.service);
-                    l.service = service;
-                    self.listeners.insert(to, l);
+                if let Some(mut io) = self.listeners.remove(&from) {
+                    self.unwatch(&mut io);
+                    self.listeners.insert(to, io);
                 }
             }
             Output::CloseListener { listener } => {
-                if let Some(l) = self.listeners.remove(&listener) {
-                    if l.watching {
-                        let fd = l.opened.fd.as_raw_fd();
-                        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-                    }
-                    if let Some(p) = &l.opened.path {
-                        let _ = std::fs::remove_file(p);
+                if let Some(mut io) = self.listeners.remove(&listener) {
+                    self.unwatch(&mut io);
+                    if let Some(path) = &io.path {
+                        let _ = std::fs::remove_file(path);
                     }
                 }
             }
             Output::SetListening { listener, on } => self.set_listening(listener, on),
             Output::AcceptAndClose { listener } => {
-                if let Some(l) = self.listeners.get(&listener) {
-                    listen::accept_and_close(l.opened.fd.as_raw_fd());
+                if let Some(io) = self.listeners.get(&listener) {
+                    for fd in &io.fds {
+                        listen::accept_and_close(fd.as_raw_fd());
+                    }
                 }
             }
-            Output::Spawn(req) => {
-                let input = self.spawn(&req);
-                self.master.handle(input, self.now());
-            }
+            Output::Spawn(request) => self.spawn(request),
             Output::Kill { pid, signal } => {
-                // SAFETY: kill(2) with a pid the core knows as its child.
-                unsafe { libc::kill(pid.0, signal.number()) };
+                let sig = match signal {
+                    Signal::Hup => libc::SIGHUP,
+                    Signal::Int => libc::SIGINT,
+                    Signal::Quit => libc::SIGQUIT,
+                    Signal::Term => libc::SIGTERM,
+                    Signal::Kill => libc::SIGKILL,
+                    Signal::Usr1 => libc::SIGUSR1,
+                };
+                // SAFETY: kill(2) on a pid the core knows is our live child.
+                unsafe { libc::kill(pid.0, sig) };
             }
             Output::SetLoginFull { service, full } => {
-                if let Some(fd) = self
-                    .services
-                    .get(&service)
-                    .and_then(|s| s.login_notify.as_ref())
-                {
-                    // The offset is the state: children lseek(fd, 0, SEEK_CUR) to read it.
-                    // SAFETY: lseek on a valid fd.
-                    unsafe { libc::lseek(fd.as_raw_fd(), i64::from(full), libc::SEEK_SET) };
+                if let Some(file) = self.services.get(&service).and_then(|s| s.notify.as_ref()) {
+                    // The state is the shared file offset (reference §2.8).
+                    unsafe { libc::lseek(file.as_raw_fd(), i64::from(full), libc::SEEK_SET) };
                 }
             }
             Output::RetireGeneration { generation } => {
-                for s in self.services.values_mut() {
-                    if s.generation == generation {
-                        s.dead_write = None;
-                        s.login_notify = None;
-                    }
+                for io in self
+                    .services
+                    .values_mut()
+                    .filter(|s| s.generation == generation)
+                {
+                    // Closing the read end tells every child of the generation (reference §4.4).
+                    io.dead_r = None;
+                    io.dead_w = None;
+                    io.notify = None;
                 }
             }
             Output::ForgetGeneration { generation } => {
@@ -623,613 +391,726 @@ impl Daemon {
                     .map(|(id, _)| *id)
                     .collect();
                 for id in gone {
-                    self.close_service(id);
+                    if let Some(mut io) = self.services.remove(&id) {
+                        self.flush_log(&mut io);
+                        for token in io.tokens {
+                            self.tokens.remove(&token);
+                        }
+                        let _ = self
+                            .poll
+                            .registry()
+                            .deregister(&mut SourceFd(&io.status_r.as_raw_fd()));
+                        let _ = self
+                            .poll
+                            .registry()
+                            .deregister(&mut SourceFd(&io.log_r.as_raw_fd()));
+                    }
                 }
-                self.settings.remove(&generation);
+                self.generations.remove(&generation);
             }
             Output::AnvilKill { .. } => {
-                // No anvil process runs yet (the mail-host issue adds it): nothing to tell.
+                // No anvil runs yet: nothing tracks connections per pid.
             }
-            Output::Log(notice) => {
-                let line = format!("roost: {}: {notice}", notice.level());
-                self.log.line(&line);
-            }
-            Output::Lifecycle(state) => self.lifecycle(state),
+            Output::Log(notice) => self.log.master(notice.level(), &notice.to_string()),
+            Output::Lifecycle(state) => notify_systemd(state),
             Output::Exit(code) => self.exit = Some(code),
         }
     }
 
-    fn open_listener(
-        &mut self,
-        listener: ListenerId,
-        service: ServiceId,
-        name: &str,
-        kind: &ListenerKind,
-    ) {
-        match listen::open(kind) {
-            Ok(opened) => {
-                let (ssl, haproxy) = match kind {
-                    ListenerKind::Inet { ssl, haproxy, .. } => (*ssl, *haproxy),
-                    _ => (false, false),
-                };
-                self.listeners.insert(
-                    listener,
-                    ListenerEntry {
-                        opened,
-                        service,
-                        name: name.to_owned(),
-                        ssl,
-                        haproxy,
-                        watching: false,
-                    },
-                );
-            }
-            Err(e) => {
-                let now = self.now();
-                self.master.handle(
-                    Input::ListenFailed {
-                        listener,
-                        soft: e.soft,
-                        error: e.error,
-                    },
-                    now,
-                );
-            }
+    fn unwatch(&mut self, io: &mut ListenerIo) {
+        for (fd, token) in io.fds.iter().zip(io.tokens.drain(..)) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&fd.as_raw_fd()));
+            self.tokens.remove(&token);
         }
+        io.watched = false;
     }
 
     fn set_listening(&mut self, listener: ListenerId, on: bool) {
-        let Some(l) = self.listeners.get_mut(&listener) else {
+        let Some(mut io) = self.listeners.remove(&listener) else {
             return;
         };
-        let fd = l.opened.fd.as_raw_fd();
-        let token = Token(KIND_LISTENER | listener.0 as usize);
-        let registry = self.poll.registry();
-        let result = match (on, l.watching) {
-            // mio is edge-triggered: a fresh registration (or a re-registration of one already
-            // watched) reports connections that are already waiting, so every "listen" from
-            // the core re-arms deliberately.
-            (true, false) => registry.register(&mut SourceFd(&fd), token, Interest::READABLE),
-            (true, true) => registry.reregister(&mut SourceFd(&fd), token, Interest::READABLE),
-            (false, true) => registry.deregister(&mut SourceFd(&fd)),
-            (false, false) => Ok(()),
-        };
-        match result {
-            Ok(()) => l.watching = on,
-            Err(e) => self.log.line(&format!(
-                "roost: Error: epoll_ctl(listener {}) failed: {e}",
-                l.name
-            )),
+        // Re-registering is deliberate: mio is edge-triggered, and connections that waited while
+        // the master was not watching must be reported again now (epoll reports a ready fd at
+        // registration).
+        self.unwatch(&mut io);
+        if on {
+            let fds: Vec<RawFd> = io.fds.iter().map(|fd| fd.as_raw_fd()).collect();
+            for fd in fds {
+                let token = self.token(Source2::Listener(listener, fd));
+                if self
+                    .poll
+                    .registry()
+                    .register(&mut SourceFd(&fd), token, Interest::READABLE)
+                    .is_ok()
+                {
+                    io.tokens.push(token);
+                } else {
+                    self.tokens.remove(&token);
+                }
+            }
+            io.watched = true;
         }
+        self.listeners.insert(listener, io);
     }
 
-    fn service_fds(&mut self, req: &SpawnRequest) -> io::Result<()> {
-        if self.services.contains_key(&req.service) {
+    /// The pipes of a service, created when its first process is.
+    fn service_io(
+        &mut self,
+        service: ServiceId,
+        generation: Generation,
+        name: &str,
+        login: bool,
+    ) -> io::Result<()> {
+        if self.services.contains_key(&service) {
             return Ok(());
         }
-        let settings = self
-            .settings
-            .get(&req.generation)
-            .ok_or_else(|| io::Error::other("no settings for this generation"))?;
-        let name = self
-            .master
-            .service_config(req.service)
-            .map(|c| c.name.clone())
-            .ok_or_else(|| io::Error::other("unknown service"))?;
-        let service = settings
-            .services
-            .iter()
-            .find(|s| s.name == name)
-            .cloned()
-            .ok_or_else(|| io::Error::other(format!("service {name} not in settings")))?;
-        let mut global = settings.global.clone();
-        let uses_ssl = service.inet_listeners.iter().any(|l| l.ssl);
-        if !uses_ssl {
-            // Secrets only to the services that use them.
-            global.ssl_key = String::new();
-        }
-        let is_login = service.service_type == "login";
-        let child_settings = Settings {
-            global,
-            services: vec![service],
-        };
-        let memfd = spawn::settings_memfd(&roost_core::config::to_ron(&child_settings))?;
-        let (status_read, status_write) = pipe_pair()?;
-        let (dead_read, dead_write) = pipe_pair()?;
-        set_blocking(&dead_read)?;
-        let (log_read, log_write) = pipe_pair()?;
-        set_blocking(&log_write)?;
-        let login_notify = if is_login {
-            let f = std::fs::OpenOptions::new()
+        let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
+        let (status_r, status_w) = nix::unistd::pipe2(flags)?;
+        let (dead_r, dead_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (log_r, log_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        nix::fcntl::fcntl(
+            &log_r,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        let notify = if login {
+            // An unlinked file whose offset is the "all processes full" state (reference §2.8).
+            let dir = self
+                .generations
+                .get(&generation)
+                .map(|s| s.global.base_dir.clone())
+                .unwrap_or_default();
+            let path = format!(
+                "{dir}/login-master-notify{}-{}",
+                service.0,
+                std::process::id()
+            );
+            let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .custom_flags_tmpfile(".")?;
-            Some(f)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&path)?;
+            let _ = std::fs::remove_file(&path);
+            Some(file)
         } else {
             None
         };
-        let sid = req.service.0 as usize;
-        let registry = self.poll.registry();
-        registry.register(
-            &mut SourceFd(&status_read.as_raw_fd()),
-            Token(KIND_STATUS | sid),
+        let status_token = self.token(Source2::Status(service));
+        let log_token = self.token(Source2::Log(service));
+        self.poll.registry().register(
+            &mut SourceFd(&status_r.as_raw_fd()),
+            status_token,
             Interest::READABLE,
         )?;
-        registry.register(
-            &mut SourceFd(&log_read.as_raw_fd()),
-            Token(KIND_LOG | sid),
+        self.poll.registry().register(
+            &mut SourceFd(&log_r.as_raw_fd()),
+            log_token,
             Interest::READABLE,
         )?;
         self.services.insert(
-            req.service,
-            ServiceFds {
-                generation: req.generation,
-                status_read,
-                status_write,
-                dead_read,
-                dead_write: Some(dead_write),
-                log_read,
-                log_write,
+            service,
+            ServiceIo {
+                generation,
+                name: name.to_owned(),
+                status_r,
+                status_w,
+                dead_r: Some(dead_r),
+                dead_w: Some(dead_w),
+                log_r,
+                log_w,
+                notify,
                 log_buf: Vec::new(),
-                settings: memfd,
-                login_notify,
-                name,
+                tokens: [status_token, log_token],
             },
         );
         Ok(())
     }
 
-    fn credentials(
-        &self,
-        user: &str,
-        group: &str,
-        extra: &str,
-    ) -> Result<Option<Credentials>, String> {
-        if !self.is_root || user.is_empty() {
+    fn spawn(&mut self, request: SpawnRequest) {
+        let result = self.try_spawn(&request);
+        let now = self.now();
+        match result {
+            Ok(pid) => self.master.handle(
+                Input::Spawned {
+                    process: request.process,
+                    pid,
+                },
+                now,
+            ),
+            Err(error) => self.master.handle(
+                Input::SpawnFailed {
+                    process: request.process,
+                    errno: error.raw_os_error().unwrap_or(libc::EIO),
+                    error: error.to_string(),
+                },
+                now,
+            ),
+        }
+    }
+
+    fn try_spawn(&mut self, request: &SpawnRequest) -> io::Result<Pid> {
+        let config = self
+            .master
+            .service_config(request.service)
+            .cloned()
+            .ok_or_else(|| io::Error::other("the core asked for a service it does not know"))?;
+        let settings = self
+            .generations
+            .get(&request.generation)
+            .ok_or_else(|| io::Error::other("the core asked for a generation that is gone"))?;
+        let service_settings = settings
+            .services
+            .iter()
+            .find(|s| s.name == config.name)
+            .cloned()
+            .ok_or_else(|| io::Error::other(format!("service {} has no settings", config.name)))?;
+        let global = settings.global.clone();
+        let program = spawn::resolve_program(&service_settings.executable, &libexec_dir(settings))
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "no program for executable '{}'",
+                    service_settings.executable
+                ))
+            })?;
+        let settings_fd = settings_memfd(&service_settings, settings)?;
+        let login = config.service_type == roost_core::setup::ServiceType::Login;
+        self.service_io(request.service, request.generation, &config.name, login)?;
+        let identity = self.identity(&service_settings, &global)?;
+        let io = &self.services[&request.service];
+        let mut listeners = Vec::new();
+        for id in self.master.service_listeners(request.service) {
+            let (Some(opened), Some(listener_config)) =
+                (self.listeners.get(id), self.master.listener_config(*id))
+            else {
+                continue;
+            };
+            for fd in &opened.fds {
+                listeners.push((fd.as_raw_fd(), listener_config.clone()));
+            }
+        }
+        let stdout = if self.foreground {
+            1
+        } else {
+            self.devnull.as_raw_fd()
+        };
+        let fds = ChildFds {
+            stdin: self.devnull.as_raw_fd(),
+            stdout,
+            stderr: io.log_w.as_raw_fd(),
+            listeners,
+            status: io.status_w.as_raw_fd(),
+            master_dead: io
+                .dead_w
+                .as_ref()
+                .map_or(self.devnull.as_raw_fd(), |fd| fd.as_raw_fd()),
+            login_notify: io.notify.as_ref().map(|f| f.as_raw_fd()),
+            settings: Some(settings_fd.as_raw_fd()),
+        };
+        let imported = imported_environment(&global.import_environment);
+        let title = spawn::process_title(&global.instance_name, &config.name);
+        let mut plan = SpawnPlan::new(PlanInput {
+            roost_binary: &self.roost_binary,
+            program: &program,
+            title: &title,
+            settings: &service_settings,
+            config: &config,
+            uid: request.uid,
+            imported,
+            fds,
+            identity,
+            shutdown_clients: global.shutdown_clients,
+        })
+        .map_err(io::Error::other)?;
+        let pid = plan.spawn();
+        drop(settings_fd);
+        pid
+    }
+
+    /// The user, groups and chroot a child takes; nothing when the master is not root.
+    fn identity(
+        &mut self,
+        service: &ServiceSettings,
+        global: &roost_core::settings::GlobalSettings,
+    ) -> io::Result<Option<Identity>> {
+        if !system::is_root() {
+            if !self.warned_non_root && !service.user.is_empty() {
+                self.warned_non_root = true;
+                self.log.master(
+                    Level::Info,
+                    &format!(
+                        "running as {} (not root): services run as this user, their user, group and chroot settings are not applied",
+                        system::current_user_name()
+                    ),
+                );
+            }
             return Ok(None);
         }
-        let u = nix::unistd::User::from_name(user)
-            .ok()
-            .flatten()
-            .ok_or_else(|| format!("unknown user {user}"))?;
-        let gid = if group.is_empty() {
-            u.gid.as_raw()
-        } else {
-            nix::unistd::Group::from_name(group)
-                .ok()
-                .flatten()
-                .ok_or_else(|| format!("unknown group {group}"))?
-                .gid
-                .as_raw()
-        };
-        let mut groups = vec![gid];
-        for g in extra.split([' ', ',']).filter(|g| !g.is_empty()) {
-            let g = nix::unistd::Group::from_name(g)
-                .ok()
-                .flatten()
-                .ok_or_else(|| format!("unknown group {g}"))?;
-            groups.push(g.gid.as_raw());
+        if service.user.is_empty()
+            && service.group.is_empty()
+            && service.chroot.is_empty()
+            && service.extra_groups.is_empty()
+        {
+            return Ok(None);
         }
-        Ok(Some(Credentials {
-            uid: u.uid.as_raw(),
-            gid,
+        let (uid, user_gid) = match service.user.as_str() {
+            "" => (None, None),
+            user => {
+                let (uid, gid) = system::lookup_user(user)
+                    .ok_or_else(|| io::Error::other(format!("User doesn't exist: {user}")))?;
+                (Some(uid), Some(gid))
+            }
+        };
+        let gid = match service.group.as_str() {
+            "" => user_gid,
+            group => Some(
+                system::lookup_group(group)
+                    .ok_or_else(|| io::Error::other(format!("Group doesn't exist: {group}")))?,
+            ),
+        };
+        let mut groups = Vec::new();
+        for group in service.extra_groups.split_whitespace() {
+            groups.push(
+                system::lookup_group(group)
+                    .ok_or_else(|| io::Error::other(format!("Group doesn't exist: {group}")))?,
+            );
+        }
+        let chroot = match service.chroot.as_str() {
+            "" => None,
+            dir if dir.starts_with('/') => Some(PathBuf::from(dir)),
+            "." => Some(PathBuf::from(&global.base_dir)),
+            dir => Some(Path::new(&global.base_dir).join(dir)),
+        };
+        if let Some(dir) = &chroot {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(Some(Identity {
+            uid,
+            gid: gid.or(uid.map(|_| 65534)),
             groups,
+            chroot,
         }))
     }
 
-    fn spawn(&mut self, req: &SpawnRequest) -> Input {
-        let failed = |errno: i32, error: String| Input::SpawnFailed {
-            process: req.process,
-            errno,
-            error,
-        };
-        if let Err(e) = self.service_fds(req) {
-            return failed(e.raw_os_error().unwrap_or(libc::EIO), e.to_string());
-        }
-        let Some(settings) = self.settings.get(&req.generation) else {
-            return failed(libc::EINVAL, "no settings for this generation".into());
-        };
-        let Some(sc) = self.master.service_config(req.service).cloned() else {
-            return failed(libc::EINVAL, "unknown service".into());
-        };
-        let Some(ss) = settings.services.iter().find(|s| s.name == sc.name) else {
-            return failed(libc::EINVAL, "service not in settings".into());
-        };
-        let global = &settings.global;
-        let expand = |v: &str| match v {
-            "$default_internal_user" => global.default_internal_user.clone(),
-            "$default_login_user" => global.default_login_user.clone(),
-            "$default_internal_group" => global.default_internal_group.clone(),
-            other => other.to_owned(),
-        };
-        let creds = match self.credentials(&expand(&ss.user), &expand(&ss.group), &ss.extra_groups)
-        {
-            Ok(c) => c,
-            Err(e) => return failed(libc::EINVAL, format!("service({}): {e}", sc.name)),
-        };
-        let Some(fds) = self.services.get(&req.service) else {
-            return failed(libc::EIO, "service fds missing".into());
-        };
-        let listeners: Vec<ListenerFd> = self
-            .master
-            .service_listeners(req.service)
-            .iter()
-            .filter_map(|id| self.listeners.get(id))
-            .map(|l| ListenerFd {
-                fd: l.opened.fd.as_raw_fd(),
-                name: l.name.clone(),
-                kind: l.opened.kind,
-                ssl: l.ssl,
-                haproxy: l.haproxy,
-            })
-            .collect();
-        let child_fds = ChildFds {
-            dev_null: self.dev_null.as_raw_fd(),
-            stdout_is_terminal: self.options.foreground,
-            log: fds.log_write.as_raw_fd(),
-            listeners,
-            status: fds.status_write.as_raw_fd(),
-            master_dead: fds.dead_read.as_raw_fd(),
-            login_notify: fds.login_notify.as_ref().map(|f| f.as_raw_fd()),
-            settings: fds.settings.as_raw_fd(),
-        };
-        let imported: Vec<String> = global
-            .import_environment
-            .split_whitespace()
-            .filter_map(|w| match w.split_once('=') {
-                Some(_) => Some(w.to_owned()),
-                None => std::env::var(w).ok().map(|v| format!("{w}={v}")),
-            })
-            .collect();
-        let ctx = PlanContext {
-            self_exe: &self.self_exe.0,
-            self_dir: &self.self_exe.1,
-            process_uid: req.uid.0,
-            client_limit: sc.client_limit,
-            service_count: sc.service_count,
-            credentials: creds,
-            vsz_limit: sc.vsz_limit,
-            imported_env: imported,
-        };
-        let plan = match spawn::plan(global, ss, &child_fds, &ctx) {
-            Ok(p) => p,
-            Err(e) => return failed(libc::EINVAL, e.to_string()),
-        };
-        match spawn::spawn(plan) {
-            Ok((pid, exec_error)) => {
-                if let Some(e) = exec_error {
-                    self.log.line(&format!("service({}): Fatal: {e}", sc.name));
+    fn on_signals(&mut self) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for signal in pending {
+            match signal {
+                libc::SIGCHLD => self.reap(),
+                libc::SIGHUP => {
+                    self.feed(Input::Signal(Signal::Hup));
+                    if let Err(error) = self.reload() {
+                        self.log
+                            .master(Level::Error, &format!("Config reload failed: {error}"));
+                    }
                 }
-                Input::Spawned {
-                    process: req.process,
-                    pid: Pid(pid),
+                libc::SIGUSR1 => {
+                    self.log.reopen();
+                    self.feed(Input::Signal(Signal::Usr1));
                 }
-            }
-            Err((errno, error)) => failed(errno, error),
-        }
-    }
-
-    fn close_service(&mut self, id: ServiceId) {
-        if let Some(mut s) = self.services.remove(&id) {
-            let registry = self.poll.registry();
-            let _ = registry.deregister(&mut SourceFd(&s.status_read.as_raw_fd()));
-            let _ = registry.deregister(&mut SourceFd(&s.log_read.as_raw_fd()));
-            // Flush what is left of the children's stderr.
-            drain_log(&mut s, &mut self.log);
-            if !s.log_buf.is_empty() {
-                let text = String::from_utf8_lossy(&s.log_buf).into_owned();
-                self.log.line(&format!("{}: {text}", s.name));
+                libc::SIGINT => self.feed(Input::Signal(Signal::Int)),
+                _ => self.feed(Input::Signal(Signal::Term)),
             }
         }
     }
 
-    fn on_status(&mut self, id: ServiceId) {
-        let mut inputs = Vec::new();
-        if let Some(s) = self.services.get(&id) {
-            let mut buf = [0u8; status::STATUS_READ_CHUNK];
-            loop {
-                // SAFETY: read into a stack buffer of its length.
-                let n = unsafe {
-                    libc::read(
-                        s.status_read.as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                    )
-                };
-                if n <= 0 {
-                    break;
-                }
-                let chunk = &buf[..n as usize];
-                match status::decode_chunk(chunk) {
-                    Ok(records) => inputs.extend(records.map(|r| Input::Status {
-                        pid: r.pid,
-                        uid: r.uid,
-                        available_count: r.available_count,
-                    })),
-                    Err(p) => inputs.push(Input::StatusPartial {
-                        service: id,
-                        bytes: p.bytes as u32,
-                    }),
-                }
+    fn reap(&mut self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid on any child, without blocking.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
             }
-        }
-        for input in inputs {
-            self.handle(input);
+            let exit = if libc::WIFSIGNALED(status) {
+                ExitStatus::Signaled {
+                    signal: libc::WTERMSIG(status),
+                    core_dumped: libc::WCOREDUMP(status),
+                }
+            } else {
+                ExitStatus::Exited(libc::WEXITSTATUS(status))
+            };
+            // Read what it said last before the core forgets the pid.
+            self.drain_pipes();
+            self.feed(Input::Exited {
+                pid: Pid(pid),
+                status: exit,
+            });
         }
     }
 
-    fn on_log(&mut self, id: ServiceId) {
-        if let Some(s) = self.services.get_mut(&id) {
-            drain_log(s, &mut self.log);
+    fn drain_pipes(&mut self) {
+        let ids: Vec<ServiceId> = self.services.keys().copied().collect();
+        for id in ids {
+            self.on_status_pipe(id);
+            self.on_log_pipe(id);
+        }
+    }
+
+    /// Reads the configuration again and hands it to the core; an error keeps the running
+    /// generation and is returned (for `roost reload`).
+    fn reload(&mut self) -> Result<(), String> {
+        let config = self.source.load().map_err(|e| e.to_string())?;
+        let warnings = match config::check(&config, &system::RealSystem) {
+            Ok(warnings) => warnings,
+            Err(errors) => {
+                return Err(errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "));
+            }
+        };
+        for warning in warnings {
+            self.log.master(Level::Warning, &warning.to_string());
+        }
+        let (master_config, _) = derive(&config.settings);
+        let settings = config.settings.clone();
+        self.feed(Input::Reload(Box::new(master_config)));
+        self.generations
+            .insert(self.master.current_generation(), settings);
+        Ok(())
+    }
+
+    fn on_status_pipe(&mut self, service: ServiceId) {
+        let mut buffer = [0u8; STATUS_READ_CHUNK];
+        loop {
+            let Some(io) = self.services.get(&service) else {
+                return;
+            };
+            let n = match nix::unistd::read(&io.status_r, &mut buffer) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            };
+            match decode_status_chunk(&buffer[..n]) {
+                Ok(records) => {
+                    for record in records {
+                        self.feed(Input::Status {
+                            pid: record.pid,
+                            uid: record.uid,
+                            available_count: record.available_count,
+                        });
+                    }
+                }
+                Err(partial) => self.feed(Input::StatusPartial {
+                    service,
+                    bytes: partial.bytes as u32,
+                }),
+            }
+        }
+    }
+
+    fn on_log_pipe(&mut self, service: ServiceId) {
+        let Some(mut io) = self.services.remove(&service) else {
+            return;
+        };
+        let mut buffer = [0u8; 4096];
+        loop {
+            match nix::unistd::read(&io.log_r, &mut buffer) {
+                Ok(0) => break,
+                Ok(n) => io.log_buf.extend_from_slice(&buffer[..n]),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+            while let Some(end) = io.log_buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = io.log_buf.drain(..=end).collect();
+                let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                self.log.child(&io.name, &text);
+            }
+            if io.log_buf.len() > 8192 {
+                self.flush_log(&mut io);
+            }
+        }
+        self.services.insert(service, io);
+    }
+
+    fn flush_log(&mut self, io: &mut ServiceIo) {
+        if !io.log_buf.is_empty() {
+            let text = String::from_utf8_lossy(&io.log_buf).into_owned();
+            io.log_buf.clear();
+            self.log.child(&io.name, &text);
         }
     }
 
     fn on_control_accept(&mut self) {
-        let Some(control) = &self.control else { return };
-        while let Ok((mut stream, _)) = control.accept() {
-            let id = self.next_conn;
-            self.next_conn += 1;
-            if self
-                .poll
-                .registry()
-                .register(
-                    &mut stream,
-                    Token(KIND_CONN | id),
-                    Interest::READABLE | Interest::WRITABLE,
-                )
-                .is_err()
-            {
-                continue;
-            }
-            self.conns.insert(
-                id,
-                Conn {
-                    stream,
-                    decoder: RequestDecoder::new(),
-                    out: control::HANDSHAKE.to_vec(),
-                    closing: false,
-                },
-            );
-        }
-        self.on_conn_all();
-    }
-
-    fn on_conn_all(&mut self) {
-        let ids: Vec<usize> = self.conns.keys().copied().collect();
-        for id in ids {
-            self.on_conn(id);
-        }
-    }
-
-    fn on_conn(&mut self, id: usize) {
-        let mut requests = Vec::new();
-        let mut dead = false;
-        if let Some(c) = self.conns.get_mut(&id) {
-            let mut buf = [0u8; 4096];
-            loop {
-                match c.stream.read(&mut buf) {
-                    Ok(0) => {
-                        dead = true;
-                        break;
-                    }
-                    Ok(n) => c.decoder.feed(&buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        dead = true;
-                        break;
-                    }
-                }
-            }
-            while let Some(r) = c.decoder.next_request() {
-                requests.push(r);
-            }
-        }
-        for r in requests {
-            let reply = match r {
-                Ok(req) => self.control_request(req),
-                Err(e) => {
-                    if e.is_fatal() {
-                        if let Some(c) = self.conns.get_mut(&id) {
-                            c.closing = true;
-                        }
-                    }
-                    Reply::Error(e.to_string())
-                }
+        loop {
+            let Some(control) = self.control.as_ref() else {
+                return;
             };
-            if let Some(c) = self.conns.get_mut(&id) {
-                reply.encode(&mut c.out);
-            }
-        }
-        if let Some(c) = self.conns.get_mut(&id) {
-            while !c.out.is_empty() {
-                match c.stream.write(&c.out) {
-                    Ok(0) => {
-                        dead = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        c.out.drain(..n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        dead = true;
-                        break;
+            match control.accept() {
+                Ok((mut stream, _)) => {
+                    let token = self.token(Source2::ControlClient);
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut stream, token, Interest::READABLE)
+                        .is_ok()
+                    {
+                        self.control_clients.insert(token, (stream, Vec::new()));
                     }
                 }
-            }
-            if c.closing && c.out.is_empty() {
-                dead = true;
-            }
-        }
-        if dead {
-            if let Some(mut c) = self.conns.remove(&id) {
-                let _ = self.poll.registry().deregister(&mut c.stream);
+                Err(_) => return,
             }
         }
     }
 
-    fn control_request(&mut self, req: Request) -> Reply {
-        match req {
-            Request::Stop => {
-                self.handle(Input::Signal(Signal::Term));
-                Reply::Ok(String::new())
+    fn on_control_client(&mut self, token: Token) {
+        let Some((mut stream, mut buffer)) = self.control_clients.remove(&token) else {
+            return;
+        };
+        let mut chunk = [0u8; 1024];
+        let mut closed = false;
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
             }
-            Request::Reload => match self.reload() {
-                Ok(()) => Reply::Ok(String::new()),
-                Err(e) => Reply::Error(e),
-            },
-            Request::LogReopen => {
-                self.log_reopen();
-                Reply::Ok(String::new())
+        }
+        let reply = match control::decode_request(&buffer) {
+            Request::Incomplete if !closed => {
+                self.control_clients.insert(token, (stream, buffer));
+                return;
             }
-            Request::Status => Reply::Table(
-                self.master
-                    .services()
-                    .map(|s| {
-                        Row::Service(ServiceRow {
-                            name: s.name,
-                            process_count: s.process_count,
-                            process_avail: s.process_avail,
-                            process_limit: s.process_limit,
-                            client_limit: s.client_limit,
-                            throttle_secs: s.throttle_secs,
-                            exit_failure_last: 0,
-                            exit_failures_in_sec: 0,
-                            last_drop_warning: 0,
-                            listen_pending: s.listen_pending,
-                            listening: s.listening,
-                            stopped: false,
-                            total_created: s.total_created,
-                            generation: s.generation.0,
-                        })
-                    })
-                    .collect(),
-            ),
-            Request::ProcessStatus { services } => {
-                let wall = |at: Option<Instant>| at.map_or(0, |at| unix_secs_of(self.start, at));
-                Reply::Table(
-                    self.master
-                        .processes()
-                        .filter(|p| services.is_empty() || services.contains(&p.service))
-                        .filter_map(|p| {
-                            Some(Row::Process(ProcessRow {
-                                service: p.service.clone(),
-                                pid: p.pid?,
-                                available_count: p.available_count,
-                                total_count: p.total_count,
-                                idle_start: wall(p.idle_start),
-                                last_status_update: wall(p.last_status_update),
-                                last_kill_sent: wall(p.last_kill_sent),
-                            }))
-                        })
-                        .collect(),
-                )
+            Request::Incomplete => None,
+            Request::Invalid(error) => Some(control::encode_reply(&[], Err(&error))),
+            Request::Command(command) => Some(self.on_command(command)),
+        };
+        let _ = self.poll.registry().deregister(&mut stream);
+        self.tokens.remove(&token);
+        if let Some(reply) = reply {
+            // The reply is small: it fits the socket buffer of a fresh connection.
+            let _ = stream.write_all(&reply);
+        }
+    }
+
+    fn on_command(&mut self, command: Command) -> Vec<u8> {
+        match command {
+            Command::Stop => {
+                let reply = control::encode_reply(
+                    &[],
+                    Ok(&format!("stopping (pid {})", std::process::id())),
+                );
+                self.feed(Input::Signal(Signal::Term));
+                reply
             }
-            Request::Who => Reply::Table(Vec::new()),
+            Command::Reload => {
+                self.feed(Input::Signal(Signal::Hup));
+                match self.reload() {
+                    Ok(()) => control::encode_reply(&[], Ok("configuration reloaded")),
+                    Err(error) => {
+                        self.log
+                            .master(Level::Error, &format!("Config reload failed: {error}"));
+                        control::encode_reply(&[], Err(&error))
+                    }
+                }
+            }
+            Command::LogReopen => {
+                self.log.reopen();
+                self.feed(Input::Signal(Signal::Usr1));
+                control::encode_reply(&[], Ok("log files reopened"))
+            }
+            Command::Status => {
+                let now = self.now();
+                let mut lines = vec!["service\tgeneration\tprocess_count\tprocess_avail\tprocess_limit\tclient_limit\tthrottle_secs\tlisten_pending\tlistening\ttotal_created".to_owned()];
+                for s in self.master.services() {
+                    let yn = |b: bool| if b { "y" } else { "n" };
+                    lines.push(format!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        s.name,
+                        s.generation.0,
+                        s.process_count,
+                        s.process_avail,
+                        s.process_limit,
+                        s.client_limit,
+                        s.throttle_secs,
+                        yn(s.listen_pending),
+                        yn(s.listening),
+                        s.total_created
+                    ));
+                }
+                lines.push(String::new());
+                lines.push(
+                    "service\tpid\tavailable_count\ttotal_count\tidle_secs\tlast_status_secs_ago"
+                        .to_owned(),
+                );
+                for p in self.master.processes() {
+                    let ago = |at: Option<Instant>| {
+                        at.map_or("-".to_owned(), |at| (now - at).as_secs().to_string())
+                    };
+                    lines.push(format!(
+                        "{}\t{}\t{}\t{}\t{}\t{}",
+                        p.service,
+                        p.pid.map_or("-".to_owned(), |p| p.0.to_string()),
+                        p.available_count,
+                        p.total_count,
+                        ago(p.idle_start),
+                        ago(p.last_status_update)
+                    ));
+                }
+                control::encode_reply(&lines, Ok(""))
+            }
         }
     }
 
     fn cleanup(&mut self) {
-        for l in self.listeners.values() {
-            if let Some(p) = &l.opened.path {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-        self.listeners.clear();
         let ids: Vec<ServiceId> = self.services.keys().copied().collect();
         for id in ids {
-            self.close_service(id);
+            self.on_log_pipe(id);
+            if let Some(mut io) = self.services.remove(&id) {
+                self.flush_log(&mut io);
+            }
         }
-        // Answer pending control connections before going.
-        self.on_conn_all();
+        for io in self.listeners.values() {
+            if let Some(path) = &io.path {
+                let _ = std::fs::remove_file(path);
+            }
+        }
         self.control = None;
         let _ = std::fs::remove_file(&self.control_path);
-        let _ = std::fs::remove_file(&self.pid_path);
-        self.log.line("roost: Info: roost stopped");
     }
 }
 
-fn unix_secs_of(start: std::time::Instant, at: Instant) -> u64 {
-    let now_core = start.elapsed().as_millis() as u64;
-    let ago = now_core.saturating_sub(at.as_millis()) / 1000;
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    wall.saturating_sub(ago)
+/// A sealed memfd holding the RON of the globals and the one service the child runs
+/// (DESIGN.md "Settings to children"); the ssl key only to services with ssl listeners.
+fn settings_memfd(service: &ServiceSettings, settings: &Settings) -> io::Result<OwnedFd> {
+    let mut global = settings.global.clone();
+    if !service.inet_listeners.iter().any(|l| l.ssl) {
+        global.ssl_key.clear();
+    }
+    let text = config::to_ron(&Settings {
+        global,
+        services: vec![service.clone()],
+    });
+    let name = c"roost-settings";
+    // SAFETY: memfd_create with a static name; the fd is owned at once.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(text.as_bytes())?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on the fd we own.
+    unsafe {
+        libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals);
+        libc::lseek(file.as_raw_fd(), 0, libc::SEEK_SET);
+    }
+    Ok(file.into())
 }
 
-fn drain_log(s: &mut ServiceFds, log: &mut LogWriter) {
-    let mut buf = [0u8; 8192];
-    loop {
-        // SAFETY: read into a stack buffer of its length.
-        let n = unsafe { libc::read(s.log_read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            break;
+/// `import_environment`: `NAME` keeps the master's value, `NAME=VALUE` sets one.
+fn imported_environment(spec: &str) -> Vec<(String, String)> {
+    spec.split_whitespace()
+        .filter_map(|item| match item.split_once('=') {
+            Some((name, value)) => Some((name.to_owned(), value.to_owned())),
+            None => std::env::var(item)
+                .ok()
+                .map(|value| (item.to_owned(), value)),
+        })
+        .collect()
+}
+
+/// Tells systemd (NOTIFY_SOCKET) about a lifecycle change.
+fn notify_systemd(state: Lifecycle) {
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+        return;
+    };
+    let message = match state {
+        Lifecycle::Ready => format!("READY=1\nMAINPID={}", std::process::id()),
+        Lifecycle::Reloading => {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime into a local.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+            let usec = ts.tv_sec as i128 * 1_000_000 + ts.tv_nsec as i128 / 1000;
+            format!("RELOADING=1\nMONOTONIC_USEC={usec}")
         }
-        s.log_buf.extend_from_slice(&buf[..n as usize]);
-        while let Some(pos) = s.log_buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = s.log_buf.drain(..=pos).collect();
-            let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-            log.line(&format!("{}: {text}", s.name));
-        }
-        if s.log_buf.len() > 8192 {
-            let text = String::from_utf8_lossy(&s.log_buf).into_owned();
-            log.line(&format!("{}: {text}", s.name));
-            s.log_buf.clear();
-        }
+        Lifecycle::Stopping => "STOPPING=1".to_owned(),
+    };
+    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let target = if let Some(abstract_name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).ok()
+    } else {
+        std::os::unix::net::SocketAddr::from_pathname(&path).ok()
+    };
+    if let Some(target) = target {
+        let _ = socket.send_to_addr(message.as_bytes(), &target);
     }
 }
 
-trait TmpFile {
-    fn custom_flags_tmpfile(&mut self, dir: &str) -> io::Result<OwnedFd>;
+/// The pid file `<base_dir>/master.pid`, locked for the master's whole life: a second master
+/// fails on the lock, and a stale file whose pid the OS reused (containers) cannot block a start,
+/// unlike the original's bare `kill(pid, 0)` (reference §7.2 item 6).
+pub struct PidFile {
+    file: File,
+    path: String,
 }
 
-impl TmpFile for std::fs::OpenOptions {
-    /// An unlinked temporary file in `dir` (O_TMPFILE), whose offset carries a login service's
-    /// "all processes full" state.
-    fn custom_flags_tmpfile(&mut self, dir: &str) -> io::Result<OwnedFd> {
-        let c = std::ffi::CString::new(dir).map_err(io::Error::other)?;
-        // SAFETY: open(2) with a valid path; the fd is owned at once.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-                0o600,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
+impl PidFile {
+    /// Takes the lock, or says who holds it.
+    pub fn lock(base_dir: &str) -> Result<PidFile, String> {
+        let path = format!("{base_dir}/master.pid");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| format!("Can't open {path}: {e}"))?;
+        // SAFETY: flock on the fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(format!(
+                "roost is already running with PID {} (read from {path})",
+                pid.trim()
+            ));
         }
-        // SAFETY: a fresh fd.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        Ok(PidFile { file, path })
     }
-}
 
-/// The client side of the control socket: sends one request, returns the reply.
-pub fn control_request(base_dir: &str, req: &Request) -> Result<Reply, String> {
-    use roost_core::wire::control::ReplyDecoder;
-    let path = format!("{base_dir}/control");
-    let mut s = std::os::unix::net::UnixStream::connect(&path)
-        .map_err(|e| format!("connect({path}) failed: {e} (is roost running?)"))?;
-    s.set_read_timeout(Some(StdDuration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    let mut out = control::HANDSHAKE.to_vec();
-    req.encode(&mut out);
-    s.write_all(&out)
-        .map_err(|e| format!("write({path}) failed: {e}"))?;
-    let mut dec = ReplyDecoder::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        if let Some(r) = dec.next_reply() {
-            return r.map_err(|e| e.to_string());
+    /// Writes the master's pid (after daemonising).
+    pub fn write_pid(&mut self) -> io::Result<()> {
+        self.file.set_len(0)?;
+        use std::io::Seek;
+        self.file.seek(std::io::SeekFrom::Start(0))?;
+        writeln!(self.file, "{}", std::process::id())
+    }
+
+    /// Removes the file at a clean shutdown.
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// The pid in a pid file, if a master holds its lock.
+    pub fn running(base_dir: &str) -> Option<u32> {
+        let path = format!("{base_dir}/master.pid");
+        let file = File::open(&path).ok()?;
+        // SAFETY: a probe lock on a fd we own; released when it closes.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0;
+        if !locked {
+            return None;
         }
-        let n = s
-            .read(&mut buf)
-            .map_err(|e| format!("read({path}) failed: {e}"))?;
-        if n == 0 {
-            return Err("the master closed the connection without a reply".into());
-        }
-        dec.feed(&buf[..n]);
+        std::fs::read_to_string(&path).ok()?.trim().parse().ok()
     }
 }

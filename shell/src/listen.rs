@@ -1,40 +1,35 @@
-//! Listening sockets and fifos as the core's `OpenListener` describes them (reference §3.5).
-//!
-//! unix: path, mode, user, group; a stale socket (nobody accepts on it) is removed, a live one
-//! is an error. fifo: created with its mode. inet: one address (`*` = 0.0.0.0, `::`, an IP, or a
-//! host name resolved to its first address), SO_REUSEADDR, and a backlog of at least the
-//! system's somaxconn (the original's process_limit × client_limit overflows, reference §10).
-//! Every fd is non-blocking and close-on-exec; the spawner moves it to its place in a child.
+//! Creating listening sockets and fifos (reference §3.5), and what the master does with them:
+//! count waiting connections, accept and close.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 
-use roost_core::setup::ListenerKind;
-use socket2::{Domain, Socket, Type};
+use roost_core::setup::{ListenerConfig, ListenerKind};
+use socket2::{Domain, SockAddr, Socket, Type};
 
-/// An open listener.
-#[derive(Debug)]
-pub struct OpenedListener {
-    /// The fd.
-    pub fd: OwnedFd,
-    /// `unix`, `fifo` or `inet`.
-    pub kind: &'static str,
-    /// The path to unlink at close, for unix and fifo listeners.
-    pub path: Option<String>,
-}
+use crate::system::{lookup_group, lookup_user};
 
-/// Why opening failed, and whether a reload may tolerate it (reference §3.5).
+/// A failure to listen, and whether a reload may go on without the listener.
 #[derive(Debug)]
 pub struct ListenError {
-    /// Soft: address in use, missing directory.
+    /// Address in use, or a missing directory.
     pub soft: bool,
-    /// For the operator.
-    pub error: String,
+    /// The operator's text.
+    pub text: String,
 }
 
-/// The backlog: at least somaxconn, at least 1024.
+/// One opened listener.
+#[derive(Debug)]
+pub struct Opened {
+    /// The sockets (an address may resolve to several).
+    pub fds: Vec<OwnedFd>,
+    /// TCP: the accept queue can be measured.
+    pub tcp: bool,
+}
+
+/// The listen backlog: at least the system's somaxconn (the original's process_limit ×
+/// client_limit overflows under a burst, reference §10).
 pub fn backlog() -> i32 {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()
@@ -43,16 +38,9 @@ pub fn backlog() -> i32 {
         .max(1024)
 }
 
-fn is_soft(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EADDRINUSE) | Some(libc::ENOENT) | Some(libc::EADDRNOTAVAIL)
-    )
-}
-
-/// Opens one listener.
-pub fn open(kind: &ListenerKind) -> Result<OpenedListener, ListenError> {
-    match kind {
+/// Opens a listener as configured.
+pub fn open(config: &ListenerConfig) -> Result<Opened, ListenError> {
+    match &config.kind {
         ListenerKind::Inet {
             address,
             port,
@@ -74,49 +62,53 @@ pub fn open(kind: &ListenerKind) -> Result<OpenedListener, ListenError> {
     }
 }
 
-fn resolve(address: &str, port: u16) -> io::Result<SocketAddr> {
-    let ip = match address {
-        "*" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        "::" | "[::]" => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        a => match a.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
-            Ok(ip) => ip,
-            Err(_) => {
-                return (a, port).to_socket_addrs()?.next().ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotFound, format!("{a}: no address"))
-                })
-            }
-        },
+fn resolve(address: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, ListenError> {
+    use std::net::ToSocketAddrs;
+    let host = match address {
+        "*" => "0.0.0.0",
+        "::" | "[::]" => "::",
+        other => other.trim_start_matches('[').trim_end_matches(']'),
     };
-    Ok(SocketAddr::new(ip, port))
+    let found: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| ListenError {
+            soft: false,
+            text: format!("Can't resolve address {address}: {e}"),
+        })?
+        .collect();
+    if found.is_empty() {
+        return Err(ListenError {
+            soft: false,
+            text: format!("No IPs for address: {address}"),
+        });
+    }
+    Ok(found)
 }
 
-fn open_inet(address: &str, port: u16, reuse_port: bool) -> Result<OpenedListener, ListenError> {
-    let fail = |e: io::Error| ListenError {
-        soft: is_soft(&e),
-        error: format!("listen({address}, {port}) failed: {e}"),
-    };
-    let addr = resolve(address, port).map_err(fail)?;
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None).map_err(fail)?;
-    socket.set_reuse_address(true).map_err(fail)?;
-    if reuse_port {
-        socket.set_reuse_port(true).map_err(fail)?;
+fn open_inet(address: &str, port: u16, reuse_port: bool) -> Result<Opened, ListenError> {
+    let mut fds = Vec::new();
+    for addr in resolve(address, port)? {
+        let fail = |e: io::Error| ListenError {
+            soft: e.kind() == io::ErrorKind::AddrInUse,
+            text: format!("listen({}, {port}) failed: {e}", addr.ip()),
+        };
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
+        socket.set_reuse_address(true).map_err(fail)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true).map_err(fail)?;
+        }
+        if reuse_port {
+            socket.set_reuse_port(true).map_err(fail)?;
+        }
+        socket.set_nonblocking(true).map_err(fail)?;
+        socket.bind(&SockAddr::from(addr)).map_err(fail)?;
+        socket.listen(backlog()).map_err(fail)?;
+        fds.push(OwnedFd::from(socket));
     }
-    if addr.is_ipv6() {
-        // `::` serves IPv6 only, so `listen = *, ::` binds both without a conflict.
-        socket.set_only_v6(true).map_err(fail)?;
-    }
-    socket.set_nonblocking(true).map_err(fail)?;
-    socket.bind(&addr.into()).map_err(fail)?;
-    socket.listen(backlog()).map_err(fail)?;
-    Ok(OpenedListener {
-        fd: socket.into(),
-        kind: "inet",
-        path: None,
-    })
+    Ok(Opened { fds, tcp: true })
 }
 
-fn chown(path: &str, user: &str, group: &str) -> io::Result<()> {
+fn chown(path: &str, user: &str, group: &str) -> Result<(), ListenError> {
     if user.is_empty() && group.is_empty() {
         return Ok(());
     }
@@ -124,125 +116,130 @@ fn chown(path: &str, user: &str, group: &str) -> io::Result<()> {
         None
     } else {
         Some(
-            nix::unistd::User::from_name(user)
-                .map_err(io::Error::from)?
-                .ok_or_else(|| io::Error::other(format!("unknown user {user}")))?
-                .uid,
+            lookup_user(user)
+                .ok_or_else(|| ListenError {
+                    soft: false,
+                    text: format!("{path}: unknown user {user}"),
+                })?
+                .0,
         )
     };
     let gid = if group.is_empty() {
         None
     } else {
-        Some(
-            nix::unistd::Group::from_name(group)
-                .map_err(io::Error::from)?
-                .ok_or_else(|| io::Error::other(format!("unknown group {group}")))?
-                .gid,
-        )
+        Some(lookup_group(group).ok_or_else(|| ListenError {
+            soft: false,
+            text: format!("{path}: unknown group {group}"),
+        })?)
     };
-    nix::unistd::chown(path, uid, gid).map_err(io::Error::from)
-}
-
-fn open_unix(
-    path: &str,
-    mode: u32,
-    user: &str,
-    group: &str,
-) -> Result<OpenedListener, ListenError> {
-    let fail = |e: io::Error| ListenError {
-        soft: is_soft(&e),
-        error: format!("net_listen_unix({path}) failed: {e}"),
-    };
-    let addr = socket2::SockAddr::unix(path).map_err(fail)?;
-    let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None).map_err(fail)?;
-    if let Err(e) = socket.bind(&addr) {
-        if e.raw_os_error() != Some(libc::EADDRINUSE) {
-            return Err(fail(e));
-        }
-        // Someone may be listening: a live socket is an error, a stale one is removed.
-        let probe = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None).map_err(fail)?;
-        if probe.connect(&addr).is_ok() {
-            return Err(ListenError {
-                soft: true,
-                error: format!("Socket already exists: {path}"),
-            });
-        }
-        std::fs::remove_file(path).map_err(fail)?;
-        socket.bind(&addr).map_err(fail)?;
+    if !crate::system::is_root() {
+        return Ok(());
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
-    chown(path, user, group).map_err(fail)?;
-    socket.set_nonblocking(true).map_err(fail)?;
-    socket.listen(backlog()).map_err(fail)?;
-    Ok(OpenedListener {
-        fd: socket.into(),
-        kind: "unix",
-        path: Some(path.to_owned()),
+    std::os::unix::fs::chown(path, uid, gid).map_err(|e| ListenError {
+        soft: false,
+        text: format!("chown({path}) failed: {e}"),
     })
 }
 
-fn open_fifo(
-    path: &str,
-    mode: u32,
-    user: &str,
-    group: &str,
-) -> Result<OpenedListener, ListenError> {
+fn open_unix(path: &str, mode: u32, user: &str, group: &str) -> Result<Opened, ListenError> {
     let fail = |e: io::Error| ListenError {
-        soft: is_soft(&e),
-        error: format!("mkfifo({path}) failed: {e}"),
+        soft: matches!(e.kind(), io::ErrorKind::AddrInUse | io::ErrorKind::NotFound),
+        text: format!("unix_listener: bind({path}) failed: {e}"),
     };
-    match nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(mode)) {
-        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-        Err(e) => return Err(fail(e.into())),
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(fail)?;
+    let addr = SockAddr::unix(path).map_err(fail)?;
+    if let Err(e) = socket.bind(&addr) {
+        if e.kind() != io::ErrorKind::AddrInUse {
+            return Err(fail(e));
+        }
+        // A live socket is someone else's; a dead one is stale and goes (reference §3.5).
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(ListenError {
+                    soft: true,
+                    text: format!("Socket already exists: {path}"),
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(fail)?;
+                socket.bind(&addr).map_err(fail)?;
+            }
+            Err(_) => {
+                return Err(ListenError {
+                    soft: true,
+                    text: format!("Socket already exists: {path}"),
+                })
+            }
+        }
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
-    chown(path, user, group).map_err(fail)?;
-    // Read-write, so the fifo never reports EOF when the last writer goes.
+    chown(path, user, group)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    socket.listen(backlog()).map_err(fail)?;
+    Ok(Opened {
+        fds: vec![OwnedFd::from(socket)],
+        tcp: false,
+    })
+}
+
+fn open_fifo(path: &str, mode: u32, user: &str, group: &str) -> Result<Opened, ListenError> {
+    let fail = |e: io::Error| ListenError {
+        soft: false,
+        text: format!("fifo_listener: mkfifo({path}) failed: {e}"),
+    };
+    let make = || nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(mode));
+    if let Err(nix::errno::Errno::EEXIST) = make() {
+        std::fs::remove_file(path).map_err(fail)?;
+        make().map_err(|e| fail(e.into()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(fail)?;
+    chown(path, user, group)?;
+    // O_RDWR so the reader never sees EOF.
     let fd = nix::fcntl::open(
         path,
         nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
     .map_err(|e| fail(e.into()))?;
-    Ok(OpenedListener {
-        fd,
-        kind: "fifo",
-        path: Some(path.to_owned()),
+    Ok(Opened {
+        fds: vec![fd],
+        tcp: false,
     })
 }
 
-/// How many connections wait in a listening TCP socket's accept queue (Linux reports it in
-/// `tcpi_unacked`); 1 when unknown (a unix socket, an error).
-pub fn queued(fd: RawFd) -> u32 {
-    let mut info: libc::tcp_info = unsafe_zeroed_tcp_info();
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is a valid, writable tcp_info of `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
+/// How many connections wait in a TCP listener's accept queue (Linux reports it in
+/// `tcpi_unacked` for a listening socket); 1 when it cannot be told.
+pub fn queued(fd: RawFd, tcp: bool) -> u32 {
+    if !tcp {
+        return 1;
+    }
+    // SAFETY: getsockopt into a zeroed tcp_info of the right size.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let r = libc::getsockopt(
             fd,
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
             (&mut info as *mut libc::tcp_info).cast(),
             &mut len,
-        )
-    };
-    if rc == 0 && info.tcpi_unacked > 0 {
-        info.tcpi_unacked
-    } else {
-        1
+        );
+        if r != 0 {
+            return 1;
+        }
+        info.tcpi_unacked.max(1)
     }
 }
 
-fn unsafe_zeroed_tcp_info() -> libc::tcp_info {
-    // SAFETY: tcp_info is plain old data; all-zero is a valid value.
-    unsafe { std::mem::zeroed() }
-}
-
-/// Accepts every waiting connection and closes it (`AcceptAndClose`).
-pub fn accept_and_close(fd: RawFd) {
+/// Accepts every waiting connection and closes it at once.
+pub fn accept_and_close(fd: RawFd) -> usize {
+    let mut closed = 0;
     loop {
-        // SAFETY: accept4 on a listening fd; the returned fd is closed at once.
-        let c = unsafe {
+        // SAFETY: accept4 on a listening fd we own; the result is owned and dropped.
+        let conn = unsafe {
             libc::accept4(
                 fd,
                 std::ptr::null_mut(),
@@ -250,110 +247,19 @@ pub fn accept_and_close(fd: RawFd) {
                 libc::SOCK_CLOEXEC,
             )
         };
-        if c < 0 {
+        if conn < 0 {
             break;
         }
-        // SAFETY: `c` is a fresh fd we own.
-        unsafe { libc::close(c) };
+        drop(unsafe { OwnedFd::from_raw_fd(conn) });
+        closed += 1;
+        if closed >= 4096 {
+            break;
+        }
     }
+    closed
 }
 
-/// The fd of an opened listener.
-pub fn raw(l: &OpenedListener) -> RawFd {
-    l.fd.as_raw_fd()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use mio::unix::SourceFd;
-    use mio::{Events, Interest, Poll, Token};
-    use std::time::Duration;
-
-    /// mio is edge-triggered: a listener the master does not accept on reports once. The
-    /// master re-arms it deliberately (reregister) when the core says listen again; this pins
-    /// that a reregister reports a connection that was already waiting.
-    #[test]
-    fn an_unaccepted_listener_fires_once_and_again_after_reregister() {
-        let l = open(&ListenerKind::Inet {
-            address: "127.0.0.1".into(),
-            port: 0,
-            ssl: false,
-            haproxy: false,
-            reuse_port: false,
-        })
-        .expect("listen");
-        let fd = raw(&l);
-        let addr = socket2::SockRef::from(&l.fd)
-            .local_addr()
-            .expect("addr")
-            .as_socket()
-            .expect("inet");
-        let mut poll = Poll::new().expect("poll");
-        let mut events = Events::with_capacity(8);
-        poll.registry()
-            .register(&mut SourceFd(&fd), Token(1), Interest::READABLE)
-            .expect("register");
-        let _c = std::net::TcpStream::connect(addr).expect("connect");
-        poll.poll(&mut events, Some(Duration::from_secs(2)))
-            .expect("poll");
-        assert_eq!(events.iter().count(), 1);
-        assert_eq!(queued(fd), 1);
-        poll.poll(&mut events, Some(Duration::from_millis(200)))
-            .expect("poll");
-        assert_eq!(events.iter().count(), 0, "edge-triggered: no second report");
-        poll.registry()
-            .reregister(&mut SourceFd(&fd), Token(1), Interest::READABLE)
-            .expect("reregister");
-        poll.poll(&mut events, Some(Duration::from_secs(2)))
-            .expect("poll");
-        assert_eq!(
-            events.iter().count(),
-            1,
-            "re-armed: the waiting connection shows"
-        );
-        accept_and_close(fd);
-    }
-
-    #[test]
-    fn the_accept_queue_length_is_reported() {
-        let l = open(&ListenerKind::Inet {
-            address: "127.0.0.1".into(),
-            port: 0,
-            ssl: false,
-            haproxy: false,
-            reuse_port: false,
-        })
-        .expect("listen");
-        let addr = socket2::SockRef::from(&l.fd)
-            .local_addr()
-            .expect("addr")
-            .as_socket()
-            .expect("inet");
-        let _c: Vec<_> = (0..5)
-            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
-            .collect();
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(queued(raw(&l)), 5);
-    }
-
-    #[test]
-    fn a_stale_unix_socket_is_replaced_and_a_live_one_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("s").to_str().expect("utf-8").to_owned();
-        let kind = ListenerKind::Unix {
-            path: path.clone(),
-            mode: 0o600,
-            user: String::new(),
-            group: String::new(),
-        };
-        let live = open(&kind).expect("first");
-        let err = open(&kind).expect_err("live socket");
-        assert!(err.error.contains("already exists"), "{}", err.error);
-        drop(live);
-        let again = open(&kind).expect("stale socket is removed");
-        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        drop(again);
-    }
+/// The raw fds of an opened listener.
+pub fn raw_fds(opened: &Opened) -> Vec<RawFd> {
+    opened.fds.iter().map(|fd| fd.as_raw_fd()).collect()
 }

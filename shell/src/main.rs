@@ -1,56 +1,49 @@
-//! The `roost` binary: the master (`roost [-F] [-c FILE] [-i NAME]`), the commands that talk
-//! to a running master (`stop`, `reload`, `status`, `log reopen`), the configuration commands
-//! (`config`, `check`), and the built-in service modes a master re-executes (`inetd`).
+//! `roost`: the master process, its control commands, and the configuration tools.
 
-use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use roost::conf;
-use roost::daemon::{self, Options};
-use roost_core::wire::control::{Reply, Request, Row};
+use roost::control::{self, Command};
+use roost::daemon::{self, Daemon, PidFile};
+use roost::logging::LogWriter;
+use roost::system::RealSystem;
+use roost_core::config::{self, PrintMode};
+use roost_core::notice::Level;
 
-/// roost: a master process for multi-process network services.
+/// A master process for multi-process network services.
 #[derive(Parser, Debug)]
-#[command(name = "roost", version, about)]
+#[command(name = "roost", version, about, long_about = None)]
 struct Cli {
-    /// Stay in the foreground (do not daemonise); children's stdout is the terminal.
-    #[arg(short = 'F', global = true)]
+    /// Stay in the foreground (children's stdout is the terminal).
+    #[arg(short = 'F', long = "foreground")]
     foreground: bool,
-    /// The configuration file (default: /etc/roost/roost.conf if it exists, else the embedded
-    /// default).
-    #[arg(short = 'c', global = true, value_name = "FILE")]
+    /// The configuration file (default: /etc/roost/roost.conf, else the embedded default).
+    #[arg(short = 'c', long = "config", global = true)]
     config: Option<String>,
-    /// Instance name (process titles become roost-NAME/SERVICE).
-    #[arg(short = 'i', global = true, value_name = "NAME")]
-    instance: Option<String>,
+    /// Run a built-in service (used by the master when it starts a child).
+    #[arg(long = "builtin", hide = true, num_args = 1.., allow_hyphen_values = true)]
+    builtin: Option<Vec<String>>,
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Option<Cmd>,
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {
-    /// Stop the running master (waits until it is gone).
+enum Cmd {
+    /// Stop the running master (clean shutdown) and wait until it is gone.
     Stop,
     /// Reload the configuration; prints the error and exits non-zero if it is refused.
     Reload,
-    /// Show services, or the processes of the named services (`-p`).
-    Status {
-        /// List processes instead of services.
-        #[arg(short = 'p')]
-        processes: bool,
-        /// Service names (with -p); none = all.
-        services: Vec<String>,
-    },
-    /// Log commands.
+    /// Operations on the log.
     Log {
         #[command(subcommand)]
-        what: LogCommand,
+        what: LogCmd,
     },
+    /// Show services and processes of the running master.
+    Status,
     /// Print the configuration as doveconf does.
     Config {
         /// Only settings that differ from the defaults.
-        #[arg(short = 'n', conflicts_with = "all")]
+        #[arg(short = 'n')]
         non_default: bool,
         /// Every setting (the default).
         #[arg(short = 'a')]
@@ -62,177 +55,260 @@ enum Command {
         #[arg(short = 'e')]
         effective: bool,
     },
-    /// Check the configuration; exits non-zero on an error.
+    /// Check the configuration: exit non-zero on an error.
     Check,
-    /// Built-in service: accept one connection and exec PROGRAM with it on stdin/stdout.
-    #[command(hide = true)]
-    Inetd {
-        /// The program and its arguments.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-        program: Vec<OsString>,
-    },
 }
 
 #[derive(Subcommand, Debug)]
-enum LogCommand {
-    /// Reopen log files (after logrotate).
+enum LogCmd {
+    /// Reopen the log files (after logrotate).
     Reopen,
-}
-
-fn base_dir(config: Option<&str>, instance: Option<&str>) -> Result<String, String> {
-    let _ = instance;
-    let path = conf::choose(config);
-    let cfg = conf::load(path.as_deref()).map_err(|e| e.to_string())?;
-    Ok(cfg.settings.global.base_dir.clone())
-}
-
-fn talk(cli: &Cli, req: Request) -> Result<Reply, String> {
-    let dir = base_dir(cli.config.as_deref(), cli.instance.as_deref())?;
-    daemon::control_request(&dir, &req)
-}
-
-fn fail(msg: &str) -> ExitCode {
-    eprintln!("roost: Error: {msg}");
-    ExitCode::FAILURE
-}
-
-fn simple(cli: &Cli, req: Request) -> ExitCode {
-    match talk(cli, req) {
-        Ok(Reply::Ok(text)) => {
-            if !text.is_empty() {
-                println!("{text}");
-            }
-            ExitCode::SUCCESS
-        }
-        Ok(Reply::Error(text)) => fail(&text),
-        Ok(Reply::Table(_)) => fail("unexpected table reply"),
-        Err(e) => fail(&e),
-    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match &cli.command {
-        None => {
-            let code = daemon::run(Options {
-                config: cli.config.clone(),
-                foreground: cli.foreground,
-                instance: cli.instance.clone(),
-            });
-            ExitCode::from(u8::try_from(code).unwrap_or(1))
-        }
-        Some(Command::Inetd { program }) => {
-            ExitCode::from(u8::try_from(roost::child::run_inetd(program)).unwrap_or(89))
-        }
-        Some(Command::Stop) => {
-            let dir = match base_dir(cli.config.as_deref(), cli.instance.as_deref()) {
-                Ok(d) => d,
-                Err(e) => return fail(&e),
-            };
-            let pid = daemon::running_master_pid(&dir);
-            match daemon::control_request(&dir, &Request::Stop) {
-                Ok(Reply::Ok(_)) => {}
-                Ok(Reply::Error(e)) => return fail(&e),
-                Ok(Reply::Table(_)) => return fail("unexpected table reply"),
-                Err(e) => return fail(&e),
-            }
-            // Wait for the master to be gone (its shutdown waits for children, at most ~6 s).
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-            while std::time::Instant::now() < deadline {
-                if daemon::running_master_pid(&dir).is_none() {
-                    return ExitCode::SUCCESS;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            fail(&format!(
-                "the master (pid {}) did not stop within 15 seconds",
-                pid.unwrap_or(0)
-            ))
-        }
-        Some(Command::Reload) => simple(&cli, Request::Reload),
-        Some(Command::Log {
-            what: LogCommand::Reopen,
-        }) => simple(&cli, Request::LogReopen),
-        Some(Command::Status {
-            processes,
-            services,
-        }) => {
-            let req = if *processes {
-                Request::ProcessStatus {
-                    services: services.clone(),
-                }
-            } else {
-                Request::Status
-            };
-            match talk(&cli, req) {
-                Ok(Reply::Table(rows)) => {
-                    for row in rows {
-                        match row {
-                            Row::Service(s) => println!(
-                                "{}\tgeneration={}\tprocess_count={}\tprocess_avail={}\tprocess_limit={}\tclient_limit={}\tthrottle_secs={}\tlisten_pending={}\tlistening={}\ttotal_created={}",
-                                s.name, s.generation, s.process_count, s.process_avail, s.process_limit,
-                                s.client_limit, s.throttle_secs, s.listen_pending, s.listening, s.total_created
-                            ),
-                            Row::Process(p) => println!(
-                                "{}\tpid={}\tavailable_count={}\ttotal_count={}\tidle_start={}\tlast_status_update={}\tlast_kill_sent={}",
-                                p.service, p.pid, p.available_count, p.total_count, p.idle_start,
-                                p.last_status_update, p.last_kill_sent
-                            ),
-                            Row::Who(_) => {}
-                        }
-                    }
-                    ExitCode::SUCCESS
-                }
-                Ok(Reply::Error(e)) => fail(&e),
-                Ok(Reply::Ok(_)) => fail("unexpected reply"),
-                Err(e) => fail(&e),
-            }
-        }
-        Some(Command::Config {
+    if let Some(args) = &cli.builtin {
+        return builtin(args);
+    }
+    let source = roost::config_source(cli.config.as_deref());
+    match cli.command {
+        None => run(source, cli.foreground),
+        Some(Cmd::Config {
             non_default,
             all: _,
             show_secrets,
             effective,
         }) => {
-            let path = conf::choose(cli.config.as_deref());
-            match conf::load(path.as_deref()) {
-                Ok(cfg) => {
-                    if *effective {
-                        let (mc, _) = conf::master_config(&cfg);
-                        print!("{}", roost_core::config::print_effective(&mc));
-                    } else {
-                        print!(
-                            "{}",
-                            roost_core::config::print(
-                                &cfg,
-                                roost_core::config::PrintMode {
-                                    non_default: *non_default,
-                                    show_secrets: *show_secrets,
-                                }
-                            )
-                        );
-                    }
-                    ExitCode::SUCCESS
+            let config = match source.load() {
+                Ok(config) => config,
+                Err(error) => return fail(&error.to_string()),
+            };
+            if effective {
+                let (master, left_out) = daemon::derive(&config.settings);
+                for left in left_out {
+                    println!("# {left}");
                 }
-                Err(e) => fail(&e.to_string()),
+                print!("{}", config::print_effective(&master));
+            } else {
+                print!(
+                    "{}",
+                    config::print(
+                        &config,
+                        PrintMode {
+                            non_default,
+                            show_secrets
+                        }
+                    )
+                );
             }
+            ExitCode::SUCCESS
         }
-        Some(Command::Check) => {
-            let path = conf::choose(cli.config.as_deref());
-            match conf::load_checked(path.as_deref()) {
-                Ok((_, warnings)) => {
-                    for w in warnings {
-                        eprintln!("roost: Warning: {w}");
+        Some(Cmd::Check) => {
+            let config = match source.load() {
+                Ok(config) => config,
+                Err(error) => return fail(&error.to_string()),
+            };
+            match config::check(&config, &RealSystem) {
+                Ok(warnings) => {
+                    for warning in warnings {
+                        eprintln!("roost: Warning: {warning}");
                     }
+                    let (_, left_out) = daemon::derive(&config.settings);
+                    for left in left_out {
+                        eprintln!("roost: Info: {left}");
+                    }
+                    println!("{}: OK", source.describe());
                     ExitCode::SUCCESS
                 }
                 Err(errors) => {
-                    for e in errors {
-                        eprintln!("roost: Error: {e}");
+                    for error in &errors {
+                        eprintln!("roost: Error: {error}");
                     }
-                    ExitCode::FAILURE
+                    ExitCode::from(89)
                 }
             }
         }
+        Some(command) => {
+            let command = match command {
+                Cmd::Stop => Command::Stop,
+                Cmd::Reload => Command::Reload,
+                Cmd::Log {
+                    what: LogCmd::Reopen,
+                } => Command::LogReopen,
+                _ => Command::Status,
+            };
+            control_command(&source, command)
+        }
     }
+}
+
+fn fail(text: &str) -> ExitCode {
+    eprintln!("roost: Error: {text}");
+    ExitCode::from(89)
+}
+
+fn builtin(args: &[String]) -> ExitCode {
+    let code = match args.first().map(String::as_str) {
+        Some("inetd") => roost::runtime::run_inetd(&args[1..]),
+        other => {
+            eprintln!("Fatal: unknown built-in: {}", other.unwrap_or(""));
+            89
+        }
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn base_dir_of(source: &daemon::Source) -> Result<String, String> {
+    source
+        .load()
+        .map(|c| c.settings.global.base_dir.clone())
+        .map_err(|e| e.to_string())
+}
+
+fn control_command(source: &daemon::Source, command: Command) -> ExitCode {
+    let base_dir = match base_dir_of(source) {
+        Ok(dir) => dir,
+        Err(error) => return fail(&error),
+    };
+    let socket = format!("{base_dir}/control");
+    let pid = PidFile::running(&base_dir);
+    match control::request(&socket, command) {
+        Ok((lines, result)) => {
+            for line in lines {
+                println!("{line}");
+            }
+            match result {
+                Ok(text) => {
+                    if command == Command::Stop && pid.is_some() {
+                        // As `doveadm stop`: wait until the master is gone, that is until the
+                        // lock on its pid file is released (a zombie still answers kill(pid, 0)).
+                        for _ in 0..300 {
+                            if PidFile::running(&base_dir).is_none() {
+                                break;
+                            }
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                        }
+                    }
+                    if !text.is_empty() {
+                        println!("{text}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => fail(&error),
+            }
+        }
+        Err(error) => fail(&error),
+    }
+}
+
+fn run(source: daemon::Source, foreground: bool) -> ExitCode {
+    let config = match source.load() {
+        Ok(config) => config,
+        Err(error) => return fail(&error.to_string()),
+    };
+    let warnings = match config::check(&config, &RealSystem) {
+        Ok(warnings) => warnings,
+        Err(errors) => {
+            for error in &errors {
+                eprintln!("roost: Error: {error}");
+            }
+            return ExitCode::from(89);
+        }
+    };
+    let settings = config.settings.clone();
+    let global = &settings.global;
+    if let Err(error) = std::fs::create_dir_all(&global.base_dir) {
+        return fail(&format!(
+            "Can't create base_dir {}: {error}",
+            global.base_dir
+        ));
+    }
+    let _ = std::fs::set_permissions(
+        &global.base_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    );
+    let mut pid_file = match PidFile::lock(&global.base_dir) {
+        Ok(pid_file) => pid_file,
+        Err(error) => return fail(&error),
+    };
+    if !foreground {
+        // SAFETY: no thread exists yet; the parent exits at once.
+        match unsafe { libc::fork() } {
+            -1 => {
+                return fail(&format!(
+                    "fork() failed: {}",
+                    std::io::Error::last_os_error()
+                ))
+            }
+            0 => unsafe {
+                libc::setsid();
+            },
+            _ => return ExitCode::SUCCESS,
+        }
+    }
+    if let Err(error) = std::env::set_current_dir(&global.base_dir) {
+        return fail(&format!("chdir({}) failed: {error}", global.base_dir));
+    }
+    if let Err(error) = pid_file.write_pid() {
+        return fail(&format!("Can't write the pid file: {error}"));
+    }
+    let ident = if global.instance_name.is_empty() {
+        "roost".to_owned()
+    } else {
+        global.instance_name.clone()
+    };
+    let mut log = LogWriter::new(
+        &global.log_path,
+        &global.log_timestamp,
+        &global.syslog_facility,
+        &ident,
+    );
+    log.master(
+        Level::Info,
+        &format!(
+            "roost v{} starting up with {} (pid {})",
+            env!("CARGO_PKG_VERSION"),
+            source.describe(),
+            std::process::id()
+        ),
+    );
+    for warning in warnings {
+        log.master(Level::Warning, &warning.to_string());
+    }
+    let (master_config, left_out) = daemon::derive(&settings);
+    let named: Vec<&config::LeftOut> = left_out
+        .iter()
+        .filter(|l| {
+            config
+                .raw
+                .services
+                .iter()
+                .any(|s| s.name == l.service && s.mentioned.is_some())
+        })
+        .collect();
+    for left in &named {
+        log.master(Level::Info, &left.to_string());
+    }
+    let unnamed: Vec<&str> = left_out
+        .iter()
+        .filter(|l| !named.iter().any(|n| n.service == l.service))
+        .map(|l| l.service.as_str())
+        .collect();
+    if !unnamed.is_empty() {
+        log.master(
+            Level::Info,
+            &format!(
+                "{} default services have no program yet and are left out: {}",
+                unnamed.len(),
+                unnamed.join(", ")
+            ),
+        );
+    }
+    let daemon = match Daemon::new(settings, master_config, source, log, foreground) {
+        Ok(daemon) => daemon,
+        Err(error) => return fail(&format!("Can't start: {error}")),
+    };
+    let code = daemon.run();
+    pid_file.remove();
+    ExitCode::from(code.clamp(0, 255) as u8)
 }

@@ -1,1 +1,1 @@
-//! Helpers for the end-to-end tests.
+//! Checks of the repository's promises; the tests live in `tests/tests/`.

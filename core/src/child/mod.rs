@@ -142,6 +142,35 @@ struct InFlight {
 }
 
 /// The machine of one service process.
+///
+/// ```
+/// use roost_core::child::{Child, ChildConfig, Input, Output};
+/// use roost_core::time::Instant;
+///
+/// let config = ChildConfig {
+///     client_limit: 1,
+///     service_count: 1,
+///     never_idle_die: false,
+///     die_with_master: true,
+///     has_die_callback: false,
+///     is_login: false,
+///     starts_with_client: false,
+/// };
+/// let now = Instant::ZERO;
+/// let mut child = Child::new(config, now);
+/// let mut seen = Vec::new();
+/// for input in [Input::InitDone, Input::Accepted, Input::ClientClosed] {
+///     child.handle(input, now);
+///     while let Some(output) = child.poll_output() {
+///         if let Output::WriteStatus { .. } = output {
+///             // write wire::status::StatusRecord { pid, uid, available_count }.encode()
+///             child.handle(Input::StatusWritten, now);
+///         }
+///         seen.push(output);
+///     }
+/// }
+/// assert_eq!(seen.last(), Some(&Output::Exit(0)), "service_count 1: one connection, then exit");
+/// ```
 #[derive(Clone, Debug)]
 pub struct Child {
     /// What it is.

@@ -346,6 +346,11 @@ impl Master {
         self.services.get(&listener.service).map(|s| s.name())
     }
 
+    /// What a listener is (the driver names a child's listeners after it).
+    pub fn listener_config(&self, listener: ListenerId) -> Option<&ListenerConfig> {
+        self.listeners.get(&listener).map(|l| &l.config)
+    }
+
     /// The effective settings of a service (the driver builds the child's environment from them).
     pub fn service_config(&self, service: ServiceId) -> Option<&ServiceConfig> {
         self.services.get(&service).map(|s| &s.config)
@@ -1184,7 +1189,11 @@ impl Master {
         if !self.services.contains_key(&id) {
             return;
         }
-        // Only listening again; the top-up waits for the next status, exit or connection.
+        // The original only listens again here and leaves the top-up to the next status, exit
+        // or connection, so a service whose process_min_avail processes all failed stays empty
+        // on a quiet server until a client comes. roost tries the top-up at once (a failure
+        // throttles again, for twice as long), so process_min_avail is kept by time alone.
+        self.top_up(id);
         self.listen_start(id);
     }
 

@@ -1180,3 +1180,23 @@ fn usr1_asks_the_log_processes_to_reopen() {
     assert_eq!(w.kills(Signal::Usr1), vec![log]);
     assert_eq!(w.notices(), vec!["Reopening log files".to_owned()]);
 }
+
+#[test]
+fn process_min_avail_is_restored_when_a_throttle_ends_without_waiting_for_a_client() {
+    // The original re-enables only listening when a throttle ends (reference §2.4), so a
+    // service with process_min_avail whose processes failed stays empty until a connection
+    // comes. roost tops up at once.
+    let mut w = World::new(vec![ServiceConfig {
+        process_min_avail: 2,
+        ..service("imap", ServiceType::Default)
+    }]);
+    let first = w.pids_of(S1)[0];
+    w.exit(first, ExitStatus::Exited(1));
+    assert!(w
+        .notices()
+        .iter()
+        .any(|n| n.contains("throttling for 2.000 secs")));
+    w.clear();
+    w.advance(2_000);
+    assert!(w.spawns() >= 1, "forked again when the throttle ended");
+}

@@ -10,3 +10,8 @@
 
 pub mod control;
 pub mod status;
+
+pub use status::{
+    decode_chunk, decode_chunk as decode_status_chunk, PartialStatus, StatusRecord,
+    STATUS_READ_CHUNK, STATUS_RECORD_LEN,
+};

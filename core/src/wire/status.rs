@@ -11,6 +11,7 @@
 use thiserror::Error;
 
 use crate::ids::{Pid, ProcessUid};
+use crate::input::Input;
 
 /// The size of one encoded record.
 pub const STATUS_RECORD_LEN: usize = 12;
@@ -48,6 +49,17 @@ impl StatusRecord {
             pid: Pid(i32::from_ne_bytes(field(0))),
             uid: ProcessUid(u32::from_ne_bytes(field(4))),
             available_count: u32::from_ne_bytes(field(8)),
+        }
+    }
+}
+
+impl From<StatusRecord> for Input {
+    /// The master's input for one decoded record.
+    fn from(record: StatusRecord) -> Input {
+        Input::Status {
+            pid: record.pid,
+            uid: record.uid,
+            available_count: record.available_count,
         }
     }
 }
@@ -115,6 +127,14 @@ mod tests {
         assert_eq!(&bytes[4..8], &7u32.to_ne_bytes());
         assert_eq!(&bytes[8..12], &1000u32.to_ne_bytes());
         assert_eq!(StatusRecord::decode(&bytes), record);
+        assert_eq!(
+            Input::from(record),
+            Input::Status {
+                pid: Pid(4242),
+                uid: ProcessUid(7),
+                available_count: 1000
+            }
+        );
     }
 
     #[test]

@@ -1,0 +1,313 @@
+//! The child runtime: real IO around core's `child` machine, for roost-aware programs — the
+//! built-ins and any Rust service that links the `roost` library.
+//!
+//! It reads the child protocol from the environment (`ROOST_*`, `LISTEN_FDS`), applies the
+//! privilege drop the master asked for (`ROOST_RESTRICT_*`), writes status records to the
+//! status fd, and watches the master-dead fd: when the master closes its end, the write end
+//! reports an error, which is how a child learns that its master or its generation is gone.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Instant as StdInstant;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use roost_core::child::{Child, ChildConfig, Input as ChildInput, Output as ChildOutput};
+use roost_core::ids::{Pid, ProcessUid};
+use roost_core::signal::Signal;
+use roost_core::time::Instant;
+use roost_core::wire::StatusRecord;
+
+/// The child protocol as read from the environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildEnv {
+    /// The service.
+    pub service: String,
+    /// The process uid to echo in status records.
+    pub uid: ProcessUid,
+    /// The status pipe.
+    pub status_fd: RawFd,
+    /// The master-dead pipe.
+    pub master_dead_fd: RawFd,
+    /// Listener fds (from 3).
+    pub listeners: Vec<RawFd>,
+    /// Effective client_limit.
+    pub client_limit: u32,
+    /// service_count.
+    pub service_count: u32,
+    /// shutdown_clients.
+    pub die_with_master: bool,
+    /// A login service.
+    pub is_login: bool,
+}
+
+/// What is wrong with the environment of a child started outside roost.
+#[derive(Debug, thiserror::Error)]
+#[error("not started by roost: {0} is missing or invalid")]
+pub struct NotAChild(&'static str);
+
+fn var<T: std::str::FromStr>(name: &'static str) -> Result<T, NotAChild> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or(NotAChild(name))
+}
+
+impl ChildEnv {
+    /// Reads the environment the master prepared.
+    pub fn from_env() -> Result<ChildEnv, NotAChild> {
+        let listen_fds: i32 = std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let pid_matches = std::env::var("LISTEN_PID")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_none_or(|pid| pid == std::process::id());
+        let listeners = if pid_matches {
+            (3..3 + listen_fds).collect()
+        } else {
+            Vec::new()
+        };
+        Ok(ChildEnv {
+            service: std::env::var("ROOST_SERVICE").map_err(|_| NotAChild("ROOST_SERVICE"))?,
+            uid: ProcessUid(var("ROOST_PROCESS_UID")?),
+            status_fd: var("ROOST_STATUS_FD")?,
+            master_dead_fd: var("ROOST_MASTER_DEAD_FD")?,
+            listeners,
+            client_limit: var("ROOST_CLIENT_LIMIT")?,
+            service_count: var("ROOST_SERVICE_COUNT")?,
+            die_with_master: std::env::var("ROOST_SHUTDOWN_CLIENTS").is_ok_and(|v| v == "yes"),
+            is_login: std::env::var("ROOST_SERVICE_TYPE").is_ok_and(|v| v == "login"),
+        })
+    }
+
+    /// Applies `ROOST_RESTRICT_*`: chroot, groups, gid, uid (in that order, while still root).
+    pub fn restrict_privileges() -> io::Result<()> {
+        let parse = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
+        if let Ok(dir) = std::env::var("ROOST_RESTRICT_CHROOT") {
+            nix::unistd::chroot(dir.as_str())?;
+            nix::unistd::chdir("/")?;
+        }
+        if let Some(gid) = parse("ROOST_RESTRICT_GID") {
+            let groups: Vec<nix::unistd::Gid> = std::env::var("ROOST_RESTRICT_GROUPS")
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|g| g.parse().ok())
+                .map(nix::unistd::Gid::from_raw)
+                .collect();
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))?;
+        }
+        if let Some(uid) = parse("ROOST_RESTRICT_UID") {
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes one status record; the child machine hears how it went.
+fn write_status(env: &ChildEnv, available_count: u32) -> ChildInput {
+    let record = StatusRecord {
+        pid: Pid(std::process::id() as i32),
+        uid: env.uid,
+        available_count,
+    }
+    .encode();
+    // SAFETY: a write of a buffer we own to an fd we inherited.
+    let n = unsafe { libc::write(env.status_fd, record.as_ptr().cast(), record.len()) };
+    if n == record.len() as isize {
+        ChildInput::StatusWritten
+    } else if crate::fdplan::errno() == libc::EAGAIN {
+        ChildInput::StatusWouldBlock
+    } else {
+        ChildInput::StatusWriteFailed
+    }
+}
+
+const LISTENER: usize = 0;
+const MASTER_DEAD: Token = Token(1000);
+const SIGNALS: Token = Token(1001);
+const STATUS: Token = Token(1002);
+
+/// The `inetd` built-in: accepts one connection and execs `program` with it on stdin and stdout,
+/// so any inetd-style program is a roost service (service_count = 1 semantics). It reports
+/// itself busy before the exec; the program's exit is the process's exit.
+pub fn run_inetd(program: &[String]) -> i32 {
+    if program.is_empty() {
+        eprintln!("Fatal: inetd: no program to run (executable = inetd /path/to/program)");
+        return 89;
+    }
+    let env = match ChildEnv::from_env() {
+        Ok(env) => env,
+        Err(error) => {
+            eprintln!("Fatal: inetd: {error}");
+            return 89;
+        }
+    };
+    if let Err(error) = ChildEnv::restrict_privileges() {
+        eprintln!("Fatal: inetd: dropping privileges failed: {error}");
+        return 89;
+    }
+    match inetd_loop(&env) {
+        Ok(Some(conn)) => exec_with_connection(conn, program),
+        Ok(None) => 0,
+        Err(error) => {
+            eprintln!("Error: inetd: {error}");
+            1
+        }
+    }
+}
+
+fn inetd_loop(env: &ChildEnv) -> io::Result<Option<RawFd>> {
+    let start = StdInstant::now();
+    let now = || Instant::from_millis(start.elapsed().as_millis() as u64);
+    let mut poll = Poll::new()?;
+    let mut signals =
+        signal_hook_mio::v1_0::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGQUIT])?;
+    poll.registry()
+        .register(&mut signals, SIGNALS, Interest::READABLE)?;
+    poll.registry().register(
+        &mut SourceFd(&env.master_dead_fd),
+        MASTER_DEAD,
+        Interest::WRITABLE,
+    )?;
+    // One connection per process: the exec'd program serves it.
+    let mut child = Child::new(
+        ChildConfig {
+            client_limit: 1,
+            service_count: 1,
+            die_with_master: env.die_with_master,
+            is_login: env.is_login,
+            never_idle_die: false,
+            has_die_callback: false,
+            starts_with_client: false,
+        },
+        now(),
+    );
+    child.handle(ChildInput::InitDone, now());
+    let mut accepting = false;
+    let mut status_registered = false;
+    let mut events = Events::with_capacity(16);
+    loop {
+        while let Some(output) = child.poll_output() {
+            match output {
+                ChildOutput::WriteStatus {
+                    available_count: value,
+                } => {
+                    let result = write_status(env, value);
+                    if result == ChildInput::StatusWouldBlock && !status_registered {
+                        poll.registry().register(
+                            &mut SourceFd(&env.status_fd),
+                            STATUS,
+                            Interest::WRITABLE,
+                        )?;
+                        status_registered = true;
+                    }
+                    child.handle(result, now());
+                }
+                ChildOutput::SetAccepting { on } => {
+                    for (i, fd) in env.listeners.iter().enumerate() {
+                        let token = Token(LISTENER + i);
+                        if on && !accepting {
+                            poll.registry().register(
+                                &mut SourceFd(fd),
+                                token,
+                                Interest::READABLE,
+                            )?;
+                        } else if !on && accepting {
+                            poll.registry().deregister(&mut SourceFd(fd))?;
+                        }
+                    }
+                    accepting = on;
+                }
+                // The status fd is registered for writability at the first EAGAIN above.
+                ChildOutput::AwaitStatusWritable => {}
+                ChildOutput::CloseListeners => {}
+                // The driver accepts only while accepting is on, so nothing is refused here.
+                ChildOutput::Refuse => {}
+                ChildOutput::DieCallback => {}
+                ChildOutput::Exit(_) => return Ok(None),
+            }
+        }
+        let timeout = child.poll_timeout().map(|at| {
+            std::time::Duration::from_millis(at.as_millis().saturating_sub(now().as_millis()))
+        });
+        match poll.poll(&mut events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        if events.is_empty() {
+            child.handle(ChildInput::Timeout, now());
+        }
+        for event in events.iter() {
+            match event.token() {
+                SIGNALS => {
+                    for signal in signals.pending() {
+                        let input = match signal {
+                            libc::SIGINT => ChildInput::Signal(Signal::Int),
+                            libc::SIGQUIT => ChildInput::Signal(Signal::Quit),
+                            _ => ChildInput::Signal(Signal::Term),
+                        };
+                        child.handle(input, now());
+                    }
+                }
+                MASTER_DEAD if event.is_error() || event.is_write_closed() => {
+                    child.handle(ChildInput::MasterDead, now());
+                }
+                STATUS => child.handle(ChildInput::StatusWritable, now()),
+                Token(i) if i < env.listeners.len() && accepting => {
+                    // SAFETY: accept4 on an inherited listening fd.
+                    let conn = unsafe {
+                        libc::accept4(
+                            env.listeners[i],
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                            libc::SOCK_CLOEXEC,
+                        )
+                    };
+                    if conn < 0 {
+                        continue; // another process took it
+                    }
+                    child.handle(ChildInput::Accepted, now());
+                    // Report busy before the program takes over this pid.
+                    while let Some(output) = child.poll_output() {
+                        if let ChildOutput::WriteStatus {
+                            available_count: value,
+                        } = output
+                        {
+                            let result = write_status(env, value);
+                            child.handle(result, now());
+                        }
+                    }
+                    return Ok(Some(conn));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Puts the connection on stdin and stdout and execs the program.
+fn exec_with_connection(conn: RawFd, program: &[String]) -> i32 {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: dup2 of an fd we own onto 0 and 1, then nothing of roost's survives: the
+    // program gets the connection and its stderr (the log pipe), as an inetd program expects.
+    unsafe {
+        libc::dup2(conn, 0);
+        libc::dup2(conn, 1);
+        libc::close_range(3, libc::c_uint::MAX, 0);
+    }
+    let mut command = std::process::Command::new(&program[0]);
+    command.args(&program[1..]);
+    for (name, _) in std::env::vars_os() {
+        let name_text = name.to_string_lossy();
+        if name_text.starts_with("ROOST_") || name_text.starts_with("LISTEN_") {
+            command.env_remove(&name);
+        }
+    }
+    let error = command.exec();
+    eprintln!("Fatal: inetd: exec({}) failed: {error}", program[0]);
+    crate::spawn::EXIT_EXEC_FAILED
+}

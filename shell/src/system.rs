@@ -1,0 +1,80 @@
+//! The operating system as the core's configuration module asks for it: files, the environment,
+//! users and groups, limits.
+
+use roost_core::config::{Env, Files, System};
+
+/// The real file system.
+pub struct RealFiles;
+
+impl Files for RealFiles {
+    fn read_to_string(&self, path: &str) -> Result<String, String> {
+        std::fs::read_to_string(path).map_err(|e| e.to_string())
+    }
+
+    fn list_dir(&self, path: &str) -> Result<Vec<String>, String> {
+        let entries = std::fs::read_dir(path).map_err(|e| e.to_string())?;
+        Ok(entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect())
+    }
+}
+
+/// The real environment.
+pub struct RealEnv;
+
+impl Env for RealEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+/// The real system.
+pub struct RealSystem;
+
+impl System for RealSystem {
+    fn user_exists(&self, name: &str) -> bool {
+        lookup_user(name).is_some()
+    }
+
+    fn group_exists(&self, name: &str) -> bool {
+        lookup_group(name).is_some()
+    }
+
+    fn fd_limit(&self) -> u64 {
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(u64::MAX)
+    }
+}
+
+/// A user's uid and primary gid, by name or number.
+pub fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    if let Ok(uid) = name.parse::<u32>() {
+        return Some((uid, uid));
+    }
+    let user = nix::unistd::User::from_name(name).ok()??;
+    Some((user.uid.as_raw(), user.gid.as_raw()))
+}
+
+/// A group's gid, by name or number.
+pub fn lookup_group(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Some(gid);
+    }
+    Some(nix::unistd::Group::from_name(name).ok()??.gid.as_raw())
+}
+
+/// Whether the master runs as root (and so switches users for its children).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The name of the user the master runs as.
+pub fn current_user_name() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| nix::unistd::geteuid().to_string())
+}

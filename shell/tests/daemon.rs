@@ -1,0 +1,567 @@
+//! End-to-end tests of the real `roost` binary: real processes, sockets on loopback, signals,
+//! and the log as an operator reads it. Each test has its own base_dir and ports and stops its
+//! master (a guard kills it if the test fails half-way).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ROOST: &str = env!("CARGO_BIN_EXE_roost");
+
+/// A free TCP port on loopback.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One running master with its own directory.
+struct Roost {
+    dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Roost {
+    /// Writes the configuration (base_dir and log_path are added) and starts `roost -F`.
+    fn start(name: &str, config: &str) -> Roost {
+        let mut roost = Roost::prepare(name, config);
+        roost.spawn();
+        roost
+    }
+
+    /// Writes the configuration in a fresh directory; `spawn` starts the master.
+    fn prepare(name: &str, config: &str) -> Roost {
+        let dir = std::env::temp_dir().join(format!("roost-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let log = dir.join("roost.log");
+        let path = dir.join("roost.conf");
+        let text = format!(
+            "base_dir = {}/run\nlog_path = {}\nprotocols = none\n{config}",
+            dir.display(),
+            log.display()
+        );
+        std::fs::write(&path, text).expect("config");
+        Roost {
+            dir,
+            config: path,
+            log,
+            child: None,
+        }
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(ROOST)
+            .args(["-F", "-c"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("roost starts");
+        self.child = Some(child);
+        self.wait_for(|r| r.dir.join("run/control").exists(), "the control socket");
+    }
+
+    fn master_pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("running")
+    }
+
+    /// Runs `roost <args> -c <config>`.
+    fn command(&self, args: &[&str]) -> Output {
+        Command::new(ROOST)
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .output()
+            .expect("roost runs")
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (at most 10 s) until `ready` holds.
+    fn wait_for(&self, ready: impl Fn(&Roost) -> bool, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if ready(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("timed out waiting for {what}; log:\n{}", self.log_text());
+    }
+
+    fn wait_for_log(&self, text: &str) {
+        self.wait_for(
+            |r| r.log_text().contains(text),
+            &format!("{text:?} in the log"),
+        );
+    }
+
+    /// The children of the master: (pid, title).
+    fn children(&self) -> Vec<(i32, String)> {
+        let master = self.master_pid();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest.to_owned()) else {
+                continue;
+            };
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            if fields.get(1).and_then(|p| p.parse::<i32>().ok()) != Some(master)
+                || fields.first() == Some(&"Z")
+            {
+                continue;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let title = cmdline
+                .split(|b| *b == 0)
+                .next()
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                .unwrap_or_default();
+            found.push((pid, title));
+        }
+        found
+    }
+
+    fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.master_pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let output = self.command(&["stop"]);
+        assert!(
+            output.status.success(),
+            "roost stop: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the master did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Roost {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sends `text`, half-closes, reads everything back.
+fn echo(port: u16, text: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(text.as_bytes())?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    Ok(reply)
+}
+
+fn echo_service(port: u16, extra: &str) -> String {
+    format!(
+        "service echo {{\n  executable = inetd /bin/cat\n  service_count = 1\n{extra}\n  inet_listener echo {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
+    )
+}
+
+#[test]
+fn process_min_avail_processes_appear_with_their_titles_and_serve() {
+    let port = free_port();
+    let mut roost = Roost::start(
+        "minavail",
+        &format!(
+            "instance_name = e2e\n{}",
+            echo_service(port, "  process_min_avail = 3")
+        ),
+    );
+    roost.wait_for(|r| r.children().len() == 3, "three children");
+    for (_, title) in roost.children() {
+        assert_eq!(title, "roost-e2e/echo");
+    }
+    assert_eq!(echo(port, "hello\n").expect("echo"), "hello\n");
+    roost.wait_for(|r| r.children().len() == 3, "the pool topped up again");
+    let status = roost.command(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("echo\t1\t3\t3\t100\t1\t"), "{text}");
+    assert!(roost.stop().success());
+    assert!(
+        roost.log_text().contains("starting up with"),
+        "{}",
+        roost.log_text()
+    );
+}
+
+#[test]
+fn a_burst_grows_the_pool_to_process_limit_and_the_limit_is_logged() {
+    let port = free_port();
+    let config = format!(
+        "service slow {{\n  executable = inetd /bin/sleep 2\n  service_count = 1\n  process_limit = 3\n  inet_listener slow {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
+    );
+    let mut roost = Roost::start("burst", &config);
+    let streams: Vec<TcpStream> = (0..6)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    assert_eq!(
+        streams.len(),
+        6,
+        "the kernel queues what the processes cannot take yet"
+    );
+    roost.wait_for(|r| r.children().len() == 3, "three busy children");
+    roost.wait_for_log(
+        "service(slow): process_limit (3) reached, client connections are being dropped",
+    );
+    assert!(roost.children().len() <= 3, "never over process_limit");
+    drop(streams);
+    assert!(roost.stop().success());
+}
+
+#[test]
+fn service_count_recycles_processes_and_kill_9_is_logged_and_replaced() {
+    let port = free_port();
+    let mut roost = Roost::start("recycle", &echo_service(port, "  process_min_avail = 1"));
+    roost.wait_for(|r| r.children().len() == 1, "one child");
+    let first = roost.children()[0].0;
+    for i in 0..5 {
+        assert_eq!(
+            echo(port, &format!("n{i}\n")).expect("echo"),
+            format!("n{i}\n")
+        );
+    }
+    roost.wait_for(
+        |r| r.children().len() == 1 && r.children()[0].0 != first,
+        "a fresh process",
+    );
+    let victim = roost.children()[0].0;
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    roost.wait_for_log(&format!(
+        "service(echo): child {victim} killed with signal 9"
+    ));
+    roost.wait_for(
+        |r| r.children().len() == 1 && r.children()[0].0 != victim,
+        "a replacement",
+    );
+    assert_eq!(
+        echo(port, "after\n").expect("echo after the kill"),
+        "after\n"
+    );
+    assert!(roost.stop().success());
+}
+
+#[test]
+fn a_program_that_fails_at_start_is_throttled_and_the_master_survives() {
+    let port = free_port();
+    let config = format!(
+        "service broken {{\n  executable = /bin/false\n  process_min_avail = 1\n  inet_listener broken {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
+    );
+    let mut roost = Roost::start("throttle", &config);
+    roost.wait_for_log("service(broken): command startup failed, throttling for 2.000 secs");
+    assert!(
+        roost.log_text().contains("returned error 1"),
+        "{}",
+        roost.log_text()
+    );
+    // After the throttle the master only listens again (reference §2.4): the next connection
+    // makes it try again, and fail again, for twice as long.
+    std::thread::sleep(Duration::from_millis(2_100));
+    let _client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    roost.wait_for_log("service(broken): command startup failed, throttling for 4.000 secs");
+    assert!(
+        roost
+            .child
+            .as_mut()
+            .expect("running")
+            .try_wait()
+            .expect("wait")
+            .is_none(),
+        "the master is alive"
+    );
+    assert!(roost.stop().success());
+}
+
+#[test]
+fn a_broken_reload_keeps_running_and_says_where_while_a_good_one_applies() {
+    let port = free_port();
+    let mut roost = Roost::start("reload", &echo_service(port, "  process_min_avail = 1"));
+    roost.wait_for(|r| r.children().len() == 1, "one child");
+    let good = std::fs::read_to_string(&roost.config).expect("config");
+    std::fs::write(
+        &roost.config,
+        format!("{good}service echo {{\n  proces_limit = 5\n}}\n"),
+    )
+    .expect("write");
+    let output = roost.command(&["reload"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = good.lines().count() + 2;
+    assert!(
+        stderr.contains(&format!("roost.conf:{line}: Unknown setting: proces_limit")),
+        "{stderr}"
+    );
+    assert_eq!(echo(port, "still\n").expect("still serving"), "still\n");
+    std::fs::write(
+        &roost.config,
+        good.replace("process_min_avail = 1", "process_min_avail = 2"),
+    )
+    .expect("write");
+    let output = roost.command(&["reload"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    roost.wait_for(
+        |r| r.children().len() == 2,
+        "the new generation's two processes",
+    );
+    assert!(roost.stop().success());
+}
+
+#[test]
+fn reloads_under_load_lose_no_connection_and_leak_no_fd() {
+    let port = free_port();
+    let mut roost = Roost::start(
+        "reloadload",
+        &echo_service(port, "  process_min_avail = 2\n  process_limit = 50"),
+    );
+    roost.wait_for(|r| r.children().len() == 2, "two children");
+    let load = std::thread::spawn(move || {
+        let mut failures = Vec::new();
+        for i in 0..150 {
+            match echo(port, &format!("m{i}\n")) {
+                Ok(reply) if reply == format!("m{i}\n") => {}
+                other => failures.push(format!("{i}: {other:?}")),
+            }
+        }
+        failures
+    });
+    let mut fds = Vec::new();
+    for _ in 0..20 {
+        let output = roost.command(&["reload"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        fds.push(roost.fd_count());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let failures = load.join().expect("load thread");
+    assert!(
+        failures.is_empty(),
+        "connections lost during reloads: {failures:?}"
+    );
+    // Old generations drain; the master's fds come back to where they were.
+    roost.wait_for(|r| r.fd_count() <= fds[0] + 2, "the fd count to settle");
+    assert!(roost.stop().success());
+}
+
+#[test]
+fn term_shuts_down_cleanly_and_a_second_instance_binds_at_once() {
+    let port = free_port();
+    let config = echo_service(port, "  process_min_avail = 2");
+    let mut first = Roost::start("restart-a", &config);
+    first.wait_for(|r| r.children().len() == 2, "two children");
+    let children: Vec<i32> = first.children().iter().map(|c| c.0).collect();
+    unsafe { libc::kill(first.master_pid(), libc::SIGTERM) };
+    let mut child = first.child.take().expect("running");
+    let status = child.wait().expect("exit");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !first.dir.join("run/master.pid").exists(),
+        "the pid file is removed"
+    );
+    // The children see the master gone and leave.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while children.iter().any(|pid| {
+        Path::new(&format!("/proc/{pid}")).exists() && unsafe { libc::kill(*pid, 0) } == 0
+    }) {
+        assert!(Instant::now() < deadline, "children outlived their master");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut second = Roost::start("restart-b", &config);
+    assert_eq!(echo(port, "again\n").expect("echo"), "again\n");
+    assert!(second.stop().success());
+}
+
+#[test]
+fn a_second_master_on_the_same_base_dir_is_refused() {
+    let port = free_port();
+    let roost = Roost::start("twice", &echo_service(port, ""));
+    let output = Command::new(ROOST)
+        .args(["-F", "-c"])
+        .arg(&roost.config)
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "roost is already running with PID {}",
+            roost.master_pid()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_stale_pid_file_with_a_live_pid_does_not_block_a_start() {
+    // The original's kill(pid, 0) check refuses to start when the pid in a stale file was reused
+    // by another process (typical in containers, reference §7.2 item 6). Pid 1 is always alive.
+    let port = free_port();
+    let mut roost = Roost::prepare("stale", &echo_service(port, ""));
+    std::fs::create_dir_all(roost.dir.join("run")).expect("dir");
+    std::fs::write(roost.dir.join("run/master.pid"), "1\n").expect("stale pid file");
+    roost.spawn();
+    assert_eq!(echo(port, "up\n").expect("echo"), "up\n");
+    let pid = std::fs::read_to_string(roost.dir.join("run/master.pid")).expect("pid file");
+    assert_eq!(pid.trim(), roost.master_pid().to_string());
+    assert!(roost.stop().success());
+}
+
+#[test]
+fn usr1_after_a_rename_writes_to_the_new_log_file() {
+    let port = free_port();
+    let mut roost = Roost::start("logrotate", &echo_service(port, ""));
+    roost.wait_for_log("starting up");
+    let rotated = roost.dir.join("roost.log.1");
+    std::fs::rename(&roost.log, &rotated).expect("rename");
+    unsafe { libc::kill(roost.master_pid(), libc::SIGUSR1) };
+    roost.wait_for_log("Reopening log files");
+    let output = roost.command(&["log", "reopen"]);
+    assert!(output.status.success());
+    assert!(std::fs::read_to_string(&rotated)
+        .expect("old log")
+        .contains("starting up"));
+    assert!(roost.stop().success());
+    assert!(
+        roost.log_text().contains("Killed with signal 15"),
+        "{}",
+        roost.log_text()
+    );
+}
+
+#[test]
+fn vsz_limit_stops_a_process_that_allocates_past_it() {
+    let port = free_port();
+    // python3 allocating 200 MB under a 64 MB address-space limit.
+    let script = "import sys; b = bytearray(200*1024*1024); sys.stdout.write('unreachable')";
+    let dir = std::env::temp_dir().join(format!("roost-e2e-vsz-script-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let program = dir.join("alloc.sh");
+    std::fs::write(
+        &program,
+        format!("#!/bin/sh\nexec python3 -c \"{script}\"\n"),
+    )
+    .expect("script");
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let config = format!(
+        "service alloc {{\n  executable = inetd {}\n  service_count = 1\n  vsz_limit = 64M\n  inet_listener alloc {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n",
+        program.display()
+    );
+    let mut roost = Roost::start("vsz", &config);
+    let reply = echo(port, "").unwrap_or_default();
+    assert!(
+        !reply.contains("unreachable"),
+        "the allocation succeeded under vsz_limit"
+    );
+    roost.wait_for_log("MemoryError");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(roost.stop().success());
+}
+
+#[test]
+fn the_unprivileged_path_runs_as_another_user() {
+    // CI runs as root; the unprivileged path is proven by running the binary as `nobody`.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: needs root to switch to an unprivileged user (this run is not root)");
+        return;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        println!("skipped: setpriv (util-linux) is not installed");
+        return;
+    }
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("roost-e2e-nobody-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let config = dir.join("roost.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "base_dir = {}/run\nlog_path = /dev/stderr\nprotocols = none\n{}",
+            dir.display(),
+            echo_service(port, "  process_min_avail = 1\n  user = root")
+        ),
+    )
+    .expect("config");
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let child = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(ROOST)
+        .args(["-F", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv runs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reply = loop {
+        if let Ok(reply) = echo(port, "as nobody\n") {
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "roost did not serve as nobody");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(reply, "as nobody\n");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let output = child.wait_with_output().expect("exit");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("running as nobody (not root)"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn as_root_a_child_runs_with_the_configured_user() {
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: switching users needs root");
+        return;
+    }
+    let port = free_port();
+    let config = format!(
+        "service who {{\n  executable = inetd /usr/bin/id -un\n  service_count = 1\n  user = nobody\n  inet_listener who {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
+    );
+    let mut roost = Roost::start("user", &config);
+    assert_eq!(echo(port, "").expect("id"), "nobody\n");
+    assert!(roost.stop().success());
+}
