@@ -625,9 +625,21 @@ impl Daemon {
             shutdown_clients: global.shutdown_clients,
         })
         .map_err(io::Error::other)?;
-        let pid = plan.spawn();
+        let spawned = plan.spawn();
         drop(settings_fd);
-        pid
+        let (pid, exec_error) = spawned?;
+        if let Some(error) = exec_error {
+            // The child exits 84 and is reaped as a failed start; this says why.
+            self.log.master(
+                Level::Fatal,
+                &format!(
+                    "service({}): execv({}) failed: {error}",
+                    config.name,
+                    plan.path_lossy()
+                ),
+            );
+        }
+        Ok(pid)
     }
 
     /// The user, groups and chroot a child takes; nothing when the master is not root.
