@@ -56,7 +56,13 @@ impl Roost {
     }
 
     fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    /// Starts `roost -F` with extra environment variables.
+    fn spawn_with_env(&mut self, vars: &[(&str, &Path)]) {
         let child = Command::new(ROOST)
+            .envs(vars.iter().copied())
             .args(["-F", "-c"])
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -564,4 +570,53 @@ fn as_root_a_child_runs_with_the_configured_user() {
     let mut roost = Roost::start("user", &config);
     assert_eq!(echo(port, "").expect("id"), "nobody\n");
     assert!(roost.stop().success());
+}
+
+/// Receives one datagram from the notify socket, or panics after 10 s.
+fn next_notification(socket: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 1024];
+    let n = socket
+        .recv(&mut buf)
+        .expect("a notification within the socket's timeout");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn systemd_hears_ready_reloading_and_stopping() {
+    let port = free_port();
+    let mut roost = Roost::prepare("notify", &echo_service(port, "  process_min_avail = 1"));
+    let socket_path = roost.dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    roost.spawn_with_env(&[("NOTIFY_SOCKET", socket_path.as_path())]);
+    let ready = next_notification(&socket);
+    assert!(ready.starts_with("READY=1"), "{ready}");
+    assert!(
+        ready.contains(&format!("MAINPID={}", roost.master_pid())),
+        "{ready}"
+    );
+    let out = roost.command(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reloading = next_notification(&socket);
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    let usec: u64 = reloading
+        .rsplit('=')
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .expect("MONOTONIC_USEC is a number");
+    assert!(usec > 0);
+    let again = next_notification(&socket);
+    assert!(again.starts_with("READY=1"), "{again}");
+    assert!(roost.stop().success());
+    let stopping = next_notification(&socket);
+    assert_eq!(stopping, "STOPPING=1");
 }
