@@ -620,3 +620,51 @@ fn systemd_hears_ready_reloading_and_stopping() {
     let stopping = next_notification(&socket);
     assert_eq!(stopping, "STOPPING=1");
 }
+
+/// The identity a child gets as root: user, primary group and extra_groups, both when the
+/// roost-aware child drops them itself after exec (ROOST_RESTRICT_*) and when the master drops
+/// them before exec (drop_priv_before_exec = yes).
+#[test]
+fn as_root_a_child_gets_its_user_group_and_extra_groups_either_way() {
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: switching users needs root");
+        return;
+    }
+    let lookup = |name: &str| {
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    };
+    let (Some(nogroup), Some(daemon)) = (lookup("nogroup"), lookup("daemon")) else {
+        println!("skipped: the groups nogroup and daemon do not exist here");
+        return;
+    };
+    for (name, drop_before) in [("ids-after", "no"), ("ids-before", "yes")] {
+        let port = free_port();
+        let config = format!(
+            "service ids {{\n  executable = inetd /usr/bin/id\n  service_count = 1\n  user = nobody\n  group = nogroup\n  extra_groups = daemon\n  drop_priv_before_exec = {drop_before}\n  inet_listener ids {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
+        );
+        let mut roost = Roost::start(name, &config);
+        let id = echo(port, "").expect("id runs");
+        assert!(id.starts_with("uid=65534(nobody) "), "{name}: {id}");
+        assert!(
+            id.contains(&format!(" gid={nogroup}(nogroup) ")),
+            "{name}: {id}"
+        );
+        let groups = id
+            .trim_end()
+            .rsplit_once("groups=")
+            .map(|(_, g)| g)
+            .unwrap_or("");
+        assert!(
+            groups.contains(&format!("{daemon}(daemon)")),
+            "{name}: extra group missing in {id}"
+        );
+        assert!(
+            !groups.contains("0(root)"),
+            "{name}: root's groups leaked into {id}"
+        );
+        assert!(roost.stop().success());
+    }
+}
