@@ -668,3 +668,31 @@ fn as_root_a_child_gets_its_user_group_and_extra_groups_either_way() {
         assert!(roost.stop().success());
     }
 }
+
+/// `roost status` speaks core's control protocol: a SERVICE table, then a PROCESS row for every
+/// child with its pid and free slots.
+#[test]
+fn status_lists_services_and_every_process_with_its_pid() {
+    let port = free_port();
+    let mut roost = Roost::start("status", &echo_service(port, "  process_min_avail = 2"));
+    roost.wait_for(|r| r.children().len() == 2, "two children");
+    // Their first status record (available_count 1) may still be on its way.
+    roost.wait_for(
+        |r| {
+            let text = String::from_utf8_lossy(&r.command(&["status"]).stdout).into_owned();
+            r.children()
+                .iter()
+                .all(|(pid, _)| text.contains(&format!("\necho\t{pid}\t1\t")))
+        },
+        "a PROCESS row with available_count 1 for each child",
+    );
+    let out = roost.command(&["status"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("service\tgeneration\tprocess_count"),
+        "{text}"
+    );
+    assert!(text.contains("\necho\t1\t2\t2\t"), "{text}");
+    assert!(roost.stop().success());
+}
