@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use roost_core::child::{Child, ChildConfig, ChildInput, ChildOutput};
+use roost_core::child::{Child, ChildConfig, Input as ChildInput, Output as ChildOutput};
 use roost_core::ids::{Generation, ListenerId, Pid, ProcessUid, ServiceId};
 use roost_core::input::Input;
 use roost_core::master::Master;
@@ -73,6 +73,9 @@ struct Process {
     listeners_closed: bool,
     /// A foreign program: it never writes status records.
     foreign: bool,
+    /// It exited and waits to be reaped (the driver reaps at its next turn, as the shell
+    /// does on SIGCHLD, so signals the master queued before it knew arrive at a zombie).
+    zombie: Option<ExitStatus>,
     how: Misbehaviour,
 }
 
@@ -350,6 +353,7 @@ impl World {
             self.feed(Input::Timeout);
         }
         self.dispatch();
+        self.reap();
         self.check();
     }
 
@@ -430,16 +434,22 @@ impl World {
                     .get(&config.name)
                     .cloned()
                     .unwrap_or_default();
-                let child = Child::new(ChildConfig {
-                    client_limit: config.client_limit,
-                    service_count: config.service_count,
-                    die_with_master: true,
-                    is_login: config.service_type == ServiceType::Login,
-                    never_idle_die: matches!(
-                        config.service_type,
-                        ServiceType::Anvil | ServiceType::Log
-                    ),
-                });
+                let child = Child::new(
+                    ChildConfig {
+                        client_limit: config.client_limit,
+                        service_count: config.service_count,
+                        die_with_master: true,
+                        is_login: config.service_type == ServiceType::Login,
+                        never_idle_die: matches!(
+                            config.service_type,
+                            ServiceType::Anvil | ServiceType::Log
+                        ),
+                        // The simulated programs tell their clients and stop within 30 s (§4.4).
+                        has_die_callback: true,
+                        starts_with_client: false,
+                    },
+                    self.now,
+                );
                 let delay = how.exec_delay_ms + self.rng.random_range(1..4);
                 self.processes.insert(
                     pid,
@@ -453,6 +463,7 @@ impl World {
                         accepting: false,
                         listeners_closed: false,
                         foreign: config.foreign,
+                        zombie: None,
                         how,
                     },
                 );
@@ -477,6 +488,9 @@ impl World {
                     self.processes.contains_key(&pid),
                     "{signal} sent to unknown pid {pid}"
                 );
+                if self.processes[&pid].zombie.is_some() {
+                    return;
+                }
                 match signal {
                     Signal::Kill => self.exit(
                         pid,
@@ -485,13 +499,13 @@ impl World {
                             core_dumped: false,
                         },
                     ),
-                    Signal::Term => self.child_input(pid, ChildInput::Terminate),
+                    Signal::Term => self.child_input(pid, ChildInput::Signal(Signal::Term)),
                     Signal::Int => {
                         if !self.processes[&pid].how.ignores_sigint && self.processes[&pid].ready {
-                            self.child_input(pid, ChildInput::IdleKillRequest);
+                            self.child_input(pid, ChildInput::Signal(Signal::Int));
                         }
                     }
-                    Signal::Quit => self.child_input(pid, ChildInput::Quit),
+                    Signal::Quit => self.child_input(pid, ChildInput::Signal(Signal::Quit)),
                     Signal::Usr1 | Signal::Hup => {}
                 }
             }
@@ -561,7 +575,8 @@ impl World {
                 self.notify_readable(listener);
             }
             Event::Ready { pid } => {
-                let Some(process) = self.processes.get_mut(&pid) else {
+                let Some(process) = self.processes.get_mut(&pid).filter(|p| p.zombie.is_none())
+                else {
                     return;
                 };
                 process.ready = true;
@@ -631,7 +646,9 @@ impl World {
             let pids: Vec<Pid> = self
                 .processes
                 .iter()
-                .filter(|(_, p)| p.service == service && p.accepting && !p.listeners_closed)
+                .filter(|(_, p)| {
+                    p.service == service && p.accepting && !p.listeners_closed && p.zombie.is_none()
+                })
                 .map(|(pid, _)| *pid)
                 .collect();
             for pid in pids {
@@ -680,7 +697,7 @@ impl World {
                 return;
             };
             match output {
-                ChildOutput::WriteStatus(available_count) => {
+                ChildOutput::WriteStatus { available_count } => {
                     let uid = process.uid;
                     let foreign = process.foreign;
                     process.child.handle(ChildInput::StatusWritten, self.now);
@@ -692,8 +709,10 @@ impl World {
                         });
                     }
                 }
-                ChildOutput::SetAccepting(on) => process.accepting = on,
+                ChildOutput::SetAccepting { on } => process.accepting = on,
                 ChildOutput::CloseListeners => process.listeners_closed = true,
+                // The simulated pipe never fills, and the world accepts only while accepting.
+                ChildOutput::AwaitStatusWritable | ChildOutput::Refuse => {}
                 ChildOutput::DieCallback => {}
                 ChildOutput::Exit(code) => {
                     self.exit(pid, ExitStatus::Exited(code));
@@ -704,11 +723,32 @@ impl World {
     }
 
     fn exit(&mut self, pid: Pid, status: ExitStatus) {
-        if self.processes.remove(&pid).is_none() {
-            return;
+        if let Some(process) = self.processes.get_mut(&pid) {
+            if process.zombie.is_none() {
+                process.zombie = Some(status);
+                process.accepting = false;
+                process.clients.clear();
+            }
         }
-        self.reaped.insert(pid);
-        self.feed(Input::Exited { pid, status });
+    }
+
+    /// Reaps every zombie, as the shell's SIGCHLD handler does at its next turn.
+    fn reap(&mut self) {
+        loop {
+            let zombies: Vec<(Pid, ExitStatus)> = self
+                .processes
+                .iter()
+                .filter_map(|(pid, p)| p.zombie.map(|status| (*pid, status)))
+                .collect();
+            if zombies.is_empty() {
+                return;
+            }
+            for (pid, status) in zombies {
+                self.processes.remove(&pid);
+                self.reaped.insert(pid);
+                self.feed(Input::Exited { pid, status });
+            }
+        }
     }
 
     fn check(&mut self) {
@@ -755,7 +795,11 @@ impl World {
 
     /// Clients being served.
     pub fn in_service(&self) -> usize {
-        self.processes.values().map(|p| p.clients.len()).sum()
+        self.processes
+            .values()
+            .filter(|p| p.zombie.is_none())
+            .map(|p| p.clients.len())
+            .sum()
     }
 
     /// Clears every misbehaviour and pending fork failure (the liveness phase).

@@ -295,6 +295,11 @@ impl Child {
         }
     }
 
+    /// What this process is.
+    pub fn config(&self) -> &ChildConfig {
+        &self.config
+    }
+
     /// Free slots.
     pub fn available_count(&self) -> u32 {
         self.available_count

@@ -523,6 +523,18 @@ impl Login {
         self.clients.get(&client).map(|c| (c.state, c.closing))
     }
 
+    /// Every client in the table, by id: its arrival, state, and whether it is closing.
+    pub fn clients(&self) -> impl Iterator<Item = (ClientId, Instant, ClientState, bool)> + '_ {
+        self.clients
+            .iter()
+            .map(|(&id, c)| (id, c.created, c.state, c.closing))
+    }
+
+    /// What this process is.
+    pub fn config(&self) -> &LoginConfig {
+        &self.config
+    }
+
     /// Clients in the table.
     pub fn client_count(&self) -> usize {
         self.clients.len()
