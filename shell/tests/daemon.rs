@@ -56,7 +56,13 @@ impl Roost {
     }
 
     fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    /// Starts `roost -F` with extra environment variables.
+    fn spawn_with_env(&mut self, vars: &[(&str, &Path)]) {
         let child = Command::new(ROOST)
+            .envs(vars.iter().copied())
             .args(["-F", "-c"])
             .arg(&self.config)
             .stdin(Stdio::null())
@@ -568,5 +574,130 @@ fn as_root_a_child_runs_with_the_configured_user() {
     );
     let mut roost = Roost::start("user", &config);
     assert_eq!(echo(port, "").expect("id"), "nobody\n");
+    assert!(roost.stop().success());
+}
+
+/// Receives one datagram from the notify socket, or panics after 10 s.
+fn next_notification(socket: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 1024];
+    let n = socket
+        .recv(&mut buf)
+        .expect("a notification within the socket's timeout");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn systemd_hears_ready_reloading_and_stopping() {
+    let port = free_port();
+    let mut roost = Roost::prepare("notify", &echo_service(port, "  process_min_avail = 1"));
+    let socket_path = roost.dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    roost.spawn_with_env(&[("NOTIFY_SOCKET", socket_path.as_path())]);
+    let ready = next_notification(&socket);
+    assert!(ready.starts_with("READY=1"), "{ready}");
+    assert!(
+        ready.contains(&format!("MAINPID={}", roost.master_pid())),
+        "{ready}"
+    );
+    let out = roost.command(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reloading = next_notification(&socket);
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    let usec: u64 = reloading
+        .rsplit('=')
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .expect("MONOTONIC_USEC is a number");
+    assert!(usec > 0);
+    let again = next_notification(&socket);
+    assert!(again.starts_with("READY=1"), "{again}");
+    assert!(roost.stop().success());
+    let stopping = next_notification(&socket);
+    assert_eq!(stopping, "STOPPING=1");
+}
+
+/// The identity a child gets as root: user, primary group and extra_groups, both when the
+/// roost-aware child drops them itself after exec (ROOST_RESTRICT_*) and when the master drops
+/// them before exec (drop_priv_before_exec = yes).
+#[test]
+fn as_root_a_child_gets_its_user_group_and_extra_groups_either_way() {
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: switching users needs root");
+        return;
+    }
+    let lookup = |name: &str| {
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    };
+    let (Some(nogroup), Some(daemon)) = (lookup("nogroup"), lookup("daemon")) else {
+        println!("skipped: the groups nogroup and daemon do not exist here");
+        return;
+    };
+    for (name, drop_before) in [("ids-after", "no"), ("ids-before", "yes")] {
+        let port = free_port();
+        let config = format!(
+            "service ids {{\n  executable = inetd /usr/bin/id\n  service_count = 1\n  user = nobody\n  group = nogroup\n  extra_groups = daemon\n  drop_priv_before_exec = {drop_before}\n  inet_listener ids {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
+        );
+        let mut roost = Roost::start(name, &config);
+        let id = echo(port, "").expect("id runs");
+        assert!(id.starts_with("uid=65534(nobody) "), "{name}: {id}");
+        assert!(
+            id.contains(&format!(" gid={nogroup}(nogroup) ")),
+            "{name}: {id}"
+        );
+        let groups = id
+            .trim_end()
+            .rsplit_once("groups=")
+            .map(|(_, g)| g)
+            .unwrap_or("");
+        assert!(
+            groups.contains(&format!("{daemon}(daemon)")),
+            "{name}: extra group missing in {id}"
+        );
+        assert!(
+            !groups.contains("0(root)"),
+            "{name}: root's groups leaked into {id}"
+        );
+        assert!(roost.stop().success());
+    }
+}
+
+/// `roost status` speaks core's control protocol: a SERVICE table, then a PROCESS row for every
+/// child with its pid and free slots.
+#[test]
+fn status_lists_services_and_every_process_with_its_pid() {
+    let port = free_port();
+    let mut roost = Roost::start("status", &echo_service(port, "  process_min_avail = 2"));
+    roost.wait_for(|r| r.children().len() == 2, "two children");
+    // Their first status record (available_count 1) may still be on its way.
+    roost.wait_for(
+        |r| {
+            let text = String::from_utf8_lossy(&r.command(&["status"]).stdout).into_owned();
+            r.children()
+                .iter()
+                .all(|(pid, _)| text.contains(&format!("\necho\t{pid}\t1\t")))
+        },
+        "a PROCESS row with available_count 1 for each child",
+    );
+    let out = roost.command(&["status"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("service\tgeneration\tprocess_count"),
+        "{text}"
+    );
+    assert!(text.contains("\necho\t1\t2\t2\t"), "{text}");
     assert!(roost.stop().success());
 }
