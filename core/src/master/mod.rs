@@ -1529,6 +1529,9 @@ impl Master {
             }
             new_service.process_count += 1;
             new_service.total_created += 1;
+            if !process.initialised {
+                new_service.uninitialised += 1;
+            }
             let client_limit = new_service.config.client_limit;
             let available_count = process.available_count.min(client_limit);
             if available_count > 0 {
