@@ -701,3 +701,40 @@ fn status_lists_services_and_every_process_with_its_pid() {
     assert!(text.contains("\necho\t1\t2\t2\t"), "{text}");
     assert!(roost.stop().success());
 }
+
+/// A program replaced by something the kernel cannot run after start-up (a package upgrade
+/// half done, a truncated file): the replacement's execve fails, and the log says why before
+/// the failure is throttled, instead of a bare "returned error 84".
+#[test]
+fn a_failed_exec_is_logged_with_its_reason() {
+    let mut roost = Roost::prepare("vanish", "");
+    let program = roost.dir.join("prog");
+    std::fs::copy("/bin/sleep", &program).expect("copy /bin/sleep");
+    let config = std::fs::read_to_string(&roost.config).expect("config");
+    std::fs::write(
+        &roost.config,
+        format!(
+            "{config}service vanish {{\n  executable = {} 1000\n  foreign = yes\n  process_min_avail = 1\n  process_limit = 1\n}}\n",
+            program.display()
+        ),
+    )
+    .expect("config");
+    roost.spawn();
+    roost.wait_for(|r| r.children().len() == 1, "the foreign process");
+    let (pid, _) = roost.children()[0].clone();
+    // Still there and executable, so the master forks; but not a program: ENOEXEC.
+    std::fs::remove_file(&program).expect("remove the program");
+    std::fs::write(&program, [0u8, 1, 2, 3]).expect("garbage");
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod +x");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    roost.wait_for_log(&format!(
+        "service(vanish): execv({}) failed: Exec format error (os error 8)",
+        program.display()
+    ));
+    roost.wait_for_log("service(vanish): command startup failed, throttling");
+    assert!(roost.stop().success());
+}
