@@ -61,9 +61,16 @@ impl Roost {
 
     /// Starts `roost -F` with extra environment variables.
     fn spawn_with_env(&mut self, vars: &[(&str, &Path)]) {
+        self.launch(vars, &[]);
+    }
+
+    /// Starts `roost -F <args> -c <config>` with extra environment variables.
+    fn launch(&mut self, vars: &[(&str, &Path)], args: &[&str]) {
         let child = Command::new(ROOST)
             .envs(vars.iter().copied())
-            .args(["-F", "-c"])
+            .arg("-F")
+            .args(args)
+            .arg("-c")
             .arg(&self.config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -204,10 +211,15 @@ fn process_min_avail_processes_appear_with_their_titles_and_serve() {
             echo_service(port, "  process_min_avail = 3")
         ),
     );
-    roost.wait_for(|r| r.children().len() == 3, "three children");
-    for (_, title) in roost.children() {
-        assert_eq!(title, "roost-e2e/echo");
-    }
+    // Titles are checked inside the wait: a child between fork and exec still shows the
+    // master's own command line.
+    roost.wait_for(
+        |r| {
+            let kids = r.children();
+            kids.len() == 3 && kids.iter().all(|(_, t)| t == "roost-e2e/echo")
+        },
+        "three children titled roost-e2e/echo",
+    );
     assert_eq!(echo(port, "hello\n").expect("echo"), "hello\n");
     roost.wait_for(|r| r.children().len() == 3, "the pool topped up again");
     // The served process exits and is replaced; `roost status` settles on three available.
@@ -736,5 +748,35 @@ fn a_failed_exec_is_logged_with_its_reason() {
         program.display()
     ));
     roost.wait_for_log("service(vanish): command startup failed, throttling");
+    assert!(roost.stop().success());
+}
+
+/// `-i NAME` names the instance: titles become `roost-NAME/SERVICE`, and a reload keeps it.
+#[test]
+fn the_instance_name_from_the_command_line_is_in_titles_and_survives_a_reload() {
+    let port = free_port();
+    let mut roost = Roost::prepare("instance", &echo_service(port, "  process_min_avail = 2"));
+    roost.launch(&[], &["-i", "second"]);
+    // (A child between fork and exec still shows the master's own command line.)
+    roost.wait_for(
+        |r| {
+            let kids = r.children();
+            kids.len() == 2 && kids.iter().all(|(_, t)| t == "roost-second/echo")
+        },
+        "two children titled roost-second/echo",
+    );
+    let out = roost.command(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    roost.wait_for(
+        |r| {
+            let kids = r.children();
+            kids.len() == 2 && kids.iter().all(|(_, t)| t == "roost-second/echo")
+        },
+        "the new generation's children, still roost-second/echo",
+    );
     assert!(roost.stop().success());
 }
