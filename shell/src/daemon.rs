@@ -700,7 +700,12 @@ impl Daemon {
             ),
         };
         let mut groups = Vec::new();
-        for group in service.extra_groups.split_whitespace() {
+        // As the original: a list separated by spaces or commas.
+        for group in service
+            .extra_groups
+            .split([' ', ','])
+            .filter(|g| !g.is_empty())
+        {
             groups.push(
                 system::lookup_group(group)
                     .ok_or_else(|| io::Error::other(format!("Group doesn't exist: {group}")))?,

@@ -780,3 +780,61 @@ fn the_instance_name_from_the_command_line_is_in_titles_and_survives_a_reload() 
     );
     assert!(roost.stop().success());
 }
+
+/// Copies `program` and the shared libraries `ldd` names into `root`, at the same paths.
+fn install_into_chroot(root: &Path, program: &str) -> bool {
+    let Ok(out) = Command::new("ldd").arg(program).output() else {
+        return false;
+    };
+    let mut files = vec![program.to_owned()];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        for word in line.split_whitespace() {
+            if word.starts_with('/') {
+                files.push(word.to_owned());
+            }
+        }
+    }
+    for file in files {
+        let target = root.join(file.trim_start_matches('/'));
+        if let Some(parent) = target.parent() {
+            if std::fs::create_dir_all(parent).is_err() {
+                return false;
+            }
+        }
+        if std::fs::copy(&file, &target).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// As root, `chroot = jail` (relative to base_dir) confines the child: the program it runs
+/// sees the jail as `/`. The roost-aware inetd adapter enters the chroot itself after exec
+/// (ROOST_RESTRICT_CHROOT), then execs the program inside it.
+#[test]
+fn as_root_a_child_runs_in_its_chroot() {
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: chroot needs root");
+        return;
+    }
+    let port = free_port();
+    let mut roost = Roost::prepare(
+        "chroot",
+        &format!(
+            "service jailed {{\n  executable = inetd /bin/cat /marker\n  service_count = 1\n  user = nobody\n  chroot = jail\n  inet_listener jailed {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
+        ),
+    );
+    let jail = roost.dir.join("run/jail");
+    if !install_into_chroot(&jail, "/bin/cat") {
+        println!("skipped: could not copy /bin/cat and its libraries into a chroot");
+        return;
+    }
+    std::fs::write(jail.join("marker"), "inside the chroot\n").expect("marker");
+    std::fs::write(roost.dir.join("marker"), "outside\n").expect("decoy");
+    roost.spawn();
+    assert_eq!(
+        echo(port, "").expect("cat runs in the chroot"),
+        "inside the chroot\n"
+    );
+    assert!(roost.stop().success());
+}
