@@ -48,6 +48,14 @@ pub enum Source {
         /// Its text.
         text: String,
     },
+    /// Another source with `instance_name` set from the command line (`-i NAME`), at every
+    /// load, so a reload keeps it.
+    Instance {
+        /// Where the configuration comes from.
+        inner: Box<Source>,
+        /// The instance name.
+        name: String,
+    },
 }
 
 impl Source {
@@ -56,6 +64,7 @@ impl Source {
         match self {
             Source::File(path) => path.clone(),
             Source::Embedded { .. } => "the embedded default configuration".to_owned(),
+            Source::Instance { inner, .. } => inner.describe(),
         }
     }
 
@@ -64,6 +73,11 @@ impl Source {
         match self {
             Source::File(path) => config::load(path, &RealFiles, &RealEnv),
             Source::Embedded { text } => config::load_str("<embedded>", text, &RealFiles, &RealEnv),
+            Source::Instance { inner, name } => {
+                let mut config = inner.load()?;
+                config.settings.global.instance_name = name.clone();
+                Ok(config)
+            }
         }
     }
 }
@@ -686,7 +700,12 @@ impl Daemon {
             ),
         };
         let mut groups = Vec::new();
-        for group in service.extra_groups.split_whitespace() {
+        // As the original: a list separated by spaces or commas.
+        for group in service
+            .extra_groups
+            .split([' ', ','])
+            .filter(|g| !g.is_empty())
+        {
             groups.push(
                 system::lookup_group(group)
                     .ok_or_else(|| io::Error::other(format!("Group doesn't exist: {group}")))?,

@@ -20,6 +20,10 @@ struct Cli {
     /// The configuration file (default: /etc/roost/roost.conf, else the embedded default).
     #[arg(short = 'c', long = "config", global = true)]
     config: Option<String>,
+    /// The instance name: process titles become `roost-NAME/SERVICE` and log lines
+    /// `roost-NAME: ...` (overrides `instance_name`).
+    #[arg(short = 'i', long = "instance", global = true, value_name = "NAME")]
+    instance: Option<String>,
     /// Run a built-in service (used by the master when it starts a child).
     #[arg(long = "builtin", hide = true, num_args = 1.., allow_hyphen_values = true)]
     builtin: Option<Vec<String>>,
@@ -70,7 +74,13 @@ fn main() -> ExitCode {
     if let Some(args) = &cli.builtin {
         return builtin(args);
     }
-    let source = roost::config_source(cli.config.as_deref());
+    let mut source = roost::config_source(cli.config.as_deref());
+    if let Some(name) = &cli.instance {
+        source = daemon::Source::Instance {
+            inner: Box::new(source),
+            name: name.clone(),
+        };
+    }
     match cli.command {
         None => run(source, cli.foreground),
         Some(Cmd::Config {
