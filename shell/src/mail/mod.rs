@@ -1,0 +1,6 @@
+//! The mail host's building blocks: POP3, Maildir, passdb, anvil, PROXY protocol and TLS.
+//!
+//! Each is sans-IO or works over `std::io` traits, so the built-in processes (pop3-login,
+//! pop3, auth, anvil) stay thin and every parser is unit-testable and fuzzable.
+pub mod maildir;
+pub mod pop3;
