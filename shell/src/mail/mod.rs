@@ -6,3 +6,4 @@ pub mod anvil;
 pub mod maildir;
 pub mod passdb;
 pub mod pop3;
+pub mod proxy;
