@@ -7,3 +7,4 @@ pub mod maildir;
 pub mod passdb;
 pub mod pop3;
 pub mod proxy;
+pub mod tls;
