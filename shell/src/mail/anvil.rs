@@ -240,8 +240,9 @@ impl Anvil {
 
     /// Per user: connection count, pids and IPs, ordered by user.
     pub fn who(&self) -> Vec<WhoEntry> {
-        let mut users: BTreeMap<&str, (u32, BTreeMap<Pid, ()>, BTreeMap<IpAddr, ()>)> =
-            BTreeMap::new();
+        /// Per user: count, pids, IPs.
+        type Tally = (u32, BTreeMap<Pid, ()>, BTreeMap<IpAddr, ()>);
+        let mut users: BTreeMap<&str, Tally> = BTreeMap::new();
         for (key, pids) in &self.conns {
             let entry = users.entry(&key.user).or_default();
             entry.0 += pids.values().sum::<u32>();
