@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod fdplan;
 pub mod listen;
 pub mod logging;
+pub mod mail;
 pub mod runtime;
 pub mod spawn;
 pub mod system;
