@@ -157,8 +157,6 @@ struct KService {
     name: String,
     /// Its type.
     service_type: ServiceType,
-    /// Its generation.
-    generation: Generation,
     /// The login "all processes full" state, as published.
     login_full: bool,
     /// `client_limit`.
@@ -270,6 +268,10 @@ struct Stats {
     waits: Vec<u64>,
     /// Outcome counts.
     outcomes: BTreeMap<&'static str, u64>,
+    /// Processes created.
+    spawned: u64,
+    /// Spawns per step that had any, in order (shows the top-up batches of §2.2).
+    spawn_steps: Vec<u32>,
 }
 
 /// The fake kernel, its processes and clients, and the master they drive.
@@ -336,6 +338,8 @@ pub struct World {
     samples: Vec<Sample>,
     /// The initial configuration, for traces.
     initial_config: MasterConfig,
+    /// Spawns of the current step, by service name.
+    step_spawns: BTreeMap<String, u32>,
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -450,6 +454,7 @@ impl World {
             names,
             samples: Vec::new(),
             initial_config: config,
+            step_spawns: BTreeMap::new(),
         }
     }
 
@@ -607,6 +612,14 @@ impl World {
         self.procs.len()
     }
 
+    /// How many processes of the service each step created, for the steps that created any.
+    pub fn spawn_steps(&self, name: &str) -> Vec<u32> {
+        self.stats
+            .get(name)
+            .map(|s| s.spawn_steps.clone())
+            .unwrap_or_default()
+    }
+
     /// The report of the run so far.
     pub fn report(&self) -> Report {
         let mut services = Vec::new();
@@ -630,6 +643,7 @@ impl World {
                 login_killed: outcome("login_killed"),
                 lost: outcome("lost"),
                 timed_out: outcome("timed_out"),
+                spawned: stats.spawned,
             });
         }
         let mut warnings: Vec<(String, u64)> = Vec::new();
@@ -708,8 +722,18 @@ impl World {
         if self.options.record_inputs {
             self.inputs.push((self.now.as_millis(), input.clone()));
         }
+        if let Input::Exited { pid, .. } = &input {
+            // waitpid: the zombie is gone, and its pid must never be signalled again.
+            self.procs.remove(pid);
+            self.reaped.insert(*pid);
+        }
         self.master.handle(input, self.now);
         let outputs = self.drain_outputs();
+        for (name, count) in std::mem::take(&mut self.step_spawns) {
+            let stats = self.stats.entry(name).or_default();
+            stats.spawned += u64::from(count);
+            stats.spawn_steps.push(count);
+        }
         let line = format!("{line_head} -> {outputs}");
         self.hash = fnv1a(self.hash, line.as_bytes());
         self.hash = fnv1a(self.hash, b"\n");
@@ -932,12 +956,6 @@ impl World {
         let Some(config) = self.master.service_config(id) else {
             return;
         };
-        let generation = self
-            .master
-            .services()
-            .find(|s| s.id == id)
-            .map(|s| s.generation)
-            .unwrap_or(Generation(0));
         if !self.names.contains(&config.name) {
             self.names.push(config.name.clone());
             for sample in &mut self.samples {
@@ -949,7 +967,6 @@ impl World {
             KService {
                 name: config.name.clone(),
                 service_type: config.service_type,
-                generation,
                 login_full: false,
                 client_limit: config.client_limit,
                 service_count: config.service_count,
@@ -959,6 +976,9 @@ impl World {
 
     fn spawn(&mut self, request: roost_core::output::SpawnRequest) {
         self.note_service(request.service);
+        if let Some(service) = self.services.get(&request.service) {
+            *self.step_spawns.entry(service.name.clone()).or_default() += 1;
+        }
         let faults = self.faults_apply(request.service);
         let f = self.load.faults.clone();
         if faults && f.fork_fail > 0.0 && self.rng.random_bool(f.fork_fail.min(1.0)) {
@@ -1164,7 +1184,7 @@ impl World {
                 };
                 c.logged_in = true;
                 let client = c.client;
-                self.clients[client].served = true;
+                self.mark_served(client);
                 let session = self.clients[client].session;
                 self.schedule(self.now + session, Ev::End(pid, conn, Outcome::Served));
             }
@@ -1225,11 +1245,14 @@ impl World {
     fn arrive(&mut self, client: usize) {
         let name = self.clients[client].service.clone();
         let current = self.master.current_generation();
-        let socket = self
-            .services
-            .iter()
-            .filter(|(_, s)| s.name == name && s.generation == current)
-            .flat_map(|(id, _)| self.master.service_listeners(*id).iter())
+        let service = self
+            .master
+            .services()
+            .find(|s| s.name == name && s.generation == current)
+            .map(|s| s.id);
+        let socket = service
+            .into_iter()
+            .flat_map(|id| self.master.service_listeners(id).iter())
             .filter_map(|l| self.listeners.get(l))
             .map(|l| l.socket)
             .find(|s| self.sockets[*s].open);
@@ -1249,11 +1272,27 @@ impl World {
         };
     }
 
+    /// The client reached its goal: logged in, or started its session.
+    fn mark_served(&mut self, client: usize) {
+        let c = &mut self.clients[client];
+        if !c.served {
+            c.served = true;
+            let name = c.service.clone();
+            *self
+                .stats
+                .entry(name)
+                .or_default()
+                .outcomes
+                .entry("served")
+                .or_default() += 1;
+        }
+    }
+
     /// A client's attempt ended: count it, and reconnect later if it may.
     fn finish_client(&mut self, client: usize, outcome: Outcome) {
         let c = &mut self.clients[client];
         let key = match outcome {
-            Outcome::Served => "served",
+            Outcome::Served => "completed",
             Outcome::Dropped => "dropped",
             Outcome::BacklogFull => "backlog_full",
             Outcome::Refused => "refused",
@@ -1444,7 +1483,7 @@ impl World {
                 self.schedule(at, Ev::Login(pid, conn));
             }
             (Behaviour::Login, false) => {
-                self.clients[client].served = true;
+                self.mark_served(client);
                 let at = self.now + login_delay + session;
                 self.schedule(at, Ev::End(pid, conn, Outcome::Served));
             }

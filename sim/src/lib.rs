@@ -13,3 +13,4 @@ pub mod des;
 pub mod load;
 pub mod plan;
 pub mod plot;
+pub mod scenario;

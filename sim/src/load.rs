@@ -93,7 +93,7 @@ pub enum Behaviour {
 }
 
 /// Faults. Probabilities are per process created (or per fork for `fork_fail`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Faults {
     /// Only these services are affected; empty = all.
@@ -123,6 +123,23 @@ pub struct Faults {
     /// From this time on every fault is off (the liveness phase of a swarm run); `None` = never.
     #[serde(default)]
     pub off_at_ms: Option<u64>,
+}
+
+impl Default for Faults {
+    /// No faults; exec takes 1-5 ms.
+    fn default() -> Faults {
+        Faults {
+            services: Vec::new(),
+            fork_fail: 0.0,
+            crash_at_start: 0.0,
+            crash_later: 0.0,
+            crash_after_ms: default_crash_after(),
+            exec_ms: default_exec(),
+            ignore_sigint: 0.0,
+            never_status: 0.0,
+            off_at_ms: None,
+        }
+    }
 }
 
 fn default_crash_after() -> (u64, u64) {

@@ -70,6 +70,8 @@ pub struct ServiceReport {
     pub lost: u64,
     /// Pre-login clients disconnected by the pre-auth timeout.
     pub timed_out: u64,
+    /// Processes created.
+    pub spawned: u64,
 }
 
 /// One point of the time series.
