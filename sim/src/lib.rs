@@ -14,3 +14,5 @@ pub mod load;
 pub mod plan;
 pub mod plot;
 pub mod scenario;
+pub mod swarm;
+pub mod trace;
