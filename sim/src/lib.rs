@@ -11,6 +11,7 @@
 
 pub mod des;
 pub mod load;
+pub mod net;
 pub mod plan;
 pub mod plot;
 pub mod scenario;
