@@ -105,5 +105,5 @@ pub fn replay(trace: &Trace) -> Result<Replayed, String> {
 
 /// Writes a trace as pretty RON.
 pub fn to_ron(trace: &Trace) -> Result<String, ron::Error> {
-    ron::ser::to_string_pretty(trace, ron::ser::PrettyConfig::new())
+    ron::ser::to_string_pretty(trace, ron::ser::PrettyConfig::new().depth_limit(2))
 }
