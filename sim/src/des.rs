@@ -1443,10 +1443,7 @@ impl World {
     fn accept_pass(&mut self) {
         let pids: Vec<Pid> = self.procs.keys().copied().collect();
         for pid in pids {
-            loop {
-                let Some(proc) = self.procs.get(&pid) else {
-                    break;
-                };
+            while let Some(proc) = self.procs.get(&pid) {
                 let waiting = proc
                     .sockets
                     .iter()

@@ -189,7 +189,7 @@ pub fn run(
 
     // Clients, dealt round-robin over a few hosts: turmoil polls every host every tick, so
     // few hosts keep the simulation fast.
-    let mut rng = SmallRng::seed_from_u64(load.seed ^ 0x6e65_7477_6f72_6b);
+    let mut rng = SmallRng::seed_from_u64(load.seed ^ 0x006e_6574_776f_726b);
     let mut per_host: Vec<Vec<ClientSpec>> = vec![Vec::new(); options.client_hosts.max(1)];
     let mut n = 0usize;
     for group in &load.clients {

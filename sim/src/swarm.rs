@@ -180,17 +180,32 @@ pub fn draw(seed: u64) -> Drawn {
     }
 }
 
+/// A failed run: the world as it was when the rule broke, and what broke.
+pub struct Failure {
+    /// The world at the failure.
+    pub world: Box<World>,
+    /// What broke.
+    pub error: String,
+}
+
+fn failure(world: World, error: String) -> Failure {
+    Failure {
+        world: Box::new(world),
+        error,
+    }
+}
+
 /// Runs one drawn world through both phases.
-pub fn run(drawn: &Drawn, options: Options) -> Result<Outcome, (World, String)> {
+pub fn run(drawn: &Drawn, options: Options) -> Result<Outcome, Failure> {
     let mut world = World::new(drawn.config.master_config(), &drawn.load, options);
     if let Err(error) = world.run_until(drawn.safety_ms) {
-        return Err((world, format!("safety phase: {error}")));
+        return Err(failure(world, format!("safety phase: {error}")));
     }
     if let Err(error) = world.run_until(drawn.liveness_ms) {
-        return Err((world, format!("liveness phase: {error}")));
+        return Err(failure(world, format!("liveness phase: {error}")));
     }
     if let Err(error) = world.check_settled() {
-        return Err((
+        return Err(failure(
             world,
             format!("liveness: not settled by {} ms: {error}", drawn.liveness_ms),
         ));
@@ -202,9 +217,9 @@ pub fn run(drawn: &Drawn, options: Options) -> Result<Outcome, (World, String)> 
 /// Runs a seed (twice with `check_determinism`, comparing the trace hashes).
 pub fn run_seed(seed: u64, options: Options, check_determinism: bool) -> Result<Outcome, String> {
     let drawn = draw(seed);
-    let first = run(&drawn, options.clone()).map_err(|(_, e)| e)?;
+    let first = run(&drawn, options.clone()).map_err(|f| f.error)?;
     if check_determinism {
-        let second = run(&drawn, options).map_err(|(_, e)| format!("second run: {e}"))?;
+        let second = run(&drawn, options).map_err(|f| format!("second run: {}", f.error))?;
         if first.hash != second.hash || first.world.steps() != second.world.steps() {
             return Err(format!(
                 "not deterministic: trace hashes {:016x} and {:016x} ({} and {} steps)",

@@ -11,7 +11,7 @@ use sim::swarm;
 
 /// Seeds CI runs on every `cargo test -p sim` (a few seconds in a debug build); `cargo run
 /// -p sim -- swarm --seeds N` runs more.
-const CI_SEEDS: u64 = 24;
+const CI_SEEDS: u64 = 100;
 
 thread_local! {
     static SEED: Cell<Option<u64>> = const { Cell::new(None) };
@@ -47,7 +47,7 @@ fn check(seed: u64) {
     if let Some(path) = &dump {
         let world = match &result {
             Ok(outcome) => &outcome.world,
-            Err((world, _)) => world,
+            Err(failure) => &failure.world,
         };
         let trace = sim::trace::record(world, &format!("swarm seed {seed}"));
         let text = sim::trace::to_ron(&trace).expect("a trace serialises");
@@ -56,9 +56,11 @@ fn check(seed: u64) {
     }
     let outcome = match result {
         Ok(outcome) => outcome,
-        Err((world, error)) => panic!(
-            "seed {seed} failed: {error}\nlast notices:\n{}",
-            world
+        Err(failure) => panic!(
+            "seed {seed} failed: {}\nlast notices:\n{}",
+            failure.error,
+            failure
+                .world
                 .notices()
                 .iter()
                 .rev()
@@ -70,8 +72,8 @@ fn check(seed: u64) {
         ),
     };
     if std::env::var("SIM_CHECK_DETERMINISM").is_ok_and(|v| v == "1") {
-        let again =
-            swarm::run(&drawn, options).unwrap_or_else(|(_, e)| panic!("second run failed: {e}"));
+        let again = swarm::run(&drawn, options)
+            .unwrap_or_else(|f| panic!("second run failed: {}", f.error));
         assert_eq!(
             outcome.hash, again.hash,
             "seed {seed} is not deterministic: the trace hashes differ"
