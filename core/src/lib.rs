@@ -6,9 +6,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod child;
 pub mod config;
 pub mod ids;
 pub mod input;
+pub mod login;
 pub mod master;
 pub mod notice;
 pub mod output;
@@ -16,3 +18,4 @@ pub mod settings;
 pub mod setup;
 pub mod signal;
 pub mod time;
+pub mod wire;
