@@ -22,6 +22,7 @@ use std::fmt;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use roost_core::child::{Child, ChildConfig, Input as ChildInput, Output as ChildOutput};
 use roost_core::ids::{Generation, ListenerId, Pid, ProcessUid, ServiceId};
 use roost_core::input::Input;
 use roost_core::master::Master;
@@ -35,8 +36,6 @@ use crate::plan::{Report, Sample, ServiceReport};
 
 /// How long a login process lets a client sit without logging in (reference §8).
 pub const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(180);
-/// A child whose master died and that still has clients exits after this (reference §4.4).
-pub const DIE_WITH_MASTER: Duration = Duration::from_secs(30);
 /// The kernel's cap on a listen backlog.
 pub const SOMAXCONN: u32 = 4096;
 /// Steps at one instant before the driver calls it a livelock.
@@ -202,16 +201,20 @@ struct Proc {
     sockets: Vec<usize>,
     /// Connections, by connection id.
     conns: BTreeMap<u64, Conn>,
-    /// Slots: client_limit, shrinking as the service_count budget retires them (§2.5).
-    total_available: u32,
-    /// Connections left in the service_count budget; `None` = unlimited.
-    service_count_left: Option<u32>,
-    /// The available_count last written to the status pipe.
-    last_status: Option<u32>,
-    /// The master's side of the generation is gone (reference §4.4): no more accepting.
+    /// The real child machine (roost_core::child): slots, service_count budget, status
+    /// coalescing, idle-kill answer, master death.
+    child: Child,
+    /// The child asked to accept (`SetAccepting`).
+    accepting: bool,
+    /// The child closed its listening fds.
+    listeners_closed: bool,
+    /// The child's timer, as scheduled in the event queue.
+    timer: Option<Instant>,
+    /// The master's side of the generation is gone (reference §4.4): its status pipe is
+    /// no longer read.
     master_dead: bool,
-    /// SIGQUIT received: listening fds closed.
-    quit: bool,
+    /// An idle SIGINT was dropped by the `ignores_sigint` fault (delivered when faults stop).
+    dropped_sigint: bool,
     /// Login overflow allowed (the service is "all processes full").
     overflow: bool,
     /// A client_limit 1 login process has an overflow kill scheduled.
@@ -224,11 +227,14 @@ struct Proc {
 
 impl Proc {
     fn available(&self) -> u32 {
-        self.total_available.saturating_sub(self.conns.len() as u32)
+        self.child.available_count()
     }
 
     fn can_accept(&self) -> bool {
-        self.state == ProcState::Running && !self.master_dead && !self.quit && self.available() > 0
+        self.state == ProcState::Running
+            && self.accepting
+            && !self.listeners_closed
+            && self.available() > 0
     }
 }
 
@@ -247,8 +253,8 @@ enum Ev {
     End(Pid, u64, Outcome),
     /// A client_limit 1 login process's overflow kill delay is over.
     OverflowKill(Pid),
-    /// A process whose master died gives up on its clients.
-    ForceExit(Pid),
+    /// A child's timer is due.
+    ChildTimeout(Pid),
     /// Faults stop.
     FaultsOff,
     /// An event of the load profile.
@@ -584,7 +590,9 @@ impl World {
             let retired = self
                 .procs
                 .values()
-                .filter(|p| p.service == status.id && p.total_available < config.client_limit)
+                .filter(|p| {
+                    p.service == status.id && p.child.total_available() < config.client_limit
+                })
                 .count() as u32;
             let expected_max = expected_max + retired;
             if config.idle_kill.is_some() && status.process_count > expected_max {
@@ -1075,9 +1083,29 @@ impl World {
         let pid = Pid(self.next_pid);
         self.next_pid += 1;
         let service = self.services.get(&request.service);
-        let (client_limit, service_count) = service
-            .map(|s| (s.client_limit, s.service_count))
-            .unwrap_or((1, 0));
+        let (client_limit, service_count, is_login) = service
+            .map(|s| {
+                (
+                    s.client_limit,
+                    s.service_count,
+                    s.service_type == ServiceType::Login,
+                )
+            })
+            .unwrap_or((1, 0, false));
+        let child = Child::new(
+            ChildConfig {
+                client_limit,
+                service_count,
+                never_idle_die: false,
+                die_with_master: self.config.shutdown_clients,
+                // Like imap's and the login processes' callbacks: clients are told and the
+                // process is stopped 30 s later at the latest (reference §4.4).
+                has_die_callback: true,
+                is_login,
+                starts_with_client: false,
+            },
+            self.now,
+        );
         let sockets = self
             .master
             .service_listeners(request.service)
@@ -1093,11 +1121,12 @@ impl World {
                 state: ProcState::Starting,
                 sockets,
                 conns: BTreeMap::new(),
-                total_available: client_limit,
-                service_count_left: (service_count > 0).then_some(service_count),
-                last_status: None,
+                child,
+                accepting: false,
+                listeners_closed: false,
+                timer: None,
                 master_dead: false,
-                quit: false,
+                dropped_sigint: false,
                 overflow: false,
                 overflow_kill_pending: false,
                 ignores_sigint,
@@ -1143,16 +1172,12 @@ impl World {
             ),
             Signal::Int => {
                 if proc.ignores_sigint && self.faults_on {
+                    proc.dropped_sigint = true;
                     return;
                 }
-                if proc.conns.is_empty() {
-                    self.exit(pid, ExitStatus::Exited(0));
-                } else {
-                    // A process with clients refuses and says it is alive (reference §2.6).
-                    self.send_status(pid, true);
-                }
+                self.child_step(pid, ChildInput::Signal(Signal::Int));
             }
-            Signal::Quit => proc.quit = true,
+            Signal::Quit => self.child_step(pid, ChildInput::Signal(Signal::Quit)),
             Signal::Usr1 => {
                 let full = self
                     .services
@@ -1167,25 +1192,73 @@ impl World {
     // ---------------------------------------------------------------------------------------
     // The processes.
 
-    /// The process's status pipe: one record when the value changed (or when forced).
-    fn send_status(&mut self, pid: Pid, force: bool) {
-        let Some(proc) = self.procs.get_mut(&pid) else {
-            return;
-        };
-        if proc.state != ProcState::Running || proc.master_dead || proc.never_status {
-            return;
+    /// Feeds one input to a process's child machine and carries out what it asks: status
+    /// records go to the master (while its end of the pipe is read), accepting on and off,
+    /// closing listeners, exiting. Its invariants are checked after every step.
+    fn child_step(&mut self, pid: Pid, input: ChildInput) {
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let Some(proc) = self.procs.get_mut(&pid) else {
+                return;
+            };
+            if proc.state == ProcState::Zombie {
+                return;
+            }
+            proc.child.handle(input, self.now);
+            let mut outputs = Vec::new();
+            while let Some(output) = proc.child.poll_output() {
+                outputs.push(output);
+            }
+            if let Err(violation) = proc.child.check_invariants() {
+                self.fail(format!("pid {pid}: {violation}"));
+                return;
+            }
+            let timer = proc.child.poll_timeout();
+            if timer.is_some() && timer != proc.timer {
+                proc.timer = timer;
+                if let Some(at) = timer {
+                    self.schedule(at.max(self.now), Ev::ChildTimeout(pid));
+                }
+            }
+            for output in outputs {
+                let Some(proc) = self.procs.get_mut(&pid) else {
+                    return;
+                };
+                match output {
+                    ChildOutput::WriteStatus { available_count } => {
+                        if proc.master_dead || self.exited.is_some() {
+                            inputs.push_back(ChildInput::StatusWriteFailed);
+                        } else {
+                            let uid = proc.uid;
+                            self.pending.push_back(Input::Status {
+                                pid,
+                                uid,
+                                available_count,
+                            });
+                            inputs.push_back(ChildInput::StatusWritten);
+                        }
+                    }
+                    // The simulated pipe never fills up.
+                    ChildOutput::AwaitStatusWritable => {
+                        inputs.push_back(ChildInput::StatusWritable)
+                    }
+                    ChildOutput::SetAccepting { on } => proc.accepting = on,
+                    ChildOutput::CloseListeners => proc.listeners_closed = true,
+                    ChildOutput::Refuse => {
+                        self.fail(format!(
+                            "pid {pid} refused a connection the kernel gave it while it accepted"
+                        ));
+                        return;
+                    }
+                    // The callback's effect (telling clients) is not the master's business.
+                    ChildOutput::DieCallback => {}
+                    ChildOutput::Exit(code) => {
+                        self.exit(pid, ExitStatus::Exited(code));
+                        return;
+                    }
+                }
+            }
         }
-        let available = proc.available();
-        if !force && proc.last_status == Some(available) {
-            return;
-        }
-        proc.last_status = Some(available);
-        let uid = proc.uid;
-        self.pending.push_back(Input::Status {
-            pid,
-            uid,
-            available_count: available,
-        });
     }
 
     /// The process exits (it becomes a zombie until the master is told).
@@ -1213,11 +1286,7 @@ impl World {
             return;
         }
         proc.master_dead = true;
-        if proc.conns.is_empty() {
-            self.exit(pid, ExitStatus::Exited(0));
-        } else if self.config.shutdown_clients {
-            self.schedule(self.now + DIE_WITH_MASTER, Ev::ForceExit(pid));
-        }
+        self.child_step(pid, ChildInput::MasterDead);
     }
 
     fn apply_event(&mut self, event: Ev) {
@@ -1227,7 +1296,7 @@ impl World {
                 if let Some(proc) = self.procs.get_mut(&pid) {
                     if proc.state == ProcState::Starting && !proc.never_status {
                         proc.state = ProcState::Running;
-                        self.send_status(pid, true);
+                        self.child_step(pid, ChildInput::InitDone);
                     }
                 }
             }
@@ -1272,11 +1341,22 @@ impl World {
                     self.kill_oldest_pre_login(pid);
                 }
             }
-            Ev::ForceExit(pid) => self.exit(pid, ExitStatus::Exited(0)),
+            Ev::ChildTimeout(pid) => {
+                let due = self
+                    .procs
+                    .get(&pid)
+                    .is_some_and(|p| p.timer.is_some_and(|t| t <= self.now));
+                if due {
+                    if let Some(p) = self.procs.get_mut(&pid) {
+                        p.timer = None;
+                    }
+                    self.child_step(pid, ChildInput::Timeout);
+                }
+            }
             Ev::FaultsOff => {
                 self.faults_on = false;
-                // A process that ignored an idle SIGINT stops ignoring and, as a process that
-                // refused one does, says it is alive, so the master may ask again.
+                // A process that was stuck recovers: a SIGINT it dropped is delivered now, and
+                // its machine answers it (exits if idle, or re-sends its status).
                 let pids: Vec<Pid> = self
                     .procs
                     .iter()
@@ -1284,10 +1364,14 @@ impl World {
                     .map(|(pid, _)| *pid)
                     .collect();
                 for pid in pids {
+                    let mut dropped = false;
                     if let Some(p) = self.procs.get_mut(&pid) {
                         p.ignores_sigint = false;
+                        dropped = std::mem::take(&mut p.dropped_sigint);
                     }
-                    self.send_status(pid, true);
+                    if dropped {
+                        self.child_step(pid, ChildInput::Signal(Signal::Int));
+                    }
                 }
             }
             Ev::Load(Event::Signal(signal)) => self.pending.push_back(Input::Signal(signal)),
@@ -1399,23 +1483,9 @@ impl World {
         let Some(c) = proc.conns.remove(&conn) else {
             return;
         };
-        // §2.5: when the budget no longer exceeds the slots, the slot is retired, not freed.
-        match proc.service_count_left {
-            Some(left) if left == proc.total_available => {
-                proc.total_available -= 1;
-                proc.service_count_left = Some(left - 1);
-            }
-            Some(left) => proc.service_count_left = Some(left.saturating_sub(1)),
-            None => {}
-        }
-        let budget_spent = proc.service_count_left == Some(0);
-        let orphan = proc.master_dead && proc.conns.is_empty();
         self.finish_client(c.client, outcome);
-        if budget_spent || orphan {
-            self.exit(pid, ExitStatus::Exited(0));
-        } else {
-            self.send_status(pid, false);
-        }
+        // The child machine retires or frees the slot (§2.5) and may exit.
+        self.child_step(pid, ChildInput::ClientClosed);
     }
 
     /// Reference §2.8 login side: destroy the oldest client that has not logged in.
@@ -1464,11 +1534,11 @@ impl World {
                     && proc.overflow
                     && proc.state == ProcState::Running
                     && !proc.master_dead
-                    && !proc.quit;
+                    && !proc.listeners_closed;
                 if !may_overflow {
                     break;
                 }
-                if proc.total_available > 1 {
+                if proc.child.total_available() > 1 {
                     // Performance mode: make room at once, then accept in its place.
                     if !self.kill_oldest_pre_login(pid) {
                         break;
@@ -1561,7 +1631,7 @@ impl World {
                 l.reported = None;
             }
         }
-        self.send_status(pid, false);
+        self.child_step(pid, ChildInput::Accepted);
     }
 
     /// Level-triggered readiness: a watched listener with connections waiting is reported
