@@ -195,7 +195,8 @@ fn run_plan(config: &str, load: &str, plot_path: Option<&str>) -> ExitCode {
         }
     };
     let report = plan::run(config.master_config(), load);
-    print!("{report}");
+    // A closed stdout (`| head`) is not an error of the plan.
+    let _ = write!(std::io::stdout(), "{report}");
     if let Some(path) = plot_path {
         if let Err(e) = std::fs::write(path, plot::timeline_svg(&report)) {
             eprintln!("{path}: {e}");

@@ -124,8 +124,17 @@ impl fmt::Display for Report {
         }
         if !self.warnings.is_empty() {
             writeln!(f, "warnings:")?;
-            for (text, count) in &self.warnings {
+            // Texts that name a pid are distinct per process; the first ones are enough.
+            const SHOWN: usize = 20;
+            for (text, count) in self.warnings.iter().take(SHOWN) {
                 writeln!(f, "  {count:>5} × {text}")?;
+            }
+            if self.warnings.len() > SHOWN {
+                writeln!(
+                    f,
+                    "  … and {} more distinct texts",
+                    self.warnings.len() - SHOWN
+                )?;
             }
         }
         if let Some(violation) = &self.violation {
