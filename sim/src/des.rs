@@ -33,6 +33,7 @@ use roost_core::time::{Duration, Instant};
 
 use crate::load::{Behaviour, Event, LoadProfile};
 use crate::plan::{Report, Sample, ServiceReport};
+use crate::view;
 
 /// How long a login process lets a client sit without logging in (reference §8).
 pub const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(180);
@@ -547,13 +548,11 @@ impl World {
         if !unfinished.is_empty() {
             return Err(format!("clients not finished: {}", unfinished.join("; ")));
         }
-        for status in self.master.services() {
+        for status in view::services(&self.master) {
             if status.generation != current {
                 continue;
             }
-            let Some(config) = self.master.service_config(status.id) else {
-                continue;
-            };
+            let config = &status.config;
             // Reference §2.4: when a throttle ends the master only listens again; the top-up
             // waits for the next exit or for a process to become full, and an on-demand fork
             // does not top up either. With no load left, a service throttled since it was
@@ -565,12 +564,7 @@ impl World {
                 .get(&status.name)
                 .is_some_and(|s| s.throttled_since_spawn);
             if status.process_avail < config.process_min_avail && !throttled_last {
-                let processes: Vec<String> = self
-                    .master
-                    .processes()
-                    .filter(|p| p.service == status.name)
-                    .map(|p| format!("{p:?}"))
-                    .collect();
+                let processes = view::process_lines(&self.master, &status.name);
                 return Err(format!(
                     "service {} has {} available processes, process_min_avail is {} ({status:?}): {}",
                     status.name,
@@ -596,12 +590,7 @@ impl World {
                 .count() as u32;
             let expected_max = expected_max + retired;
             if config.idle_kill.is_some() && status.process_count > expected_max {
-                let processes: Vec<String> = self
-                    .master
-                    .processes()
-                    .filter(|p| p.service == status.name)
-                    .map(|p| format!("{p:?}"))
-                    .collect();
+                let processes = view::process_lines(&self.master, &status.name);
                 return Err(format!(
                     "service {} still has {} processes, process_min_avail is {} ({config:?}): {}",
                     status.name,
@@ -821,7 +810,7 @@ impl World {
             return;
         }
         let live = self.procs.len();
-        let counted = self.master.process_count();
+        let counted = view::process_total(&self.master);
         if live != counted {
             self.fail(format!(
                 "the fake kernel has {live} live children, the master counts {counted}"
@@ -831,15 +820,12 @@ impl World {
         // process_min_avail (see check_settled).
         let current = self.master.current_generation();
         let mut flags = Vec::new();
-        for status in self.master.services() {
+        for status in view::services(&self.master) {
             if status.generation != current {
                 continue;
             }
-            let min_avail = self
-                .master
-                .service_config(status.id)
-                .map_or(0, |c| c.process_min_avail);
-            if status.throttle_secs > 0 {
+            let min_avail = status.config.process_min_avail;
+            if status.throttled {
                 flags.push((status.name, true));
             } else if status.process_avail >= min_avail {
                 flags.push((status.name, false));
@@ -894,10 +880,10 @@ impl World {
                 let mut queued = 0;
                 let mut seen = BTreeSet::new();
                 for (id, listener) in &self.listeners {
-                    let Some(service) = self.master.listener_service_name(*id) else {
+                    let Some(service) = view::listener_service_name(&self.master, *id) else {
                         continue;
                     };
-                    if service == name && seen.insert(listener.socket) {
+                    if &service == name && seen.insert(listener.socket) {
                         queued += self.sockets[listener.socket].queue.len() as u32;
                     }
                 }
@@ -929,7 +915,7 @@ impl World {
                 listener, service, ..
             } => {
                 let backlog = self.load.backlog.unwrap_or_else(|| {
-                    let config = self.master.service_config(service);
+                    let config = view::service_config(&self.master, service);
                     config
                         .map(|c| c.process_limit.saturating_mul(c.client_limit).max(4))
                         .unwrap_or(4)
@@ -1032,7 +1018,7 @@ impl World {
         if self.services.contains_key(&id) {
             return;
         }
-        let Some(config) = self.master.service_config(id) else {
+        let Some(config) = view::service_config(&self.master, id) else {
             return;
         };
         if !self.names.contains(&config.name) {
@@ -1106,11 +1092,9 @@ impl World {
             },
             self.now,
         );
-        let sockets = self
-            .master
-            .service_listeners(request.service)
-            .iter()
-            .filter_map(|l| self.listeners.get(l).map(|l| l.socket))
+        let sockets = view::service_listeners(&self.master, request.service)
+            .into_iter()
+            .filter_map(|l| self.listeners.get(&l).map(|l| l.socket))
             .collect();
         self.procs.insert(
             pid,
@@ -1400,15 +1384,13 @@ impl World {
     fn arrive(&mut self, client: usize) {
         let name = self.clients[client].service.clone();
         let current = self.master.current_generation();
-        let service = self
-            .master
-            .services()
-            .find(|s| s.name == name && s.generation == current)
-            .map(|s| s.id);
+        let service = view::services(&self.master)
+            .into_iter()
+            .find(|s| s.name == name && s.generation == current);
         let socket = service
             .into_iter()
-            .flat_map(|id| self.master.service_listeners(id).iter())
-            .filter_map(|l| self.listeners.get(l))
+            .flat_map(|s| s.listeners)
+            .filter_map(|l| self.listeners.get(&l))
             .map(|l| l.socket)
             .find(|s| self.sockets[*s].open);
         let Some(socket) = socket else {

@@ -17,3 +17,4 @@ pub mod plot;
 pub mod scenario;
 pub mod swarm;
 pub mod trace;
+pub mod view;

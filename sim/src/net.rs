@@ -40,6 +40,7 @@ use turmoil::net::{TcpListener, TcpStream};
 
 use crate::des::{fnv1a, PRE_AUTH_TIMEOUT};
 use crate::load::{Behaviour, LoadProfile, SimConfig};
+use crate::view;
 
 /// How the turmoil world is built.
 #[derive(Clone, Debug)]
@@ -412,7 +413,7 @@ impl Server {
             }
         }
         let live = self.procs.len();
-        let counted = self.master.process_count();
+        let counted = view::process_total(&self.master);
         let mut shared = self.shared.borrow_mut();
         shared.summary.peak_processes = shared.summary.peak_processes.max(live);
         if live != counted && shared.violation.is_none() {
@@ -476,8 +477,7 @@ impl Server {
                     }
                 };
                 let backlog = self.backlog.unwrap_or_else(|| {
-                    self.master
-                        .service_config(service)
+                    view::service_config(&self.master, service)
                         .map(|c| c.process_limit.saturating_mul(c.client_limit).max(4))
                         .unwrap_or(4)
                         .min(crate::des::SOMAXCONN)
@@ -560,9 +560,8 @@ impl Server {
                     .set(full);
             }
             Output::RetireGeneration { generation } => {
-                let services: Vec<ServiceId> = self
-                    .master
-                    .services()
+                let services: Vec<ServiceId> = view::services(&self.master)
+                    .into_iter()
                     .filter(|s| s.generation == generation)
                     .map(|s| s.id)
                     .collect();
@@ -590,7 +589,7 @@ impl Server {
     fn spawn(&mut self, request: SpawnRequest) {
         let pid = Pid(self.next_pid);
         self.next_pid += 1;
-        let config = self.master.service_config(request.service);
+        let config = view::service_config(&self.master, request.service);
         let (client_limit, service_count, login) = config
             .map(|c| {
                 (
@@ -600,11 +599,9 @@ impl Server {
                 )
             })
             .unwrap_or((1, 0, false));
-        let queue = self
-            .master
-            .service_listeners(request.service)
-            .iter()
-            .find_map(|l| self.listeners.get(l).map(|l| l.queue.clone()));
+        let queue = view::service_listeners(&self.master, request.service)
+            .into_iter()
+            .find_map(|l| self.listeners.get(&l).map(|l| l.queue.clone()));
         let login_full = self
             .login_full
             .entry(request.service)

@@ -11,7 +11,7 @@ use sim::swarm;
 
 /// Seeds CI runs on every `cargo test -p sim` (a few seconds in a debug build); `cargo run
 /// -p sim -- swarm --seeds N` runs more.
-const CI_SEEDS: u64 = 100;
+const CI_SEEDS: u64 = 64;
 
 thread_local! {
     static SEED: Cell<Option<u64>> = const { Cell::new(None) };
