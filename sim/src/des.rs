@@ -3,10 +3,12 @@
 //!
 //! State owned here: the fake kernel (pids, live and zombie processes, every pid ever reaped,
 //! listening sockets with their accept queues and backlogs), the simulated service processes
-//! (slots, service_count budget, connections, faults), the clients, and the statistics a
-//! [`Report`] is made of. The driver only translates (STYLE.md §3): every decision about
-//! processes is the master's; the simulated processes decide what a child decides (reference
-//! §1.4, §2.5, §2.6 child side, §2.8 login side, §4.4).
+//! (each runs the real `roost_core::child::Child` machine: slots, service_count budget, status
+//! coalescing, idle-kill answer, master death; plus its connections and faults), the clients,
+//! and the statistics a [`Report`] is made of. The driver only translates (STYLE.md §3): every
+//! decision about processes is the master's, every decision of a process is its child
+//! machine's. The login side of §2.8 (which pre-login client a full login process kills) is
+//! still the kernel's own small model here.
 //!
 //! Determinism: one `SmallRng` seeded from the load profile, `BTreeMap`/`VecDeque` only, time
 //! only from the virtual clock. Every input to the master is one step; its line (`time input ->
@@ -653,8 +655,7 @@ impl World {
         &self.notices
     }
 
-    /// Every signal the master sent so far is in `kills`, by (time, pid, signal)... counted
-    /// from the step lines by callers; this returns how many processes are alive now.
+    /// How many processes are alive now (zombies included), as the fake kernel sees them.
     pub fn live_processes(&self) -> usize {
         self.procs.len()
     }

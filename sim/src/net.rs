@@ -10,8 +10,9 @@
 //! Model: turmoil has no unix sockets, processes or signals, so the server host carries a
 //! small kernel: an acceptor task per listening socket fills an accept queue (with the
 //! service's backlog) that the master's listener and every child share through `Rc` clones,
-//! which is how fd inheritance is modelled; processes are tasks with a signal channel; status
-//! records and exits come back to the driver on one channel. Each service has at most one
+//! which is how fd inheritance is modelled; processes are tasks with a signal channel, each
+//! running the real `roost_core::child::Child` machine; status records and exits come back to
+//! the driver on one channel. Each service has at most one
 //! listener here (the scenario configurations have one), and processes wait on its queue.
 //!
 //! Determinism: `Builder::rng_seed`, every `select!` is `biased`, time only from turmoil
@@ -25,6 +26,7 @@ use std::rc::Rc;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use roost_core::child::{Child, ChildConfig, Input as ChildInput, Output as ChildOutput};
 use roost_core::ids::{ListenerId, Pid, ProcessUid, ServiceId};
 use roost_core::input::Input;
 use roost_core::master::Master;
@@ -339,6 +341,7 @@ struct Server {
     rng: SmallRng,
     shared: SharedRef,
     pending: VecDeque<Input>,
+    shutdown_clients: bool,
 }
 
 fn now() -> Instant {
@@ -352,7 +355,9 @@ async fn server(
     shared: SharedRef,
 ) {
     let (events, mut rx) = unbounded_channel();
+    let shutdown_clients = config.shutdown_clients;
     let mut server = Server {
+        shutdown_clients,
         master: Master::new(config, now()),
         listeners: BTreeMap::new(),
         procs: BTreeMap::new(),
@@ -623,6 +628,7 @@ impl Server {
             login,
             login_full,
             exec,
+            shutdown_clients: self.shutdown_clients,
             signals: rx,
             events: self.events.clone(),
         }));
@@ -661,6 +667,7 @@ struct Process {
     login: bool,
     login_full: Rc<Cell<bool>>,
     exec: Duration,
+    shutdown_clients: bool,
     signals: UnboundedReceiver<ProcMsg>,
     events: UnboundedSender<KernelEvent>,
 }
@@ -672,46 +679,87 @@ struct Connection {
     accepted: Instant,
 }
 
+/// What a process does with the outputs of its child machine.
+struct ChildDriver {
+    /// The child asked to accept.
+    accepting: bool,
+    /// The child closed its listening fds.
+    closed: bool,
+    /// The master's end of the generation is gone: status records are no longer read.
+    master_dead: bool,
+}
+
+impl ChildDriver {
+    /// Feeds one input to the child machine and carries out its outputs; `Some(code)` when
+    /// it exits.
+    fn step(&mut self, p: &Process, child: &mut Child, input: ChildInput) -> Option<i32> {
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            child.handle(input, now());
+            while let Some(output) = child.poll_output() {
+                match output {
+                    ChildOutput::WriteStatus { available_count } => {
+                        if self.master_dead {
+                            inputs.push_back(ChildInput::StatusWriteFailed);
+                        } else {
+                            let _ = p.events.send(KernelEvent::Status {
+                                pid: p.pid,
+                                uid: p.uid,
+                                available_count,
+                            });
+                            inputs.push_back(ChildInput::StatusWritten);
+                        }
+                    }
+                    // The simulated pipe never fills up.
+                    ChildOutput::AwaitStatusWritable => {
+                        inputs.push_back(ChildInput::StatusWritable)
+                    }
+                    ChildOutput::SetAccepting { on } => self.accepting = on,
+                    ChildOutput::CloseListeners => self.closed = true,
+                    // The process only accepts while the child says so; nothing to refuse.
+                    ChildOutput::Refuse | ChildOutput::DieCallback => {}
+                    ChildOutput::Exit(code) => return Some(code),
+                }
+            }
+        }
+        None
+    }
+}
+
 async fn process(mut p: Process) {
+    let mut child = Child::new(
+        ChildConfig {
+            client_limit: p.client_limit,
+            service_count: p.service_count,
+            never_idle_die: false,
+            die_with_master: p.shutdown_clients,
+            has_die_callback: true,
+            is_login: p.login,
+            starts_with_client: false,
+        },
+        now(),
+    );
+    let mut driver = ChildDriver {
+        accepting: false,
+        closed: false,
+        master_dead: false,
+    };
     tokio::time::sleep(p.exec).await;
     let (done_tx, mut done_rx) = unbounded_channel::<u64>();
     let mut conns: BTreeMap<u64, Connection> = BTreeMap::new();
     let mut next_conn = 0u64;
-    let mut total_available = p.client_limit;
-    let mut service_count_left = (p.service_count > 0).then_some(p.service_count);
-    let mut master_dead = false;
-    let mut quit = false;
     let mut overflow = false;
-    let mut last_status: Option<u32> = None;
-    let exit = |events: &UnboundedSender<KernelEvent>, status: ExitStatus| {
-        let _ = events.send(KernelEvent::Exited { pid: p.pid, status });
-    };
-    let status = |events: &UnboundedSender<KernelEvent>,
-                  available: u32,
-                  last: &mut Option<u32>,
-                  force: bool,
-                  dead: bool| {
-        if dead || (!force && *last == Some(available)) {
-            return;
-        }
-        *last = Some(available);
-        let _ = events.send(KernelEvent::Status {
-            pid: p.pid,
-            uid: p.uid,
-            available_count: available,
-        });
-    };
-    status(&p.events, total_available, &mut last_status, true, false);
+    let mut exit = driver.step(&p, &mut child, ChildInput::InitDone);
     loop {
-        // Accept while there are free slots; a full login process allowed to overflow kills
-        // its oldest pre-login client first (reference §2.8, performance mode).
-        while let Some(queue) = &p.queue {
-            let available = total_available.saturating_sub(conns.len() as u32);
-            if master_dead || quit || queue.borrow().conns.is_empty() {
+        // Accept while the child machine says so; a full login process allowed to overflow
+        // kills its oldest pre-login client first (reference §2.8, performance mode).
+        while exit.is_none() {
+            let Some(queue) = &p.queue else { break };
+            if driver.closed || driver.master_dead || queue.borrow().conns.is_empty() {
                 break;
             }
-            if available == 0 {
-                if !(p.login && overflow && total_available > 1) {
+            if child.available_count() == 0 || !driver.accepting {
+                if !(p.login && overflow && child.total_available() > 1) {
                     break;
                 }
                 let victim = conns
@@ -723,6 +771,7 @@ async fn process(mut p: Process) {
                 if let Some(c) = conns.remove(&id) {
                     c.task.abort();
                 }
+                exit = driver.step(&p, &mut child, ChildInput::ClientClosed);
                 continue;
             }
             let Some(stream) = queue.borrow_mut().conns.pop_front() else {
@@ -741,11 +790,21 @@ async fn process(mut p: Process) {
                     accepted: now(),
                 },
             );
-            let available = total_available.saturating_sub(conns.len() as u32);
-            status(&p.events, available, &mut last_status, false, master_dead);
+            exit = driver.step(&p, &mut child, ChildInput::Accepted);
+        }
+        if let Some(code) = exit {
+            for c in conns.values() {
+                c.task.abort();
+            }
+            let _ = p.events.send(KernelEvent::Exited {
+                pid: p.pid,
+                status: ExitStatus::Exited(code),
+            });
+            return;
         }
         let notify = p.queue.as_ref().map(|q| q.borrow().notify.clone());
-        let can_take = !master_dead && !quit;
+        let can_take = !driver.master_dead && !driver.closed;
+        let timer = child.poll_timeout().map(|at| at - now());
         tokio::select! {
             biased;
             msg = p.signals.recv() => match msg {
@@ -757,48 +816,31 @@ async fn process(mut p: Process) {
                     for c in conns.values() {
                         c.task.abort();
                     }
-                    exit(&p.events, ExitStatus::Signaled { signal, core_dumped: false });
+                    let _ = p.events.send(KernelEvent::Exited {
+                        pid: p.pid,
+                        status: ExitStatus::Signaled { signal, core_dumped: false },
+                    });
                     return;
                 }
-                Some(ProcMsg::Signal(Signal::Int)) => {
-                    if conns.is_empty() {
-                        exit(&p.events, ExitStatus::Exited(0));
-                        return;
-                    }
-                    let available = total_available.saturating_sub(conns.len() as u32);
-                    status(&p.events, available, &mut last_status, true, master_dead);
+                Some(ProcMsg::Signal(signal @ (Signal::Int | Signal::Quit))) => {
+                    exit = driver.step(&p, &mut child, ChildInput::Signal(signal));
                 }
-                Some(ProcMsg::Signal(Signal::Quit)) => quit = true,
                 Some(ProcMsg::Signal(Signal::Usr1)) => overflow = p.login_full.get(),
                 Some(ProcMsg::Signal(Signal::Hup)) => {}
                 Some(ProcMsg::MasterDead) => {
-                    master_dead = true;
-                    if conns.is_empty() {
-                        exit(&p.events, ExitStatus::Exited(0));
-                        return;
-                    }
+                    driver.master_dead = true;
+                    exit = driver.step(&p, &mut child, ChildInput::MasterDead);
                 }
             },
             done = done_rx.recv() => {
-                let Some(id) = done else { continue };
-                if conns.remove(&id).is_none() {
-                    continue;
-                }
-                // Reference §2.5: retire the slot when the budget no longer exceeds the slots.
-                match service_count_left {
-                    Some(left) if left == total_available => {
-                        total_available -= 1;
-                        service_count_left = Some(left - 1);
+                if let Some(id) = done {
+                    if conns.remove(&id).is_some() {
+                        exit = driver.step(&p, &mut child, ChildInput::ClientClosed);
                     }
-                    Some(left) => service_count_left = Some(left.saturating_sub(1)),
-                    None => {}
                 }
-                if service_count_left == Some(0) || (master_dead && conns.is_empty()) {
-                    exit(&p.events, ExitStatus::Exited(0));
-                    return;
-                }
-                let available = total_available.saturating_sub(conns.len() as u32);
-                status(&p.events, available, &mut last_status, false, master_dead);
+            },
+            _ = tokio::time::sleep(timer.unwrap_or(Duration::ZERO)), if timer.is_some() => {
+                exit = driver.step(&p, &mut child, ChildInput::Timeout);
             },
             _ = async {
                 match &notify {
