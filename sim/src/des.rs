@@ -1667,6 +1667,86 @@ mod tests {
         assert_eq!(percentile(&[], 50), 0);
     }
 
+    fn small_world() -> World {
+        let config = crate::load::SimConfig {
+            services: vec![crate::load::ServiceSpec {
+                name: "imap".into(),
+                service_type: ServiceType::Default,
+                process_limit: 5,
+                client_limit: 1,
+                service_count: 1,
+                process_min_avail: 2,
+                idle_kill_ms: Some(10_000),
+                port: 143,
+            }],
+            shutdown_clients: true,
+        };
+        let load = LoadProfile {
+            duration_ms: 5_000,
+            clients: vec![crate::load::ClientGroup {
+                service: "imap".into(),
+                count: 3,
+                start_ms: 100,
+                spread_ms: 0,
+                behaviour: Behaviour::Login,
+                login_delay_ms: (10, 10),
+                session_ms: (100, 100),
+                reconnect: 0,
+                retry_ms: 1_000,
+            }],
+            ..LoadProfile::default()
+        };
+        World::new(config.master_config(), &load, Options::default())
+    }
+
+    /// The outside check "no signal to a reaped pid" must be able to fail: a driver bug that
+    /// signals a pid after telling the master it exited is caught at once.
+    #[test]
+    fn a_signal_to_a_reaped_pid_is_caught() {
+        let mut world = small_world();
+        world
+            .run_until(5_000)
+            .expect("the small world runs cleanly");
+        let reaped = *world
+            .reaped
+            .iter()
+            .next()
+            .expect("service_count 1 recycles processes");
+        world.signal(reaped, Signal::Term);
+        let error = world.error.clone().expect("the signal is flagged");
+        assert!(error.what.contains("already reaped"), "{error}");
+    }
+
+    /// The pair check "live children == the master's process count" must be able to fail: a
+    /// kernel that loses a process without telling the master is caught.
+    #[test]
+    fn a_child_the_master_does_not_know_about_is_caught() {
+        let mut world = small_world();
+        world
+            .run_until(1_000)
+            .expect("the small world runs cleanly");
+        let pid = *world
+            .procs
+            .keys()
+            .next()
+            .expect("process_min_avail keeps processes");
+        world.procs.remove(&pid);
+        world.outside_checks();
+        let error = world.error.clone().expect("the mismatch is flagged");
+        assert!(error.what.contains("live children"), "{error}");
+    }
+
+    /// Every client of the small world is served and none is left in a queue.
+    #[test]
+    fn the_small_world_serves_everyone() {
+        let mut world = small_world();
+        world
+            .run_until(5_000)
+            .expect("the small world runs cleanly");
+        assert!(world.unfinished_clients().is_empty());
+        assert_eq!(world.report().services[0].served, 3);
+    }
+
     #[test]
     fn fnv_is_the_published_function() {
         // FNV-1a of "a" is a published test vector.
