@@ -41,6 +41,12 @@ enum Command {
         /// Also run the turmoil world (network-level) on the same load.
         #[arg(long)]
         turmoil: bool,
+        /// turmoil's tick, ms.
+        #[arg(long, default_value_t = 10)]
+        tick_ms: u64,
+        /// turmoil client hosts the clients share.
+        #[arg(long, default_value_t = 4)]
+        client_hosts: usize,
     },
     /// Replay a load profile against a configuration and print the report.
     Plan {
@@ -76,7 +82,16 @@ fn main() -> ExitCode {
             clients,
             minutes,
             turmoil,
-        } => bench(clients, minutes, turmoil),
+            tick_ms,
+            client_hosts,
+        } => bench(
+            clients,
+            minutes,
+            turmoil.then_some(sim::net::NetOptions {
+                tick_ms,
+                client_hosts,
+            }),
+        ),
         Command::Plan { config, load, plot } => run_plan(&config, &load, plot.as_deref()),
         Command::Trace { scenario, out } => record(&scenario, &out),
     }
@@ -145,7 +160,7 @@ fn bench_world(clients: u32, minutes: u64) -> (SimConfig, LoadProfile) {
     (bench.config, bench.load)
 }
 
-fn bench(clients: u32, minutes: u64, turmoil: bool) -> ExitCode {
+fn bench(clients: u32, minutes: u64, turmoil: Option<sim::net::NetOptions>) -> ExitCode {
     let (config, load) = bench_world(clients, minutes);
     let simulated = minutes as f64 * 60.0;
     let begin = std::time::Instant::now(); // tidy: allow: measures real time on purpose
@@ -157,13 +172,17 @@ fn bench(clients: u32, minutes: u64, turmoil: bool) -> ExitCode {
         simulated / real
     );
     print!("{report}");
-    if turmoil {
+    if let Some(options) = turmoil {
+        let ticks = format!(
+            "{} ms tick, {} client hosts",
+            options.tick_ms, options.client_hosts
+        );
         let begin = std::time::Instant::now(); // tidy: allow: measures real time on purpose
-        match sim::net::run(&config, &load, sim::net::NetOptions::default()) {
+        match sim::net::run(&config, &load, options) {
             Ok(summary) => {
                 let real = begin.elapsed().as_secs_f64();
                 println!(
-                    "turmoil: {clients} clients, {minutes} simulated min in {real:.3} s real: {:.0}× real time; {summary}",
+                    "turmoil ({ticks}): {clients} clients, {minutes} simulated min in {real:.3} s real: {:.0}× real time; {summary}",
                     simulated / real
                 );
             }
