@@ -45,7 +45,7 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         tick_ms: u64,
         /// turmoil client hosts the clients share.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 1)]
         client_hosts: usize,
     },
     /// Replay a load profile against a configuration and print the report.

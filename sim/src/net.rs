@@ -56,8 +56,10 @@ pub struct NetOptions {
 impl Default for NetOptions {
     fn default() -> NetOptions {
         NetOptions {
+            // turmoil polls every host every tick: one client host for all clients was 3× faster
+            // than four in the benchmark (1,000 clients, 10 min: 1,423× against 478× real time).
             tick_ms: 10,
-            client_hosts: 4,
+            client_hosts: 1,
         }
     }
 }
