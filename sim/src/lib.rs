@@ -1,8 +1,20 @@
-//! The simulator: the core's real machines in a simulated world.
+//! The simulator: roost's real core machines driven in simulated time.
 //!
-//! `world` is a discrete-event world (time jumps to the next event or timer), used by the
-//! scenario replays, the swarm and capacity planning. Every run is a function of its seed.
+//! * [`des`]: a discrete-event driver (fake kernel, virtual clock jumping to the next deadline)
+//!   for scheduling scenarios, the swarm and capacity planning;
+//! * [`net`]: the same master in a turmoil world, with clients on simulated TCP;
+//! * [`load`]: load profiles, faults and timed events (RON);
+//! * [`scenario`]: `sim/scenarios/*.ron`, their expectations, and how they are checked;
+//! * [`swarm`]: random worlds drawn from a seed;
+//! * [`trace`]: recorded inputs replayed straight into the core;
+//! * [`plan`] and [`plot`]: `roost sim`'s report and SVG timeline.
 
+pub mod des;
+pub mod load;
+pub mod net;
+pub mod plan;
+pub mod plot;
 pub mod scenario;
 pub mod swarm;
-pub mod world;
+pub mod trace;
+pub mod view;

@@ -1,331 +1,283 @@
-//! Scenario files (`sim/scenarios/*.ron`): a configuration, a load, faults, and what must hold.
-//! `cargo test -p sim` replays them all.
+//! Scenario files (`sim/scenarios/*.ron`): a configuration, a load with faults and timed
+//! events, and what must hold afterwards. `cargo test -p sim` replays every file in the
+//! directory (sim/tests/scenarios.rs) through the discrete-event driver.
+//!
+//! Notices are matched by their exact text (the operator-visible Display of the core's
+//! `Notice`), optionally within a time window, so a scenario pins both the wording and the
+//! timing of a rule.
 
-use std::collections::BTreeMap;
+use serde::{Deserialize, Serialize};
 
-use roost_core::setup::{ListenerConfig, ListenerKind, MasterConfig, ServiceConfig, ServiceType};
-use roost_core::time::Duration;
-use serde::Deserialize;
-
-use crate::world::{Misbehaviour, Report, World};
-
-/// A service, with the defaults of an ordinary service.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SimService {
-    /// Its name.
-    pub name: String,
-    /// Its type.
-    #[serde(default = "default_type")]
-    pub service_type: ServiceType,
-    /// process_limit.
-    #[serde(default = "default_process_limit")]
-    pub process_limit: u32,
-    /// client_limit (effective).
-    #[serde(default = "one")]
-    pub client_limit: u32,
-    /// service_count.
-    #[serde(default)]
-    pub service_count: u32,
-    /// process_min_avail.
-    #[serde(default)]
-    pub process_min_avail: u32,
-    /// idle_kill in seconds; `None` = never.
-    #[serde(default = "default_idle_kill")]
-    pub idle_kill_secs: Option<u64>,
-    /// A foreign program.
-    #[serde(default)]
-    pub foreign: bool,
-}
-
-fn default_type() -> ServiceType {
-    ServiceType::Default
-}
-fn default_process_limit() -> u32 {
-    100
-}
-fn one() -> u32 {
-    1
-}
-fn default_idle_kill() -> Option<u64> {
-    Some(60)
-}
-
-impl SimService {
-    /// The effective configuration, with one inet listener.
-    pub fn config(&self, port: u16) -> ServiceConfig {
-        ServiceConfig {
-            name: self.name.clone(),
-            service_type: self.service_type,
-            process_limit: self.process_limit,
-            client_limit: if self.service_count > 0 {
-                self.client_limit.min(self.service_count)
-            } else {
-                self.client_limit
-            },
-            service_count: self.service_count,
-            process_min_avail: self.process_min_avail.min(self.process_limit),
-            idle_kill: self.idle_kill_secs.map(Duration::from_secs),
-            vsz_limit: 0,
-            foreign: self.foreign,
-            listeners: vec![ListenerConfig {
-                name: self.name.clone(),
-                kind: ListenerKind::Inet {
-                    address: "*".into(),
-                    port,
-                    ssl: false,
-                    haproxy: false,
-                    reuse_port: false,
-                },
-            }],
-        }
-    }
-}
-
-/// Builds the master's configuration from services.
-pub fn master_config(services: &[SimService], shutdown_clients: bool) -> MasterConfig {
-    MasterConfig {
-        services: services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| s.config(1000 + i as u16))
-            .collect(),
-        shutdown_clients,
-    }
-}
-
-/// A wave of clients.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Load {
-    /// When the first arrives.
-    pub at_ms: u64,
-    /// The service they connect to.
-    pub service: String,
-    /// How many.
-    pub count: u32,
-    /// Time between two arrivals.
-    #[serde(default)]
-    pub spacing_ms: u64,
-    /// How long each is served.
-    pub hold_ms: u64,
-}
-
-/// A fault at a time.
-#[derive(Clone, Debug, Deserialize)]
-pub enum Fault {
-    /// The next `count` forks fail.
-    FailForks(u32),
-    /// New processes of the service exit 1 before their first status.
-    CrashAtStart(String),
-    /// New processes of the service never send a first status.
-    Silent(String),
-    /// New processes of the service ignore the idle SIGINT.
-    IgnoreSigint(String),
-    /// New processes of the service take this long to start.
-    SlowExec(String, u64),
-    /// kill -9 of this many processes of the service.
-    Kill9(String, u32),
-    /// Processes of the service behave again.
-    Heal(String),
-    /// A reload with these services.
-    Reload(Vec<SimService>),
-    /// TERM.
-    Term,
-}
-
-/// What must hold at the end.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Expect {
-    /// Each must be part of some notice.
-    pub notices: Vec<String>,
-    /// None may be part of any notice.
-    pub no_notices: Vec<String>,
-    /// Each service's peak process count at most this.
-    pub max_processes: BTreeMap<String, u32>,
-    /// Each service's peak process count at least this.
-    pub min_peak_processes: BTreeMap<String, u32>,
-    /// Each service's process count at the end.
-    pub end_processes: BTreeMap<String, u32>,
-    /// At least this many clients served.
-    pub served_at_least: Option<u64>,
-    /// At most this many dropped.
-    pub dropped_at_most: Option<u64>,
-    /// At least this many dropped.
-    pub dropped_at_least: Option<u64>,
-    /// The 99th percentile of the wait at most this.
-    pub p99_wait_ms_at_most: Option<u64>,
-    /// The master's exit status.
-    pub exit: Option<i32>,
-}
+use crate::des::{self, Options, World};
+use crate::load::{LoadProfile, SimConfig};
+use crate::plan::Report;
 
 /// One scenario file.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
-    /// What it shows, and which rule.
+    /// What the scenario proves, and which rule of the reference it exercises.
     pub story: String,
-    /// The services.
-    pub services: Vec<SimService>,
-    /// shutdown_clients.
-    #[serde(default = "yes")]
-    pub shutdown_clients: bool,
-    /// Clients.
-    #[serde(default)]
-    pub load: Vec<Load>,
-    /// Faults, with their times in ms.
-    #[serde(default)]
-    pub faults: Vec<(u64, Fault)>,
-    /// How long to run.
-    pub run_ms: u64,
-    /// The seed.
-    #[serde(default)]
-    pub seed: u64,
+    /// The configuration.
+    pub config: SimConfig,
+    /// The load, faults and events.
+    pub load: LoadProfile,
     /// What must hold.
     pub expect: Expect,
 }
 
-fn yes() -> bool {
-    true
+/// The expectations of a scenario.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// Notices that must appear (exact text), with bounds on their count and time.
+    #[serde(default)]
+    pub notices: Vec<NoticeExpect>,
+    /// Notices containing one of these must all differ (a rule that fires once per process).
+    #[serde(default)]
+    pub unique: Vec<String>,
+    /// Substrings no notice may contain.
+    #[serde(default)]
+    pub absent: Vec<String>,
+    /// Per-service bounds.
+    #[serde(default)]
+    pub services: Vec<ServiceExpect>,
+    /// The master's exit status at the end (`None`: still running).
+    #[serde(default)]
+    pub exit: Option<i32>,
+    /// Every client must be done (served, dropped, killed) by the end.
+    #[serde(default)]
+    pub all_clients_done: bool,
 }
 
-impl Scenario {
-    /// Parses a scenario file.
-    pub fn parse(text: &str) -> Result<Scenario, String> {
-        ron::from_str(text)
-            .map_err(|e| format!("{}:{}: {}", e.span.start.line, e.span.start.col, e.code))
-    }
+/// One expected notice.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoticeExpect {
+    /// The exact text (or a part of it, with `contains`).
+    pub text: String,
+    /// Match any notice that contains `text` (for texts that name a pid).
+    #[serde(default)]
+    pub contains: bool,
+    /// At least this many times (within the window).
+    #[serde(default = "one")]
+    pub min: u64,
+    /// At most this many times (within the window).
+    #[serde(default)]
+    pub max: Option<u64>,
+    /// Only notices from `[from, to]` ms count.
+    #[serde(default)]
+    pub window_ms: Option<(u64, u64)>,
+}
 
-    /// Runs it and returns what was measured.
-    pub fn run(&self) -> Report {
-        let mut world = World::new(
-            master_config(&self.services, self.shutdown_clients),
-            self.seed,
+fn one() -> u64 {
+    1
+}
+
+/// Bounds on one service's report; `(min, max)` pairs, both inclusive.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceExpect {
+    /// The service's name.
+    pub name: String,
+    /// Peak processes.
+    #[serde(default)]
+    pub peak_processes: Option<(u32, u32)>,
+    /// Processes at the end.
+    #[serde(default)]
+    pub final_processes: Option<(u32, u32)>,
+    /// Clients served.
+    #[serde(default)]
+    pub served: Option<(u64, u64)>,
+    /// Connections dropped.
+    #[serde(default)]
+    pub dropped: Option<(u64, u64)>,
+    /// Connections that waited in the queue.
+    #[serde(default)]
+    pub queued: Option<(u64, u64)>,
+    /// Login clients killed to make room.
+    #[serde(default)]
+    pub login_killed: Option<(u64, u64)>,
+    /// Connections lost with their process.
+    #[serde(default)]
+    pub lost: Option<(u64, u64)>,
+    /// 99th percentile queue wait, ms.
+    #[serde(default)]
+    pub wait_p99_ms: Option<(u64, u64)>,
+    /// Processes created.
+    #[serde(default)]
+    pub spawned: Option<(u64, u64)>,
+    /// The first steps that created processes must have created these many, in order.
+    #[serde(default)]
+    pub spawn_steps: Option<Vec<u32>>,
+}
+
+/// Parses a scenario file.
+pub fn parse(text: &str) -> Result<Scenario, ron::error::SpannedError> {
+    ron::from_str(text)
+}
+
+/// Runs a scenario and checks it; on failure the error lists every unmet expectation and
+/// the notices seen.
+pub fn run(scenario: &Scenario) -> Result<Report, String> {
+    let (world, result) = des::run(
+        scenario.config.master_config(),
+        &scenario.load,
+        Options::default(),
+    );
+    let report = world.report();
+    if let Err(error) = result {
+        return Err(format!(
+            "the run broke a rule: {error}\n{}",
+            notices(&report)
+        ));
+    }
+    let failures = check(&scenario.expect, &world, &report);
+    if failures.is_empty() {
+        Ok(report)
+    } else {
+        Err(format!(
+            "{}\n--- report\n{report}--- notices\n{}",
+            failures.join("\n"),
+            notices(&report)
+        ))
+    }
+}
+
+fn notices(report: &Report) -> String {
+    report
+        .notices
+        .iter()
+        .map(|(t, n)| format!("{t:>8} ms {n}\n"))
+        .collect()
+}
+
+fn within<T: PartialOrd + Copy + std::fmt::Debug>(
+    failures: &mut Vec<String>,
+    what: &str,
+    value: T,
+    bounds: Option<(T, T)>,
+) {
+    if let Some((lo, hi)) = bounds {
+        if value < lo || value > hi {
+            failures.push(format!("{what} is {value:?}, expected {lo:?}..={hi:?}"));
+        }
+    }
+}
+
+/// Every unmet expectation.
+pub fn check(expect: &Expect, world: &World, report: &Report) -> Vec<String> {
+    let mut failures = Vec::new();
+    for n in &expect.notices {
+        let count = report
+            .notices
+            .iter()
+            .filter(|(t, text)| {
+                (if n.contains {
+                    text.contains(n.text.as_str())
+                } else {
+                    *text == n.text
+                }) && n.window_ms.is_none_or(|(from, to)| *t >= from && *t <= to)
+            })
+            .count() as u64;
+        if count < n.min || n.max.is_some_and(|max| count > max) {
+            failures.push(format!(
+                "notice {:?} seen {count} times{}, expected {}..={}",
+                n.text,
+                n.window_ms
+                    .map(|(a, b)| format!(" in [{a}, {b}] ms"))
+                    .unwrap_or_default(),
+                n.min,
+                n.max.map(|m| m.to_string()).unwrap_or_else(|| "∞".into())
+            ));
+        }
+    }
+    for part in &expect.unique {
+        let mut seen = std::collections::BTreeSet::new();
+        for (t, text) in report
+            .notices
+            .iter()
+            .filter(|(_, t)| t.contains(part.as_str()))
+        {
+            if !seen.insert(text) {
+                failures.push(format!("notice repeated at {t} ms: {text}"));
+            }
+        }
+    }
+    for absent in &expect.absent {
+        if let Some((t, text)) = report
+            .notices
+            .iter()
+            .find(|(_, t)| t.contains(absent.as_str()))
+        {
+            failures.push(format!("notice at {t} ms contains {absent:?}: {text}"));
+        }
+    }
+    for s in &expect.services {
+        let Some(r) = report.services.iter().find(|r| r.name == s.name) else {
+            failures.push(format!("no service {}", s.name));
+            continue;
+        };
+        let name = &s.name;
+        within(
+            &mut failures,
+            &format!("{name} peak_processes"),
+            r.peak_processes,
+            s.peak_processes,
         );
-        for load in &self.load {
-            world.clients(
-                &load.service,
-                load.at_ms,
-                load.count,
-                load.spacing_ms,
-                load.hold_ms,
-            );
-        }
-        for (at, fault) in &self.faults {
-            let at = *at;
-            match fault {
-                Fault::FailForks(n) => world.fail_forks(at, *n),
-                Fault::CrashAtStart(s) => world.misbehave(
-                    at,
-                    s,
-                    Misbehaviour {
-                        crash_at_start: true,
-                        ..Default::default()
-                    },
-                ),
-                Fault::Silent(s) => world.misbehave(
-                    at,
-                    s,
-                    Misbehaviour {
-                        silent: true,
-                        ..Default::default()
-                    },
-                ),
-                Fault::IgnoreSigint(s) => world.misbehave(
-                    at,
-                    s,
-                    Misbehaviour {
-                        ignores_sigint: true,
-                        ..Default::default()
-                    },
-                ),
-                Fault::SlowExec(s, ms) => world.misbehave(
-                    at,
-                    s,
-                    Misbehaviour {
-                        exec_delay_ms: *ms,
-                        ..Default::default()
-                    },
-                ),
-                Fault::Heal(s) => world.misbehave(at, s, Misbehaviour::default()),
-                Fault::Kill9(s, n) => world.kill9(at, s, *n),
-                Fault::Reload(services) => {
-                    world.reload(at, master_config(services, self.shutdown_clients))
-                }
-                Fault::Term => world.term(at),
-            }
-        }
-        world.run_until(self.run_ms);
-        world.report().clone()
-    }
-
-    /// Checks the expectations; every failure is listed.
-    pub fn check(&self, report: &Report) -> Vec<String> {
-        let e = &self.expect;
-        let mut failures = Vec::new();
-        for text in &e.notices {
-            if !report
-                .notices
-                .iter()
-                .any(|(_, n)| n.contains(text.as_str()))
-            {
-                failures.push(format!("no notice contains {text:?}"));
-            }
-        }
-        for text in &e.no_notices {
-            if let Some((at, n)) = report
-                .notices
-                .iter()
-                .find(|(_, n)| n.contains(text.as_str()))
-            {
-                failures.push(format!("unexpected notice at {at}: {n}"));
-            }
-        }
-        for (service, max) in &e.max_processes {
-            let peak = report.peak_processes.get(service).copied().unwrap_or(0);
-            if peak > *max {
-                failures.push(format!("{service}: peak {peak} processes > {max}"));
-            }
-        }
-        for (service, min) in &e.min_peak_processes {
-            let peak = report.peak_processes.get(service).copied().unwrap_or(0);
-            if peak < *min {
-                failures.push(format!("{service}: peak {peak} processes < {min}"));
-            }
-        }
-        for (service, count) in &e.end_processes {
-            let end = report.end_processes.get(service).copied().unwrap_or(0);
-            if end != *count {
+        within(
+            &mut failures,
+            &format!("{name} final_processes"),
+            r.final_processes,
+            s.final_processes,
+        );
+        within(&mut failures, &format!("{name} served"), r.served, s.served);
+        within(
+            &mut failures,
+            &format!("{name} dropped"),
+            r.dropped,
+            s.dropped,
+        );
+        within(&mut failures, &format!("{name} queued"), r.queued, s.queued);
+        within(
+            &mut failures,
+            &format!("{name} login_killed"),
+            r.login_killed,
+            s.login_killed,
+        );
+        within(&mut failures, &format!("{name} lost"), r.lost, s.lost);
+        within(
+            &mut failures,
+            &format!("{name} wait_p99_ms"),
+            r.wait_p99_ms,
+            s.wait_p99_ms,
+        );
+        within(
+            &mut failures,
+            &format!("{name} spawned"),
+            r.spawned,
+            s.spawned,
+        );
+        if let Some(steps) = &s.spawn_steps {
+            let seen = world.spawn_steps(name);
+            if !seen.starts_with(steps) {
                 failures.push(format!(
-                    "{service}: {end} processes at the end, expected {count}"
+                    "{name} spawns per step are {seen:?}, expected to start with {steps:?}"
                 ));
             }
         }
-        if let Some(n) = e.served_at_least {
-            if report.served < n {
-                failures.push(format!("served {} < {n}", report.served));
-            }
-        }
-        if let Some(n) = e.dropped_at_most {
-            if report.dropped > n {
-                failures.push(format!("dropped {} > {n}", report.dropped));
-            }
-        }
-        if let Some(n) = e.dropped_at_least {
-            if report.dropped < n {
-                failures.push(format!("dropped {} < {n}", report.dropped));
-            }
-        }
-        if let Some(n) = e.p99_wait_ms_at_most {
-            let p99 = report.wait_percentile(99);
-            if p99 > n {
-                failures.push(format!("p99 wait {p99} ms > {n}"));
-            }
-        }
-        if e.exit.is_some() && e.exit != report.exited {
-            failures.push(format!("exit {:?}, expected {:?}", report.exited, e.exit));
-        }
-        failures
     }
+    if report.exit != expect.exit {
+        failures.push(format!(
+            "the master's exit is {:?}, expected {:?}",
+            report.exit, expect.exit
+        ));
+    }
+    if expect.all_clients_done {
+        let unfinished = world.unfinished_clients();
+        if !unfinished.is_empty() {
+            failures.push(format!("clients not done: {}", unfinished.join("; ")));
+        }
+    }
+    failures
 }

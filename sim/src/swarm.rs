@@ -1,228 +1,249 @@
-//! The swarm: a seed draws a configuration, a load and faults; a safety phase runs them with
-//! the invariants checked after every step, then a liveness phase without faults must bring
-//! every service back: queues empty, every client finished, process_min_avail kept, and fresh
-//! clients served (TigerBeetle's VOPR, in small).
+//! Swarm testing (TigerBeetle's VOPR): one seed draws a configuration, a load and faults; the
+//! run has a safety phase (faults on, the master's invariants after every step, the driver's
+//! outside checks) and then a liveness phase (faults off: within a bound, everything is
+//! reaped, every client is done, and each service is back at process_min_avail).
+//!
+//! A seed is exact only at one commit; the lasting regression is a trace (`SIM_DUMP`).
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use roost_core::setup::ServiceType;
 
-use crate::scenario::{master_config, Fault, Load, SimService};
-use crate::world::{Misbehaviour, Report, World};
+use crate::des::{self, Options, World};
+use crate::load::{
+    Behaviour, ClientGroup, Event, Faults, LoadProfile, ServiceSpec, SimConfig, TimedEvent,
+};
 
-/// Everything a seed drew.
-#[derive(Clone, Debug)]
+/// Everything one seed drew.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Drawn {
-    /// The services.
-    pub services: Vec<SimService>,
-    /// shutdown_clients.
-    pub shutdown_clients: bool,
-    /// The load.
-    pub loads: Vec<Load>,
-    /// The faults (ms, fault).
-    pub faults: Vec<(u64, Fault)>,
+    /// The seed.
+    pub seed: u64,
+    /// The configuration.
+    pub config: SimConfig,
+    /// The load, faults and events; `faults.off_at_ms` ends the safety phase.
+    pub load: LoadProfile,
+    /// End of the safety phase, ms.
+    pub safety_ms: u64,
+    /// By this time (ms) the world must have settled.
+    pub liveness_ms: u64,
 }
 
-/// The safety phase's length.
-pub const SAFETY_MS: u64 = 120_000;
-/// The liveness phase's length: long enough for a 60 s throttle, a 30 s first-status kill and
-/// idle-kill rounds.
-pub const LIVENESS_MS: u64 = 600_000;
+/// What a finished run left.
+pub struct Outcome {
+    /// The world at the end.
+    pub world: World,
+    /// The hash of its one-line-per-step trace.
+    pub hash: u64,
+}
 
-fn draw_service(rng: &mut SmallRng, index: usize) -> SimService {
-    let service_type = match rng.random_range(0..10) {
-        0 | 1 => ServiceType::Login,
-        2 => ServiceType::Worker,
-        _ => ServiceType::Default,
-    };
-    let process_limit = rng.random_range(1..12);
-    let service_count = [0, 0, 1, 1, 3][rng.random_range(0..5)];
-    SimService {
-        name: format!("s{index}"),
-        service_type,
-        process_limit,
-        client_limit: rng.random_range(1..5),
-        service_count,
-        process_min_avail: rng.random_range(0..=process_limit.min(4)),
-        idle_kill_secs: if rng.random_bool(0.2) {
-            None
-        } else {
-            Some(rng.random_range(1..90))
-        },
-        foreign: rng.random_bool(0.1),
-    }
+fn range(rng: &mut SmallRng, lo: u64, hi: u64) -> u64 {
+    rng.random_range(lo..=hi)
 }
 
 /// Draws a world from a seed.
 pub fn draw(seed: u64) -> Drawn {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let services: Vec<SimService> = (0..rng.random_range(1..4))
-        .map(|i| draw_service(&mut rng, i))
-        .collect();
-    let mut loads = Vec::new();
-    for _ in 0..rng.random_range(1..6) {
-        let service = services[rng.random_range(0..services.len())].name.clone();
-        loads.push(Load {
-            at_ms: rng.random_range(0..SAFETY_MS / 2),
-            service,
-            count: rng.random_range(1..120),
-            spacing_ms: rng.random_range(0..200),
-            hold_ms: rng.random_range(1..8_000),
+    let service_count = range(&mut rng, 1, 3) as usize;
+    let mut services = Vec::new();
+    for i in 0..service_count {
+        let service_type = match range(&mut rng, 0, 3) {
+            0 | 1 => ServiceType::Login,
+            2 => ServiceType::Default,
+            _ => ServiceType::Worker,
+        };
+        let process_limit = range(&mut rng, 1, 40) as u32;
+        let security_mode = service_type == ServiceType::Login && rng.random_bool(0.5);
+        let (client_limit, service_count) = if security_mode {
+            (1, 1)
+        } else {
+            (
+                range(&mut rng, 1, 20) as u32,
+                if rng.random_bool(0.3) {
+                    range(&mut rng, 1, 6) as u32
+                } else {
+                    0
+                },
+            )
+        };
+        services.push(ServiceSpec {
+            name: format!("svc{i}"),
+            service_type,
+            process_limit,
+            client_limit,
+            service_count,
+            process_min_avail: range(&mut rng, 0, u64::from(process_limit.min(5))) as u32,
+            idle_kill_ms: if rng.random_bool(0.8) {
+                Some(range(&mut rng, 1, 30) * 1000)
+            } else {
+                None
+            },
+            port: 100 + i as u16,
         });
     }
-    let mut faults = Vec::new();
-    for _ in 0..rng.random_range(0..5) {
-        let service = services[rng.random_range(0..services.len())].name.clone();
-        let at = rng.random_range(0..SAFETY_MS);
-        let fault = match rng.random_range(0..9) {
-            0 => Fault::FailForks(rng.random_range(1..20)),
-            1 => Fault::CrashAtStart(service),
-            2 => Fault::Silent(service),
-            3 => Fault::IgnoreSigint(service),
-            4 => Fault::SlowExec(service, rng.random_range(10..5_000)),
-            5 => Fault::Kill9(service, rng.random_range(1..5)),
-            6 | 7 => {
-                let mut changed = services.clone();
-                let i = rng.random_range(0..changed.len());
-                changed[i] = draw_service(&mut rng, i);
-                Fault::Reload(changed)
-            }
-            _ => Fault::Heal(service),
-        };
-        faults.push((at, fault));
-    }
-    Drawn {
+    let config = SimConfig {
         services,
         shutdown_clients: rng.random_bool(0.7),
-        loads,
+    };
+    let safety_ms = range(&mut rng, 20, 120) * 1000;
+    let mut clients = Vec::new();
+    let mut longest_session = 0;
+    for spec in &config.services {
+        for _ in 0..range(&mut rng, 1, 2) {
+            let behaviour = if spec.service_type == ServiceType::Login && rng.random_bool(0.25) {
+                Behaviour::PreAuthIdle
+            } else {
+                Behaviour::Login
+            };
+            let session_hi = range(&mut rng, 100, 30_000);
+            longest_session = longest_session.max(session_hi);
+            let start_ms = range(&mut rng, 0, safety_ms / 2);
+            clients.push(ClientGroup {
+                service: spec.name.clone(),
+                count: range(&mut rng, 0, 150) as u32,
+                start_ms,
+                spread_ms: range(&mut rng, 0, safety_ms - start_ms),
+                behaviour,
+                login_delay_ms: (range(&mut rng, 0, 100), range(&mut rng, 100, 2_000)),
+                session_ms: (range(&mut rng, 0, session_hi), session_hi),
+                reconnect: range(&mut rng, 0, 3) as u32,
+                retry_ms: range(&mut rng, 100, 5_000),
+            });
+        }
+    }
+    let slow = rng.random_bool(0.1);
+    let faults = Faults {
+        services: Vec::new(),
+        fork_fail: rng.random_range(0.0..0.15),
+        crash_at_start: rng.random_range(0.0..0.15),
+        crash_later: rng.random_range(0.0..0.15),
+        crash_after_ms: (range(&mut rng, 100, 5_000), range(&mut rng, 5_000, 60_000)),
+        exec_ms: if slow {
+            (range(&mut rng, 1, 1_000), range(&mut rng, 1_000, 40_000))
+        } else {
+            (1, range(&mut rng, 1, 50))
+        },
+        ignore_sigint: rng.random_range(0.0..0.3),
+        never_status: rng.random_range(0.0..0.1),
+        off_at_ms: Some(safety_ms),
+    };
+    let mut events = Vec::new();
+    for _ in 0..range(&mut rng, 0, 2) {
+        let at_ms = range(&mut rng, 1_000, safety_ms);
+        let event = if rng.random_bool(0.5) {
+            Event::Reload
+        } else {
+            let mut changed = config.clone();
+            for spec in &mut changed.services {
+                spec.process_limit = range(&mut rng, 1, 40) as u32;
+                spec.process_min_avail = spec.process_min_avail.min(spec.process_limit);
+            }
+            Event::ReloadWith(changed)
+        };
+        events.push(TimedEvent { at_ms, event });
+    }
+    events.sort_by_key(|e| e.at_ms);
+    let longest_idle_kill = config
+        .services
+        .iter()
+        .filter_map(|s| s.idle_kill_ms)
+        .max()
+        .unwrap_or(0);
+    // After the faults stop: a client may still reconnect (3 × 5 s), sit out the pre-auth
+    // timeout (180 s) or a session, a service may be throttled (60 s), a process may wait for
+    // its first-status kill (30 s) or its die-with-master exit (30 s), and surplus processes
+    // need up to three idle_kill rounds.
+    let liveness_ms = safety_ms
+        + 15_000
+        + 180_000
+        + longest_session
+        + 2_000
+        + 60_000
+        + 30_000
+        + 30_000
+        + 3 * longest_idle_kill;
+    let load = LoadProfile {
+        duration_ms: liveness_ms,
+        seed,
+        clients,
         faults,
+        events,
+        backlog: None,
+        sample_ms: 1_000,
+    };
+    Drawn {
+        seed,
+        config,
+        load,
+        safety_ms,
+        liveness_ms,
     }
 }
 
-/// Runs a seed: the safety phase, then the liveness phase. A broken invariant panics (with the
-/// world's own message); a liveness failure is returned.
-pub fn run(seed: u64) -> Result<Report, String> {
+/// A failed run: the world as it was when the rule broke, and what broke.
+pub struct Failure {
+    /// The world at the failure.
+    pub world: Box<World>,
+    /// What broke.
+    pub error: String,
+}
+
+fn failure(world: World, error: String) -> Failure {
+    Failure {
+        world: Box::new(world),
+        error,
+    }
+}
+
+/// Runs one drawn world through both phases.
+pub fn run(drawn: &Drawn, options: Options) -> Result<Outcome, Failure> {
+    let mut world = World::new(drawn.config.master_config(), &drawn.load, options);
+    if let Err(error) = world.run_until(drawn.safety_ms) {
+        return Err(failure(world, format!("safety phase: {error}")));
+    }
+    if let Err(error) = world.run_until(drawn.liveness_ms) {
+        return Err(failure(world, format!("liveness phase: {error}")));
+    }
+    if let Err(error) = world.check_settled() {
+        return Err(failure(
+            world,
+            format!("liveness: not settled by {} ms: {error}", drawn.liveness_ms),
+        ));
+    }
+    let hash = world.trace_hash();
+    Ok(Outcome { world, hash })
+}
+
+/// Runs a seed (twice with `check_determinism`, comparing the trace hashes).
+pub fn run_seed(seed: u64, options: Options, check_determinism: bool) -> Result<Outcome, String> {
     let drawn = draw(seed);
-    let mut world = World::new(master_config(&drawn.services, drawn.shutdown_clients), seed);
-    for load in &drawn.loads {
-        world.clients(
-            &load.service,
-            load.at_ms,
-            load.count,
-            load.spacing_ms,
-            load.hold_ms,
-        );
-    }
-    for (at, fault) in &drawn.faults {
-        let at = *at;
-        match fault {
-            Fault::FailForks(n) => world.fail_forks(at, *n),
-            Fault::CrashAtStart(s) => world.misbehave(
-                at,
-                s,
-                Misbehaviour {
-                    crash_at_start: true,
-                    ..Default::default()
-                },
-            ),
-            Fault::Silent(s) => world.misbehave(
-                at,
-                s,
-                Misbehaviour {
-                    silent: true,
-                    ..Default::default()
-                },
-            ),
-            Fault::IgnoreSigint(s) => world.misbehave(
-                at,
-                s,
-                Misbehaviour {
-                    ignores_sigint: true,
-                    ..Default::default()
-                },
-            ),
-            Fault::SlowExec(s, ms) => world.misbehave(
-                at,
-                s,
-                Misbehaviour {
-                    exec_delay_ms: *ms,
-                    ..Default::default()
-                },
-            ),
-            Fault::Heal(s) => world.misbehave(at, s, Misbehaviour::default()),
-            Fault::Kill9(s, n) => world.kill9(at, s, *n),
-            Fault::Reload(services) => {
-                world.reload(at, master_config(services, drawn.shutdown_clients))
-            }
-            Fault::Term => world.term(at),
-        }
-    }
-    world.run_until(SAFETY_MS);
-    world.stop_faults();
-    // Liveness: faults off. The queues drain within the time one process would need to serve
-    // every client in turn (a service at its limit drains at its own pace: the drop timer is
-    // re-armed whenever a slot frees first), every service recovers, and fresh clients are
-    // served.
-    let serial_work: u64 = drawn
-        .loads
-        .iter()
-        .map(|l| u64::from(l.count) * l.hold_ms)
-        .sum();
-    let drained_by = SAFETY_MS + LIVENESS_MS / 2 + serial_work;
-    let mut at = SAFETY_MS;
-    while at < drained_by
-        && (world.waiting() > 0 || world.in_service() > 0 || at < SAFETY_MS + LIVENESS_MS / 2)
-    {
-        at += 10_000;
-        world.run_until(at);
-    }
-    let current = world.master().current_generation();
-    let services: Vec<(String, u32)> = world
-        .master()
-        .services()
-        .filter(|s| s.generation == current)
-        .filter_map(|s| {
-            world
-                .master()
-                .service_config(s.id)
-                .map(|c| (s.name.clone(), c.process_min_avail))
-        })
-        .collect();
-    let served_before = world.report().served;
-    for (name, _) in &services {
-        world.clients(name, at - 1_000 + 10, 2, 10, 100);
-    }
-    world.run_until(at + LIVENESS_MS / 2);
-    if world.waiting() > 0 || world.in_service() > 0 {
-        return Err(format!(
-            "{} clients still waiting and {} in service after the liveness phase\n{}",
-            world.waiting(),
-            world.in_service(),
-            world.describe()
-        ));
-    }
-    let probes = 2 * services.len() as u64;
-    let served = world.report().served - served_before;
-    if served < probes {
-        return Err(format!(
-            "only {served} of {probes} probe clients were served after the faults stopped"
-        ));
-    }
-    for status in world
-        .master()
-        .services()
-        .filter(|s| s.generation == current)
-    {
-        let min = services
-            .iter()
-            .find(|(n, _)| *n == status.name)
-            .map_or(0, |(_, m)| *m);
-        if status.process_count < min {
+    let first = run(&drawn, options.clone()).map_err(|f| f.error)?;
+    if check_determinism {
+        let second = run(&drawn, options).map_err(|f| format!("second run: {}", f.error))?;
+        if first.hash != second.hash || first.world.steps() != second.world.steps() {
             return Err(format!(
-                "service {} has {} processes, below process_min_avail {min}",
-                status.name, status.process_count
+                "not deterministic: trace hashes {:016x} and {:016x} ({} and {} steps)",
+                first.hash,
+                second.hash,
+                first.world.steps(),
+                second.world.steps()
             ));
         }
     }
-    Ok(world.report().clone())
+    Ok(first)
+}
+
+/// The line that replays a seed.
+pub fn replay_command(seed: u64) -> String {
+    format!("SIM_SEED={seed} cargo test -p sim --test random -- --exact replay")
+}
+
+/// Shorthand for [`des::run`] of a drawn world to its end, for tools.
+pub fn run_to_end(drawn: &Drawn) -> World {
+    des::run(
+        drawn.config.master_config(),
+        &drawn.load,
+        Options::default(),
+    )
+    .0
 }

@@ -1,0 +1,283 @@
+//! What the simulated world does to the master: the clients (a load profile), the faults of the
+//! fake kernel, and timed events (a reload, a shutdown).
+//!
+//! Everything here is plain data read from RON (`sim/scenarios/*.ron`, `roost sim --load`), so
+//! a scenario says in one file what happens and when. Units go last in the names (`_ms`).
+
+use roost_core::setup::{ListenerConfig, ListenerKind, MasterConfig, ServiceConfig, ServiceType};
+use roost_core::signal::Signal;
+use roost_core::time::Duration;
+use serde::{Deserialize, Serialize};
+
+/// A load profile: who connects, when, and how they behave; plus faults and timed events.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadProfile {
+    /// How long the simulation runs (simulated milliseconds).
+    pub duration_ms: u64,
+    /// The seed of every random draw (arrival jitter, delays, faults).
+    #[serde(default)]
+    pub seed: u64,
+    /// Groups of clients.
+    #[serde(default)]
+    pub clients: Vec<ClientGroup>,
+    /// Faults of the fake kernel and of the simulated processes.
+    #[serde(default)]
+    pub faults: Faults,
+    /// Events at fixed times (signals to the master, reloads).
+    #[serde(default)]
+    pub events: Vec<TimedEvent>,
+    /// The listen backlog of every listener; `None` = max(process_limit × client_limit, 4),
+    /// capped at 4096 (somaxconn), as the shell sets it.
+    #[serde(default)]
+    pub backlog: Option<u32>,
+    /// Milliseconds between two samples of the time series; 0 = about 500 samples per run.
+    #[serde(default)]
+    pub sample_ms: u64,
+}
+
+/// A group of clients that behave alike.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientGroup {
+    /// The service they connect to (by name).
+    pub service: String,
+    /// How many clients.
+    pub count: u32,
+    /// When the first one connects.
+    #[serde(default)]
+    pub start_ms: u64,
+    /// Arrivals are spread evenly over this window (with a seeded jitter of one step);
+    /// 0 = all at once.
+    #[serde(default)]
+    pub spread_ms: u64,
+    /// What they do once accepted.
+    #[serde(default)]
+    pub behaviour: Behaviour,
+    /// Time from accept to login (login services) or to the start of the session (others):
+    /// drawn uniformly from `[min, max]`.
+    #[serde(default = "default_login_delay")]
+    pub login_delay_ms: (u64, u64),
+    /// How long a client stays connected after logging in: drawn uniformly from `[min, max]`.
+    #[serde(default = "default_session")]
+    pub session_ms: (u64, u64),
+    /// How often a client that was dropped or killed connects again.
+    #[serde(default)]
+    pub reconnect: u32,
+    /// How long it waits before it does.
+    #[serde(default = "default_retry")]
+    pub retry_ms: u64,
+}
+
+fn default_login_delay() -> (u64, u64) {
+    (50, 200)
+}
+
+fn default_session() -> (u64, u64) {
+    (1_000, 5_000)
+}
+
+fn default_retry() -> u64 {
+    1_000
+}
+
+/// What a client does once a process accepted it.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Behaviour {
+    /// Logs in after `login_delay_ms`, stays `session_ms`, leaves.
+    #[default]
+    Login,
+    /// Connects and never logs in: a pre-auth flood. The login process disconnects it after
+    /// the pre-auth timeout (180 s), unless it is killed to make room first.
+    PreAuthIdle,
+}
+
+/// Faults. Probabilities are per process created (or per fork for `fork_fail`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Only these services are affected; empty = all.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// `fork()` fails (EAGAIN).
+    #[serde(default)]
+    pub fork_fail: f64,
+    /// The process exits with status 89 before its first status.
+    #[serde(default)]
+    pub crash_at_start: f64,
+    /// The process is killed by signal 11 at a time drawn from `crash_after_ms` after it started.
+    #[serde(default)]
+    pub crash_later: f64,
+    /// When a `crash_later` process crashes.
+    #[serde(default = "default_crash_after")]
+    pub crash_after_ms: (u64, u64),
+    /// Time from fork to the first status (exec and initialisation), drawn from `[min, max]`.
+    #[serde(default = "default_exec")]
+    pub exec_ms: (u64, u64),
+    /// The process ignores the idle-kill SIGINT (and does not answer it with a status).
+    #[serde(default)]
+    pub ignore_sigint: f64,
+    /// The process never sends its first status (and never accepts).
+    #[serde(default)]
+    pub never_status: f64,
+    /// From this time on every fault is off (the liveness phase of a swarm run); `None` = never.
+    #[serde(default)]
+    pub off_at_ms: Option<u64>,
+}
+
+impl Default for Faults {
+    /// No faults; exec takes 1-5 ms.
+    fn default() -> Faults {
+        Faults {
+            services: Vec::new(),
+            fork_fail: 0.0,
+            crash_at_start: 0.0,
+            crash_later: 0.0,
+            crash_after_ms: default_crash_after(),
+            exec_ms: default_exec(),
+            ignore_sigint: 0.0,
+            never_status: 0.0,
+            off_at_ms: None,
+        }
+    }
+}
+
+fn default_crash_after() -> (u64, u64) {
+    (1_000, 30_000)
+}
+
+fn default_exec() -> (u64, u64) {
+    (1, 5)
+}
+
+/// An event at a fixed time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimedEvent {
+    /// When.
+    pub at_ms: u64,
+    /// What.
+    pub event: Event,
+}
+
+/// Something that happens to the master from outside.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// A signal to the master (TERM = shutdown).
+    Signal(Signal),
+    /// SIGHUP, then the same configuration read again (a new generation).
+    Reload,
+    /// SIGHUP, then this configuration.
+    ReloadWith(SimConfig),
+}
+
+/// A small configuration for scenario files: the settings the master's rules use, with the
+/// defaults of a stock service, turned into a [`MasterConfig`] by [`SimConfig::master_config`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    /// The services.
+    pub services: Vec<ServiceSpec>,
+    /// `shutdown_clients`.
+    #[serde(default = "yes")]
+    pub shutdown_clients: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One service of a [`SimConfig`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// The service's name.
+    pub name: String,
+    /// `type`.
+    #[serde(default = "default_type")]
+    pub service_type: ServiceType,
+    /// `process_limit`.
+    #[serde(default = "default_process_limit")]
+    pub process_limit: u32,
+    /// `client_limit` (capped by service_count when that is set, as the original does).
+    #[serde(default = "one")]
+    pub client_limit: u32,
+    /// `service_count`; 0 = unlimited.
+    #[serde(default)]
+    pub service_count: u32,
+    /// `process_min_avail`.
+    #[serde(default)]
+    pub process_min_avail: u32,
+    /// `idle_kill` in milliseconds; `None` = never.
+    #[serde(default = "default_idle_kill")]
+    pub idle_kill_ms: Option<u64>,
+    /// The TCP port of its one inet listener; 0 = no listener.
+    #[serde(default)]
+    pub port: u16,
+}
+
+fn default_type() -> ServiceType {
+    ServiceType::Default
+}
+
+fn default_process_limit() -> u32 {
+    100
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_idle_kill() -> Option<u64> {
+    Some(60_000)
+}
+
+impl SimConfig {
+    /// The effective configuration the master runs on.
+    pub fn master_config(&self) -> MasterConfig {
+        MasterConfig {
+            services: self
+                .services
+                .iter()
+                .map(ServiceSpec::service_config)
+                .collect(),
+            shutdown_clients: self.shutdown_clients,
+        }
+    }
+}
+
+impl ServiceSpec {
+    /// The effective settings of this service.
+    pub fn service_config(&self) -> ServiceConfig {
+        let mut client_limit = self.client_limit.max(1);
+        if self.service_count > 0 {
+            client_limit = client_limit.min(self.service_count);
+        }
+        let process_limit = self.process_limit.max(1);
+        ServiceConfig {
+            name: self.name.clone(),
+            service_type: self.service_type,
+            process_limit,
+            client_limit,
+            service_count: self.service_count,
+            process_min_avail: self.process_min_avail.min(process_limit),
+            idle_kill: self.idle_kill_ms.map(Duration::from_millis),
+            vsz_limit: 256 << 20,
+            foreign: false,
+            listeners: if self.port == 0 {
+                Vec::new()
+            } else {
+                vec![ListenerConfig {
+                    name: self.name.clone(),
+                    kind: ListenerKind::Inet {
+                        address: "0.0.0.0".to_owned(),
+                        port: self.port,
+                        ssl: false,
+                        haproxy: false,
+                        reuse_port: false,
+                    },
+                }]
+            },
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The turmoil world: the real master behind simulated TCP, with scripted clients on a few
+//! client hosts.
+
+use sim::load::{LoadProfile, SimConfig};
+use sim::net::{self, NetOptions};
+
+#[derive(serde::Deserialize)]
+struct World {
+    config: SimConfig,
+    load: LoadProfile,
+}
+
+fn world(text: &str) -> World {
+    ron::from_str(text).expect("the test's RON parses")
+}
+
+/// Both login modes under the same 100 logins over TCP: every client logs in, the
+/// performance-mode service never grows past its pool, and a second run with the same seed
+/// gives the same trace.
+#[test]
+fn both_login_modes_serve_every_client_over_tcp() {
+    let w = world(
+        r#"(
+        config: SimConfig(services: [
+            ServiceSpec(name: "secure-login", service_type: Login, process_limit: 50, service_count: 1, process_min_avail: 5, port: 110),
+            ServiceSpec(name: "fast-login", service_type: Login, process_limit: 2, client_limit: 50, process_min_avail: 2, port: 995),
+        ]),
+        load: LoadProfile(
+            duration_ms: 10000,
+            seed: 3,
+            clients: [
+                ClientGroup(service: "secure-login", count: 50, start_ms: 100, spread_ms: 5000, session_ms: (100, 2000)),
+                ClientGroup(service: "fast-login", count: 50, start_ms: 100, spread_ms: 5000, session_ms: (100, 2000)),
+            ],
+        ),
+    )"#,
+    );
+    let first =
+        net::run(&w.config, &w.load, NetOptions::default()).expect("the run breaks no rule");
+    assert_eq!(first.served, 100, "{first}");
+    assert_eq!(first.never_served, 0, "{first}");
+    assert!(first.steps > 100, "{first}");
+    let second =
+        net::run(&w.config, &w.load, NetOptions::default()).expect("the run breaks no rule");
+    assert_eq!(first.hash, second.hash, "same seed, same trace");
+    assert_eq!(first, second);
+}
+
+/// Reference §2.8 over TCP: 200 connections that never log in fill a performance-mode login
+/// service; 20 legitimate clients arriving during the flood still log in, because full
+/// processes kill their oldest pre-login client to make room.
+#[test]
+fn pre_auth_flood_over_tcp_lets_legitimate_clients_in() {
+    let w = world(
+        r#"(
+        config: SimConfig(services: [
+            ServiceSpec(name: "pop3-login", service_type: Login, process_limit: 4, client_limit: 10, port: 110),
+        ]),
+        load: LoadProfile(
+            duration_ms: 20000,
+            seed: 5,
+            clients: [
+                ClientGroup(service: "pop3-login", count: 200, start_ms: 0, spread_ms: 2000, behaviour: PreAuthIdle),
+                ClientGroup(service: "pop3-login", count: 20, start_ms: 5000, spread_ms: 5000, session_ms: (500, 1000), reconnect: 3),
+            ],
+        ),
+    )"#,
+    );
+    let summary =
+        net::run(&w.config, &w.load, NetOptions::default()).expect("the run breaks no rule");
+    assert_eq!(summary.served, 20, "{summary}");
+    assert_eq!(summary.peak_processes, 4, "{summary}");
+}
