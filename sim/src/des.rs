@@ -555,17 +555,10 @@ impl World {
                 continue;
             }
             let config = &status.config;
-            // Reference §2.4: when a throttle ends the master only listens again; the top-up
-            // waits for the next exit or for a process to become full, and an on-demand fork
-            // does not top up either. With no load left, a service throttled since it was
-            // last at process_min_avail may stay short of it. roost's master keeps that rule
-            // of the original (found by this swarm, reported); the check tolerates exactly
-            // that case and no other.
-            let throttled_last = self
-                .stats
-                .get(&status.name)
-                .is_some_and(|s| s.throttled_since_spawn);
-            if status.process_avail < config.process_min_avail && !throttled_last {
+            // The original leaves a service short of process_min_avail after a throttle until a
+            // client comes (reference §2.4); roost tops up when a throttle ends, so no
+            // tolerance is needed here any more.
+            if status.process_avail < config.process_min_avail {
                 let processes = view::process_lines(&self.master, &status.name);
                 return Err(format!(
                     "service {} has {} available processes, process_min_avail is {} ({status:?}): {}",
