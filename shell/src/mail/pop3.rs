@@ -348,6 +348,9 @@ enum LoginState {
     AuthContinuation,
     /// Waiting for auth's answer about these credentials.
     AuthPending,
+    /// STLS was accepted: plaintext lines the client pipelined are discarded (RFC 2595 §4)
+    /// until the handshake completes.
+    TlsPending,
     /// Handed over, killed or quit: nothing more is read.
     Done,
 }
@@ -400,6 +403,12 @@ impl Login {
     /// True while the client has not logged in: the overflow kill may choose it.
     pub fn is_pre_login(&self) -> bool {
         self.state != LoginState::Done
+    }
+
+    /// True while auth is checking this client's credentials: the overflow kill prefers
+    /// other clients (reference §2.8).
+    pub fn is_authenticating(&self) -> bool {
+        self.state == LoginState::AuthPending
     }
 
     fn send(&mut self, text: &str) {
@@ -455,17 +464,24 @@ impl Login {
 
     /// A line the overflow of the [`LineReader`] refused.
     pub fn handle_line_error(&mut self, error: &LineError) {
-        if self.state == LoginState::Done {
-            return;
+        match self.state {
+            LoginState::Done | LoginState::TlsPending => {}
+            // The reply to a line cannot be sent before auth answers the credentials, and
+            // nobody legitimate pipelines an overlong line behind a password.
+            LoginState::AuthPending => {
+                self.disconnect(None, "Input line too long during authentication")
+            }
+            LoginState::Commands | LoginState::AuthContinuation => {
+                self.state = LoginState::Commands;
+                self.bad_command(&format!("-ERR Input line too long ({error})."));
+            }
         }
-        self.state = LoginState::Commands;
-        self.bad_command(&format!("-ERR Input line too long ({error})."));
     }
 
     /// One line from the client, without its terminator.
     pub fn handle_line(&mut self, line: &[u8]) {
         match self.state {
-            LoginState::Done => {}
+            LoginState::Done | LoginState::TlsPending => {}
             LoginState::AuthPending => {
                 if self.pipelined.len() >= MAX_PIPELINED_LINES {
                     self.disconnect(None, "Too many pipelined commands during authentication");
@@ -503,6 +519,7 @@ impl Login {
                     self.bad_command("-ERR TLS support isn't enabled.");
                 } else {
                     self.send("+OK Begin TLS negotiation now.");
+                    self.state = LoginState::TlsPending;
                     self.out.push_back(LoginOutput::StartTls);
                 }
             }
@@ -602,6 +619,9 @@ impl Login {
     pub fn tls_started(&mut self) {
         self.settings.tls_active = true;
         self.user = None;
+        if self.state == LoginState::TlsPending {
+            self.state = LoginState::Commands;
+        }
     }
 
     /// The login process chose this connection as the victim of an overflow (reference §2.8).
@@ -1158,6 +1178,40 @@ mod tests {
     }
 
     #[test]
+    fn lines_pipelined_after_stls_are_discarded_until_the_handshake() {
+        // RFC 2595 §4: a man in the middle could inject plaintext commands behind STLS that
+        // would otherwise run inside the TLS session.
+        let mut login = Login::new(settings());
+        login.handle_line(b"STLS");
+        login.handle_line(b"USER injected");
+        login.handle_line(b"PASS injected");
+        let out = drain(&mut login);
+        assert_eq!(out.last(), Some(&LoginOutput::StartTls));
+        login.tls_started();
+        login.handle_line(b"PASS x");
+        assert!(sent(&drain(&mut login)).contains("-ERR No username given."));
+    }
+
+    #[test]
+    fn an_overlong_line_during_authentication_disconnects() {
+        let mut login = Login::new(settings());
+        login.handle_line(b"USER demo");
+        login.handle_line(b"PASS demo");
+        assert!(login.is_authenticating());
+        login.handle_line_error(&LineError::TooLong { max: 10 });
+        assert!(matches!(
+            drain(&mut login).last(),
+            Some(LoginOutput::Disconnect { .. })
+        ));
+        login.auth_succeeded();
+        assert_eq!(
+            login.poll_output(),
+            None,
+            "no handover after the disconnect"
+        );
+    }
+
+    #[test]
     fn auth_plain_with_continuation_and_cancel() {
         let mut login = Login::new(settings());
         login.handle_line(b"AUTH PLAIN");
@@ -1368,6 +1422,50 @@ mod tests {
                     while login.poll_output().is_some() {}
                 }
             }
+        }
+
+        #[test]
+        fn no_password_reaches_auth_in_plaintext_when_disallowed(
+            lines in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "USER demo", "PASS demo", "AUTH PLAIN", "AUTH PLAIN AGRlbW8AZGVtbw==",
+                    "AGRlbW8AZGVtbw==", "STLS", "CAPA", "NOOP", "auth plain", "user x", "*",
+                ]),
+                0..30,
+            )
+        ) {
+            let mut login = Login::new(LoginSettings {
+                tls_available: false,
+                disable_plaintext_auth: true,
+                ..settings()
+            });
+            for line in lines {
+                login.handle_line(line.as_bytes());
+                while let Some(out) = login.poll_output() {
+                    let is_auth = matches!(out, LoginOutput::Authenticate { .. });
+                    prop_assert!(!is_auth);
+                }
+            }
+        }
+
+        #[test]
+        fn nothing_is_expunged_without_quit(
+            ops in proptest::collection::vec((0u8..4, 0u8..4), 0..30)
+        ) {
+            let mut session = Session::new(Memory::new(&[b"a\n", b"b\n", b"c\n"]));
+            for (op, n) in ops {
+                let line = match op {
+                    0 => format!("DELE {n}"),
+                    1 => "RSET".to_owned(),
+                    2 => format!("RETR {n}"),
+                    _ => format!("TOP {n} 1"),
+                };
+                let _ = text(session.handle_line(line.as_bytes()));
+            }
+            prop_assert!(session.mailbox().expunged.is_empty());
+            let marked = session.marked();
+            let _ = text(session.handle_line(b"QUIT"));
+            prop_assert_eq!(&session.mailbox().expunged, &marked);
         }
 
         #[test]
