@@ -305,7 +305,8 @@ pub struct LoginSettings {
     pub tls_active: bool,
     /// The connection is secured by other means (loopback, as Dovecot treats it).
     pub secured: bool,
-    /// `disable_plaintext_auth`: passwords only over TLS or a secured connection.
+    /// `disable_plaintext_auth` (or `ssl = required`, which the driver maps to it): passwords
+    /// only over TLS or a secured connection.
     pub disable_plaintext_auth: bool,
 }
 
@@ -457,8 +458,12 @@ impl Login {
         if self.settings.tls_available && !self.settings.tls_active {
             caps.push("STLS");
         }
-        caps.push("USER");
-        caps.push("SASL PLAIN");
+        // Mechanisms that would only be refused are not advertised (as Dovecot does), so a
+        // client knows to STLS first.
+        if self.plaintext_allowed() {
+            caps.push("USER");
+            caps.push("SASL PLAIN");
+        }
         caps
     }
 
@@ -1113,6 +1118,25 @@ mod tests {
         });
         tls.handle_line(b"CAPA");
         assert!(!sent(&drain(&mut tls)).contains("STLS"));
+    }
+
+    #[test]
+    fn capa_hides_plaintext_mechanisms_until_tls_when_plaintext_is_disallowed() {
+        let mut login = Login::new(LoginSettings {
+            disable_plaintext_auth: true,
+            ..settings()
+        });
+        login.handle_line(b"CAPA");
+        let text = sent(&drain(&mut login));
+        assert!(text.contains("STLS\r\n"));
+        assert!(!text.contains("USER") && !text.contains("SASL"), "{text}");
+        login.handle_line(b"STLS");
+        drain(&mut login);
+        login.tls_started();
+        login.handle_line(b"CAPA");
+        let text = sent(&drain(&mut login));
+        assert!(text.contains("USER\r\n") && text.contains("SASL PLAIN\r\n"));
+        assert!(!text.contains("STLS"));
     }
 
     #[test]
