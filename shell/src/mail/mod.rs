@@ -9,6 +9,7 @@
 //!   [`pop3::Mailbox`], whose message bodies stream through [`pop3::BodyEncoder`].
 //! - [`maildir`]: the Maildir [`pop3::Mailbox`].
 //! - [`passdb`]: passwd-file passdb and static / passwd-file userdb.
+//! - [`authwire`]: roost's own login/post-login ↔ auth line protocol.
 //! - [`anvil`]: the connection table, the per-IP failure penalty and their line protocol.
 //! - [`proxy`]: PROXY protocol v1/v2 from haproxy_trusted_networks.
 //! - [`tls`]: the rustls server configuration and the embedded default's certificate.
@@ -21,6 +22,7 @@
 //! pipelined lines, `Disconnect` closes.
 
 pub mod anvil;
+pub mod authwire;
 pub mod maildir;
 pub mod passdb;
 pub mod pop3;
