@@ -979,6 +979,11 @@ impl BodyEncoder {
         }
     }
 
+    /// True once TOP has sent all it will: the rest of the message need not be read.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
     /// Ends the reply: CRLF if the message did not end with one, then `.\r\n`.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if !self.at_line_start && !self.stopped {
@@ -1009,6 +1014,10 @@ pub fn copy_message(
         encoder.encode(&buf[..n], &mut out);
         dst.write_all(&out)?;
         written += out.len() as u64;
+        if encoder.is_stopped() {
+            // TOP of a large message: stop reading once its lines are out.
+            break;
+        }
     }
     out.clear();
     encoder.finish(&mut out);
@@ -1400,6 +1409,27 @@ mod tests {
             text(s.handle_line(b"TOP 1")),
             "-ERR Invalid number of lines.\r\n"
         );
+    }
+
+    #[test]
+    fn top_stops_reading_after_its_lines() {
+        /// A reader that fails if read past its first chunk.
+        struct OneChunk(bool);
+        impl std::io::Read for OneChunk {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0 {
+                    return Err(std::io::Error::other("read past the TOP lines"));
+                }
+                self.0 = true;
+                let chunk = b"H: v\n\nline1\nline2\n";
+                buf[..chunk.len()].copy_from_slice(chunk);
+                Ok(chunk.len())
+            }
+        }
+        let mut out = Vec::new();
+        copy_message(&mut OneChunk(false), BodyEncoder::new(Some(1)), &mut out)
+            .expect("stops before the second read");
+        assert_eq!(out, b"H: v\r\n\r\nline1\r\n.\r\n");
     }
 
     #[test]
