@@ -21,6 +21,8 @@
 //! handshake (and drops buffered plaintext), `LoggedIn` hands the connection over with the
 //! pipelined lines, `Disconnect` closes.
 
+#![warn(missing_docs)]
+
 pub mod anvil;
 pub mod authwire;
 pub mod maildir;
