@@ -13,6 +13,7 @@ use crate::time::Duration;
 
 /// The effective configuration of one generation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(deny_unknown_fields)]
 pub struct MasterConfig {
     /// The services to supervise, in configuration order.
@@ -73,6 +74,7 @@ impl ServiceType {
 
 /// The effective settings of one service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// The service's name (`service NAME { }`), unique within a generation.
@@ -101,6 +103,7 @@ pub struct ServiceConfig {
 
 /// One listener of a service, as the driver has to create it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// The name a child sees (`LISTEN_FDNAMES`): the inet section name, or the basename of a
@@ -112,6 +115,7 @@ pub struct ListenerConfig {
 
 /// The three kinds of listener.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum ListenerKind {
     /// `unix_listener PATH { }`; `path` absolute (resolved against base_dir).
     Unix {

@@ -28,9 +28,11 @@ use roost_core::settings::{ServiceSettings, Settings};
 use roost_core::setup::{ListenerKind, MasterConfig};
 use roost_core::signal::{ExitStatus, Signal};
 use roost_core::time::Instant;
+use roost_core::wire::control::{
+    self as wire_control, ProcessRow, Reply, Request, RequestDecoder, Row, ServiceRow,
+};
 use roost_core::wire::{decode_status_chunk, STATUS_READ_CHUNK};
 
-use crate::control::{self, Command, Request};
 use crate::listen;
 use crate::logging::LogWriter;
 use crate::spawn::{self, ChildFds, Identity, PlanInput, SpawnPlan};
@@ -46,6 +48,14 @@ pub enum Source {
         /// Its text.
         text: String,
     },
+    /// Another source with `instance_name` set from the command line (`-i NAME`), at every
+    /// load, so a reload keeps it.
+    Instance {
+        /// Where the configuration comes from.
+        inner: Box<Source>,
+        /// The instance name.
+        name: String,
+    },
 }
 
 impl Source {
@@ -54,6 +64,7 @@ impl Source {
         match self {
             Source::File(path) => path.clone(),
             Source::Embedded { .. } => "the embedded default configuration".to_owned(),
+            Source::Instance { inner, .. } => inner.describe(),
         }
     }
 
@@ -62,6 +73,11 @@ impl Source {
         match self {
             Source::File(path) => config::load(path, &RealFiles, &RealEnv),
             Source::Embedded { text } => config::load_str("<embedded>", text, &RealFiles, &RealEnv),
+            Source::Instance { inner, name } => {
+                let mut config = inner.load()?;
+                config.settings.global.instance_name = name.clone();
+                Ok(config)
+            }
         }
     }
 }
@@ -141,7 +157,7 @@ pub struct Daemon {
     signals: signal_hook_mio::v1_0::Signals,
     control: Option<UnixListener>,
     control_path: String,
-    control_clients: BTreeMap<Token, (UnixStream, Vec<u8>)>,
+    control_clients: BTreeMap<Token, (UnixStream, RequestDecoder)>,
     tokens: BTreeMap<Token, Source2>,
     next_token: usize,
     listeners: BTreeMap<ListenerId, ListenerIo>,
@@ -625,9 +641,21 @@ impl Daemon {
             shutdown_clients: global.shutdown_clients,
         })
         .map_err(io::Error::other)?;
-        let pid = plan.spawn();
+        let spawned = plan.spawn();
         drop(settings_fd);
-        pid
+        let (pid, exec_error) = spawned?;
+        if let Some(error) = exec_error {
+            // The child exits 84 and is reaped as a failed start; this says why.
+            self.log.master(
+                Level::Fatal,
+                &format!(
+                    "service({}): execv({}) failed: {error}",
+                    config.name,
+                    plan.path_lossy()
+                ),
+            );
+        }
+        Ok(pid)
     }
 
     /// The user, groups and chroot a child takes; nothing when the master is not root.
@@ -672,7 +700,12 @@ impl Daemon {
             ),
         };
         let mut groups = Vec::new();
-        for group in service.extra_groups.split_whitespace() {
+        // As the original: a list separated by spaces or commas.
+        for group in service
+            .extra_groups
+            .split([' ', ','])
+            .filter(|g| !g.is_empty())
+        {
             groups.push(
                 system::lookup_group(group)
                     .ok_or_else(|| io::Error::other(format!("Group doesn't exist: {group}")))?,
@@ -851,7 +884,8 @@ impl Daemon {
                         .register(&mut stream, token, Interest::READABLE)
                         .is_ok()
                     {
-                        self.control_clients.insert(token, (stream, Vec::new()));
+                        self.control_clients
+                            .insert(token, (stream, RequestDecoder::new()));
                     }
                 }
                 Err(_) => return,
@@ -860,7 +894,7 @@ impl Daemon {
     }
 
     fn on_control_client(&mut self, token: Token) {
-        let Some((mut stream, mut buffer)) = self.control_clients.remove(&token) else {
+        let Some((mut stream, mut decoder)) = self.control_clients.remove(&token) else {
             return;
         };
         let mut chunk = [0u8; 1024];
@@ -871,7 +905,7 @@ impl Daemon {
                     closed = true;
                     break;
                 }
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                Ok(n) => decoder.feed(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     closed = true;
@@ -879,89 +913,116 @@ impl Daemon {
                 }
             }
         }
-        let reply = match control::decode_request(&buffer) {
-            Request::Incomplete if !closed => {
-                self.control_clients.insert(token, (stream, buffer));
+        // One request per connection: the first complete one is answered, then it closes.
+        let reply = match decoder.next_request() {
+            None if !closed => {
+                self.control_clients.insert(token, (stream, decoder));
                 return;
             }
-            Request::Incomplete => None,
-            Request::Invalid(error) => Some(control::encode_reply(&[], Err(&error))),
-            Request::Command(command) => Some(self.on_command(command)),
+            None => None,
+            Some(Err(error)) => Some(Reply::Error(error.to_string())),
+            Some(Ok(request)) => Some(self.on_request(request)),
         };
         let _ = self.poll.registry().deregister(&mut stream);
         self.tokens.remove(&token);
         if let Some(reply) = reply {
-            // The reply is small: it fits the socket buffer of a fresh connection.
-            let _ = stream.write_all(&reply);
+            let mut bytes = wire_control::HANDSHAKE.to_vec();
+            reply.encode(&mut bytes);
+            // A status table can outgrow the socket buffer: write it blocking, bounded in time
+            // so a client that does not read cannot stall the master for long.
+            // SAFETY: the fd is taken out of the mio stream, which is consumed.
+            let stream = unsafe {
+                std::os::unix::net::UnixStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(
+                    stream,
+                ))
+            };
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(1)));
+            let _ = (&stream).write_all(&bytes);
         }
     }
 
-    fn on_command(&mut self, command: Command) -> Vec<u8> {
-        match command {
-            Command::Stop => {
-                let reply = control::encode_reply(
-                    &[],
-                    Ok(&format!("stopping (pid {})", std::process::id())),
-                );
+    /// Unix seconds of a core instant (0 = never), for `roost status`.
+    fn wall_secs(&self, at: Option<Instant>) -> u64 {
+        let Some(at) = at else { return 0 };
+        let ago = (self.now() - at).as_secs();
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .saturating_sub(ago)
+    }
+
+    fn on_request(&mut self, request: Request) -> Reply {
+        match request {
+            Request::Stop => {
+                let reply = Reply::Ok(format!("stopping (pid {})", std::process::id()));
                 self.feed(Input::Signal(Signal::Term));
                 reply
             }
-            Command::Reload => {
+            Request::Reload => {
                 self.feed(Input::Signal(Signal::Hup));
                 match self.reload() {
-                    Ok(()) => control::encode_reply(&[], Ok("configuration reloaded")),
+                    Ok(()) => Reply::Ok("configuration reloaded".to_owned()),
                     Err(error) => {
                         self.log
                             .master(Level::Error, &format!("Config reload failed: {error}"));
-                        control::encode_reply(&[], Err(&error))
+                        Reply::Error(error)
                     }
                 }
             }
-            Command::LogReopen => {
+            Request::LogReopen => {
                 self.log.reopen();
                 self.feed(Input::Signal(Signal::Usr1));
-                control::encode_reply(&[], Ok("log files reopened"))
+                Reply::Ok("log files reopened".to_owned())
             }
-            Command::Status => {
-                let now = self.now();
-                let mut lines = vec!["service\tgeneration\tprocess_count\tprocess_avail\tprocess_limit\tclient_limit\tthrottle_secs\tlisten_pending\tlistening\ttotal_created".to_owned()];
-                for s in self.master.services() {
-                    let yn = |b: bool| if b { "y" } else { "n" };
-                    lines.push(format!(
-                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                        s.name,
-                        s.generation.0,
-                        s.process_count,
-                        s.process_avail,
-                        s.process_limit,
-                        s.client_limit,
-                        s.throttle_secs,
-                        yn(s.listen_pending),
-                        yn(s.listening),
-                        s.total_created
-                    ));
-                }
-                lines.push(String::new());
-                lines.push(
-                    "service\tpid\tavailable_count\ttotal_count\tidle_secs\tlast_status_secs_ago"
-                        .to_owned(),
-                );
-                for p in self.master.processes() {
-                    let ago = |at: Option<Instant>| {
-                        at.map_or("-".to_owned(), |at| (now - at).as_secs().to_string())
-                    };
-                    lines.push(format!(
-                        "{}\t{}\t{}\t{}\t{}\t{}",
-                        p.service,
-                        p.pid.map_or("-".to_owned(), |p| p.0.to_string()),
-                        p.available_count,
-                        p.total_count,
-                        ago(p.idle_start),
-                        ago(p.last_status_update)
-                    ));
-                }
-                control::encode_reply(&lines, Ok(""))
+            Request::Status => Reply::Table(
+                self.master
+                    .services()
+                    .map(|s| {
+                        Row::Service(ServiceRow {
+                            name: s.name,
+                            process_count: s.process_count,
+                            process_avail: s.process_avail,
+                            process_limit: s.process_limit,
+                            client_limit: s.client_limit,
+                            throttle_secs: s.throttle_secs,
+                            exit_failure_last: 0,
+                            exit_failures_in_sec: 0,
+                            last_drop_warning: 0,
+                            listen_pending: s.listen_pending,
+                            listening: s.listening,
+                            stopped: false,
+                            total_created: s.total_created,
+                            generation: s.generation.0,
+                        })
+                    })
+                    .collect(),
+            ),
+            Request::ProcessStatus { services } => {
+                let processes: Vec<_> = self
+                    .master
+                    .processes()
+                    .filter(|p| services.is_empty() || services.contains(&p.service))
+                    .collect();
+                Reply::Table(
+                    processes
+                        .into_iter()
+                        .filter_map(|p| {
+                            Some(Row::Process(ProcessRow {
+                                pid: p.pid?,
+                                available_count: p.available_count,
+                                total_count: p.total_count,
+                                idle_start: self.wall_secs(p.idle_start),
+                                last_status_update: self.wall_secs(p.last_status_update),
+                                last_kill_sent: self.wall_secs(p.last_kill_sent),
+                                service: p.service,
+                            }))
+                        })
+                        .collect(),
+                )
             }
+            // No anvil process runs yet (the mail-host issue): nobody is connected.
+            Request::Who => Reply::Table(Vec::new()),
         }
     }
 

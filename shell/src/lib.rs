@@ -3,7 +3,6 @@
 //! The library holds everything but `main`, so that the fuzz targets and third-party Rust
 //! services can use the parsers and the child runtime.
 
-pub mod control;
 pub mod daemon;
 pub mod fdplan;
 pub mod listen;

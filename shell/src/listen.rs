@@ -263,3 +263,163 @@ pub fn accept_and_close(fd: RawFd) -> usize {
 pub fn raw_fds(opened: &Opened) -> Vec<RawFd> {
     opened.fds.iter().map(|fd| fd.as_raw_fd()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::unix::SourceFd;
+    use mio::{Events, Interest, Poll, Token};
+    use std::time::Duration;
+
+    fn inet(port: u16) -> ListenerConfig {
+        ListenerConfig {
+            name: "test".into(),
+            kind: ListenerKind::Inet {
+                address: "127.0.0.1".into(),
+                port,
+                ssl: false,
+                haproxy: false,
+                reuse_port: false,
+            },
+        }
+    }
+
+    fn local_port(opened: &Opened) -> u16 {
+        socket2::SockRef::from(&opened.fds[0])
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.port())
+            .expect("an inet listener has a local port")
+    }
+
+    fn scratch_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("roost-listen-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir
+    }
+
+    /// The bug this pins: mio is edge-triggered, so a listener that the master watches but
+    /// does not accept on (it forks a process instead) reports its waiting connection once and
+    /// then never again. If the core later says "listen" while that connection still waits
+    /// and the driver only flips a flag, the connection sits in the queue until another one
+    /// arrives. The driver therefore re-registers on every SetListening { on }; this test pins
+    /// that a re-registration reports a connection that was already waiting.
+    #[test]
+    fn an_unaccepted_listener_fires_once_and_again_after_reregister() {
+        let opened = open(&inet(0)).expect("listen on a free port");
+        let fd = opened.fds[0].as_raw_fd();
+        let mut poll = Poll::new().expect("epoll");
+        let mut events = Events::with_capacity(8);
+        poll.registry()
+            .register(&mut SourceFd(&fd), Token(1), Interest::READABLE)
+            .expect("register");
+        let _client =
+            std::net::TcpStream::connect(("127.0.0.1", local_port(&opened))).expect("connect");
+        poll.poll(&mut events, Some(Duration::from_secs(5)))
+            .expect("poll");
+        assert_eq!(events.iter().count(), 1, "the first connection is reported");
+        poll.poll(&mut events, Some(Duration::from_millis(200)))
+            .expect("poll");
+        assert_eq!(
+            events.iter().count(),
+            0,
+            "edge-triggered: not reported twice"
+        );
+        poll.registry()
+            .reregister(&mut SourceFd(&fd), Token(1), Interest::READABLE)
+            .expect("reregister");
+        poll.poll(&mut events, Some(Duration::from_secs(5)))
+            .expect("poll");
+        assert_eq!(
+            events.iter().count(),
+            1,
+            "re-armed: the connection still waiting is reported again"
+        );
+        assert_eq!(accept_and_close(fd), 1);
+    }
+
+    #[test]
+    fn the_accept_queue_length_of_a_tcp_listener_is_reported() {
+        let opened = open(&inet(0)).expect("listen");
+        let fd = opened.fds[0].as_raw_fd();
+        assert_eq!(queued(fd, true), 1, "empty queue reads as 1 (unknown/none)");
+        let port = local_port(&opened);
+        let _clients: Vec<_> = (0..5)
+            .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+            .collect();
+        // The kernel completes loopback handshakes before connect() returns.
+        assert_eq!(queued(fd, true), 5);
+        assert_eq!(queued(fd, false), 1, "a unix listener cannot tell");
+        assert_eq!(accept_and_close(fd), 5);
+        assert_eq!(accept_and_close(fd), 0);
+    }
+
+    #[test]
+    fn an_inet_port_in_use_is_a_soft_error_naming_the_address() {
+        let first = open(&inet(0)).expect("listen");
+        let port = local_port(&first);
+        let err = open(&inet(port)).expect_err("the port is taken");
+        assert!(err.soft, "a reload tolerates an address in use");
+        assert!(
+            err.text
+                .starts_with(&format!("listen(127.0.0.1, {port}) failed")),
+            "{}",
+            err.text
+        );
+    }
+
+    #[test]
+    fn a_stale_unix_socket_is_replaced_and_a_live_one_refused() {
+        let dir = scratch_dir("unix");
+        let path = dir.join("sub").join("sock").to_string_lossy().into_owned();
+        let config = ListenerConfig {
+            name: "sock".into(),
+            kind: ListenerKind::Unix {
+                path: path.clone(),
+                mode: 0o660,
+                user: String::new(),
+                group: String::new(),
+            },
+        };
+        let live = open(&config).expect("first bind creates the directory and the socket");
+        let err = open(&config).expect_err("a live socket is someone else's");
+        assert_eq!(err.text, format!("Socket already exists: {path}"));
+        drop(live);
+        let again = open(&config).expect("a stale socket is removed and bound again");
+        let mode = std::fs::metadata(&path)
+            .expect("socket")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o660);
+        drop(again);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_fifo_gets_its_mode_and_never_reads_eof() {
+        let dir = scratch_dir("fifo");
+        let path = dir.join("fifo").to_string_lossy().into_owned();
+        let config = ListenerConfig {
+            name: "fifo".into(),
+            kind: ListenerKind::Fifo {
+                path: path.clone(),
+                mode: 0o620,
+                user: String::new(),
+                group: String::new(),
+            },
+        };
+        let opened = open(&config).expect("mkfifo");
+        let mode = std::fs::metadata(&path).expect("fifo").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o620);
+        // Opened read-write: with no writer a read is EAGAIN, not EOF (0 bytes).
+        let mut buf = [0u8; 4];
+        let n = nix::unistd::read(&opened.fds[0], &mut buf);
+        assert_eq!(n, Err(nix::errno::Errno::EAGAIN));
+        drop(opened);
+        open(&config).expect("an existing fifo is recreated");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

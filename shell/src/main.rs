@@ -3,12 +3,12 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use roost::control::{self, Command};
 use roost::daemon::{self, Daemon, PidFile};
 use roost::logging::LogWriter;
 use roost::system::RealSystem;
 use roost_core::config::{self, PrintMode};
 use roost_core::notice::Level;
+use roost_core::wire::control::{self as wire_control, Reply, ReplyDecoder, Request, Row};
 
 /// A master process for multi-process network services.
 #[derive(Parser, Debug)]
@@ -20,6 +20,10 @@ struct Cli {
     /// The configuration file (default: /etc/roost/roost.conf, else the embedded default).
     #[arg(short = 'c', long = "config", global = true)]
     config: Option<String>,
+    /// The instance name: process titles become `roost-NAME/SERVICE` and log lines
+    /// `roost-NAME: ...` (overrides `instance_name`).
+    #[arg(short = 'i', long = "instance", global = true, value_name = "NAME")]
+    instance: Option<String>,
     /// Run a built-in service (used by the master when it starts a child).
     #[arg(long = "builtin", hide = true, num_args = 1.., allow_hyphen_values = true)]
     builtin: Option<Vec<String>>,
@@ -70,7 +74,13 @@ fn main() -> ExitCode {
     if let Some(args) = &cli.builtin {
         return builtin(args);
     }
-    let source = roost::config_source(cli.config.as_deref());
+    let mut source = roost::config_source(cli.config.as_deref());
+    if let Some(name) = &cli.instance {
+        source = daemon::Source::Instance {
+            inner: Box::new(source),
+            name: name.clone(),
+        };
+    }
     match cli.command {
         None => run(source, cli.foreground),
         Some(Cmd::Config {
@@ -130,12 +140,12 @@ fn main() -> ExitCode {
         }
         Some(command) => {
             let command = match command {
-                Cmd::Stop => Command::Stop,
-                Cmd::Reload => Command::Reload,
+                Cmd::Stop => Request::Stop,
+                Cmd::Reload => Request::Reload,
                 Cmd::Log {
                     what: LogCmd::Reopen,
-                } => Command::LogReopen,
-                _ => Command::Status,
+                } => Request::LogReopen,
+                _ => Request::Status,
             };
             control_command(&source, command)
         }
@@ -165,37 +175,125 @@ fn base_dir_of(source: &daemon::Source) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-fn control_command(source: &daemon::Source, command: Command) -> ExitCode {
+/// Sends one request over the control socket and decodes the reply (core's wire codec).
+fn ask(socket: &str, request: &Request) -> Result<Reply, String> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("connect({socket}) failed: {e} (is roost running?)"))?;
+    // A reload reads and checks the whole configuration: give it time.
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(60)));
+    let mut bytes = wire_control::HANDSHAKE.to_vec();
+    request.encode(&mut bytes);
+    stream
+        .write_all(&bytes)
+        .map_err(|e| format!("write({socket}) failed: {e}"))?;
+    let mut decoder = ReplyDecoder::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(reply) = decoder.next_reply() {
+            return reply.map_err(|e| format!("{socket}: {e}"));
+        }
+        let n = stream
+            .read(&mut chunk)
+            .map_err(|e| format!("read({socket}) failed: {e}"))?;
+        if n == 0 {
+            return Err(format!(
+                "{socket}: the master closed the connection without a reply"
+            ));
+        }
+        decoder.feed(&chunk[..n]);
+    }
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value {
+        "y"
+    } else {
+        "n"
+    }
+}
+
+/// Prints a STATUS or PROCESS-STATUS table as tab-separated lines under a header.
+fn print_table(rows: &[Row]) {
+    for row in rows {
+        match row {
+            Row::Service(s) => println!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                s.name,
+                s.generation,
+                s.process_count,
+                s.process_avail,
+                s.process_limit,
+                s.client_limit,
+                s.throttle_secs,
+                yes_no(s.listen_pending),
+                yes_no(s.listening),
+                s.total_created
+            ),
+            Row::Process(p) => println!(
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                p.service,
+                p.pid,
+                p.available_count,
+                p.total_count,
+                p.idle_start,
+                p.last_status_update,
+                p.last_kill_sent
+            ),
+            Row::Who(w) => println!("{w:?}"),
+        }
+    }
+}
+
+fn control_command(source: &daemon::Source, request: Request) -> ExitCode {
     let base_dir = match base_dir_of(source) {
         Ok(dir) => dir,
         Err(error) => return fail(&error),
     };
     let socket = format!("{base_dir}/control");
     let pid = PidFile::running(&base_dir);
-    match control::request(&socket, command) {
-        Ok((lines, result)) => {
-            for line in lines {
-                println!("{line}");
-            }
-            match result {
-                Ok(text) => {
-                    if command == Command::Stop && pid.is_some() {
-                        // As `doveadm stop`: wait until the master is gone, that is until the
-                        // lock on its pid file is released (a zombie still answers kill(pid, 0)).
-                        for _ in 0..300 {
-                            if PidFile::running(&base_dir).is_none() {
-                                break;
-                            }
-                            std::thread::sleep(std::time::Duration::from_millis(100));
-                        }
+    if request == Request::Status {
+        // Services, then their processes: two requests, one connection each.
+        let services = match ask(&socket, &Request::Status) {
+            Ok(Reply::Table(rows)) => rows,
+            Ok(Reply::Error(error)) => return fail(&error),
+            Ok(Reply::Ok(text)) => return fail(&format!("unexpected reply: {text}")),
+            Err(error) => return fail(&error),
+        };
+        let processes = match ask(&socket, &Request::ProcessStatus { services: vec![] }) {
+            Ok(Reply::Table(rows)) => rows,
+            Ok(Reply::Error(error)) => return fail(&error),
+            Ok(Reply::Ok(text)) => return fail(&format!("unexpected reply: {text}")),
+            Err(error) => return fail(&error),
+        };
+        println!("service\tgeneration\tprocess_count\tprocess_avail\tprocess_limit\tclient_limit\tthrottle_secs\tlisten_pending\tlistening\ttotal_created");
+        print_table(&services);
+        println!();
+        println!("service\tpid\tavailable_count\ttotal_count\tidle_start\tlast_status_update\tlast_kill_sent");
+        print_table(&processes);
+        return ExitCode::SUCCESS;
+    }
+    match ask(&socket, &request) {
+        Ok(Reply::Ok(text)) => {
+            if request == Request::Stop && pid.is_some() {
+                // As `doveadm stop`: wait until the master is gone, that is until the lock on
+                // its pid file is released (a zombie still answers kill(pid, 0)).
+                for _ in 0..300 {
+                    if PidFile::running(&base_dir).is_none() {
+                        break;
                     }
-                    if !text.is_empty() {
-                        println!("{text}");
-                    }
-                    ExitCode::SUCCESS
+                    std::thread::sleep(std::time::Duration::from_millis(100));
                 }
-                Err(error) => fail(&error),
             }
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Reply::Error(error)) => fail(&error),
+        Ok(Reply::Table(rows)) => {
+            print_table(&rows);
+            ExitCode::SUCCESS
         }
         Err(error) => fail(&error),
     }

@@ -46,9 +46,11 @@ pub struct ChildEnv {
 #[error("not started by roost: {0} is missing or invalid")]
 pub struct NotAChild(&'static str);
 
-fn var<T: std::str::FromStr>(name: &'static str) -> Result<T, NotAChild> {
-    std::env::var(name)
-        .ok()
+fn var<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<T, NotAChild> {
+    get(name)
         .and_then(|v| v.parse().ok())
         .ok_or(NotAChild(name))
 }
@@ -56,29 +58,35 @@ fn var<T: std::str::FromStr>(name: &'static str) -> Result<T, NotAChild> {
 impl ChildEnv {
     /// Reads the environment the master prepared.
     pub fn from_env() -> Result<ChildEnv, NotAChild> {
-        let listen_fds: i32 = std::env::var("LISTEN_FDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let pid_matches = std::env::var("LISTEN_PID")
-            .ok()
+        ChildEnv::from_lookup(|name| std::env::var(name).ok(), std::process::id())
+    }
+
+    /// Reads the child protocol through `get` (the process environment in production, a map
+    /// in tests), for the process `own_pid`. Listeners follow the systemd rule: they are this
+    /// process's only when `LISTEN_PID` is absent or names it.
+    pub fn from_lookup(
+        get: impl Fn(&str) -> Option<String>,
+        own_pid: u32,
+    ) -> Result<ChildEnv, NotAChild> {
+        let listen_fds: i32 = get("LISTEN_FDS").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let pid_matches = get("LISTEN_PID")
             .and_then(|v| v.parse::<u32>().ok())
-            .is_none_or(|pid| pid == std::process::id());
+            .is_none_or(|pid| pid == own_pid);
         let listeners = if pid_matches {
-            (3..3 + listen_fds).collect()
+            (3..3 + listen_fds.max(0)).collect()
         } else {
             Vec::new()
         };
         Ok(ChildEnv {
-            service: std::env::var("ROOST_SERVICE").map_err(|_| NotAChild("ROOST_SERVICE"))?,
-            uid: ProcessUid(var("ROOST_PROCESS_UID")?),
-            status_fd: var("ROOST_STATUS_FD")?,
-            master_dead_fd: var("ROOST_MASTER_DEAD_FD")?,
+            service: get("ROOST_SERVICE").ok_or(NotAChild("ROOST_SERVICE"))?,
+            uid: ProcessUid(var(&get, "ROOST_PROCESS_UID")?),
+            status_fd: var(&get, "ROOST_STATUS_FD")?,
+            master_dead_fd: var(&get, "ROOST_MASTER_DEAD_FD")?,
             listeners,
-            client_limit: var("ROOST_CLIENT_LIMIT")?,
-            service_count: var("ROOST_SERVICE_COUNT")?,
-            die_with_master: std::env::var("ROOST_SHUTDOWN_CLIENTS").is_ok_and(|v| v == "yes"),
-            is_login: std::env::var("ROOST_SERVICE_TYPE").is_ok_and(|v| v == "login"),
+            client_limit: var(&get, "ROOST_CLIENT_LIMIT")?,
+            service_count: var(&get, "ROOST_SERVICE_COUNT")?,
+            die_with_master: get("ROOST_SHUTDOWN_CLIENTS").is_some_and(|v| v == "yes"),
+            is_login: get("ROOST_SERVICE_TYPE").is_some_and(|v| v == "login"),
         })
     }
 
@@ -310,4 +318,67 @@ fn exec_with_connection(conn: RawFd, program: &[String]) -> i32 {
     let error = command.exec();
     eprintln!("Fatal: inetd: exec({}) failed: {error}", program[0]);
     crate::spawn::EXIT_EXEC_FAILED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn protocol(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+        let mut vars: BTreeMap<String, String> = [
+            ("ROOST_SERVICE", "echo"),
+            ("ROOST_PROCESS_UID", "12"),
+            ("ROOST_STATUS_FD", "5"),
+            ("ROOST_MASTER_DEAD_FD", "6"),
+            ("LISTEN_FDS", "2"),
+            ("LISTEN_PID", "4242"),
+            ("ROOST_CLIENT_LIMIT", "1"),
+            ("ROOST_SERVICE_COUNT", "1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in extra {
+            vars.insert(k.to_string(), v.to_string());
+        }
+        vars
+    }
+
+    #[test]
+    fn the_environment_the_master_prepares_reads_back() {
+        let vars = protocol(&[
+            ("ROOST_SHUTDOWN_CLIENTS", "yes"),
+            ("ROOST_SERVICE_TYPE", "login"),
+        ]);
+        let env = ChildEnv::from_lookup(|k| vars.get(k).cloned(), 4242).expect("a roost child");
+        assert_eq!(env.service, "echo");
+        assert_eq!(env.uid, ProcessUid(12));
+        assert_eq!((env.status_fd, env.master_dead_fd), (5, 6));
+        assert_eq!(env.listeners, vec![3, 4]);
+        assert!(env.die_with_master && env.is_login);
+    }
+
+    #[test]
+    fn listeners_of_another_pid_are_not_this_processs() {
+        // A program that forked (or inherited the environment) must not take fds 3.. as
+        // listeners: LISTEN_PID names the one process they were meant for.
+        let vars = protocol(&[]);
+        let env = ChildEnv::from_lookup(|k| vars.get(k).cloned(), 4243).expect("a roost child");
+        assert!(env.listeners.is_empty());
+    }
+
+    #[test]
+    fn a_missing_or_bad_variable_is_named() {
+        let mut vars = protocol(&[]);
+        vars.remove("ROOST_STATUS_FD");
+        let err = ChildEnv::from_lookup(|k| vars.get(k).cloned(), 4242).expect_err("incomplete");
+        assert_eq!(
+            err.to_string(),
+            "not started by roost: ROOST_STATUS_FD is missing or invalid"
+        );
+        let vars = protocol(&[("ROOST_CLIENT_LIMIT", "many")]);
+        let err = ChildEnv::from_lookup(|k| vars.get(k).cloned(), 4242).expect_err("bad number");
+        assert!(err.to_string().contains("ROOST_CLIENT_LIMIT"), "{err}");
+    }
 }

@@ -305,6 +305,11 @@ impl SpawnPlan {
             .collect()
     }
 
+    /// The file to execute, for messages.
+    pub fn path_lossy(&self) -> String {
+        self.path.to_string_lossy().into_owned()
+    }
+
     /// argv as planned.
     pub fn argv(&self) -> Vec<String> {
         self.argv
@@ -313,8 +318,20 @@ impl SpawnPlan {
             .collect()
     }
 
-    /// Forks and execs. Returns the child's pid; an exec failure shows as exit status 84.
-    pub fn spawn(&mut self) -> std::io::Result<Pid> {
+    /// Forks and execs. Returns the child's pid and, when the child's set-up or `execve`
+    /// failed, the reason: the child writes its errno to a close-on-exec pipe and exits with
+    /// status 84, so the parent learns *why* (a successful exec closes the pipe: EOF) while the
+    /// exit itself is still reaped and counted as a failed start like any other.
+    pub fn spawn(&mut self) -> std::io::Result<(Pid, Option<std::io::Error>)> {
+        let (err_read, err_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // Above every fd the plan touches, scratch copies included, so no dup2 clobbers it.
+        let err_floor = self
+            .fd_ops
+            .iter()
+            .map(|FdOp::Dup2 { from, to }| (*from).max(*to))
+            .max()
+            .unwrap_or(2)
+            + 1;
         // Everything the child touches exists now: pointers into owned buffers.
         let argv_ptrs: Vec<*const libc::c_char> = self
             .argv
@@ -347,11 +364,16 @@ impl SpawnPlan {
             return Err(std::io::Error::last_os_error());
         }
         if pid > 0 {
-            return Ok(Pid(pid));
+            drop(err_write);
+            return Ok((Pid(pid), read_exec_errno(err_read)));
         }
         // The child.
         unsafe {
             child_after_fork(
+                ExecErrorPipe {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(&err_write),
+                    floor: err_floor,
+                },
                 &self.fd_ops,
                 self.highest_fd,
                 listen_pid,
@@ -366,9 +388,49 @@ impl SpawnPlan {
     }
 }
 
+/// Reads the errno a failed child wrote before `_exit(84)`; `None` after a successful exec
+/// (the close-on-exec write end is gone: EOF).
+fn read_exec_errno(pipe: std::os::fd::OwnedFd) -> Option<std::io::Error> {
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(&pipe, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    (got == buf.len()).then(|| std::io::Error::from_raw_os_error(i32::from_ne_bytes(buf)))
+}
+
+/// Where the child reports a failure before exec.
+#[derive(Copy, Clone)]
+struct ExecErrorPipe {
+    /// The write end as inherited.
+    fd: RawFd,
+    /// The lowest number it may be moved to, clear of the fd plan.
+    floor: RawFd,
+}
+
+/// Reports errno on the pipe (if it could be kept) and exits with 84.
+///
+/// # Safety
+/// Only between fork and exec: write and _exit are async-signal-safe.
+unsafe fn fail_before_exec(pipe: RawFd) -> ! {
+    let errno = fdplan::errno().to_ne_bytes();
+    if pipe >= 0 {
+        // SAFETY: a 4-byte write from the stack to our own pipe.
+        unsafe { libc::write(pipe, errno.as_ptr().cast(), errno.len()) };
+    }
+    // SAFETY: _exit is async-signal-safe and never returns.
+    unsafe { libc::_exit(EXIT_EXEC_FAILED) }
+}
+
 /// The child between fork and exec: no allocation, no locks.
 #[allow(clippy::too_many_arguments)]
 unsafe fn child_after_fork(
+    err: ExecErrorPipe,
     fd_ops: &[FdOp],
     highest_fd: RawFd,
     listen_pid: Option<*mut libc::c_char>,
@@ -380,6 +442,8 @@ unsafe fn child_after_fork(
     env: &mut [*const libc::c_char],
 ) -> ! {
     unsafe {
+        // The error pipe goes above the plan's fds first, so the dup2s cannot clobber it.
+        let pipe = libc::fcntl(err.fd, libc::F_DUPFD_CLOEXEC, err.floor);
         // Its own process group: a terminal's Ctrl-C under -F is not an idle-kill request.
         libc::setsid();
         // Signal mask and dispositions reset (SIGPIPE too: mask and SIG_IGN survive exec).
@@ -392,10 +456,17 @@ unsafe fn child_after_fork(
             }
         }
         if fdplan::execute(fd_ops).is_err() {
-            libc::_exit(EXIT_EXEC_FAILED);
+            fail_before_exec(pipe);
         }
         // Everything else goes: only the planned fds survive.
-        libc::close_range((highest_fd + 1) as libc::c_uint, libc::c_uint::MAX, 0);
+        // (The error pipe stays until exec closes it.)
+        let first = (highest_fd + 1) as libc::c_uint;
+        if pipe > highest_fd {
+            libc::close_range(first, (pipe - 1) as libc::c_uint, 0);
+            libc::close_range((pipe + 1) as libc::c_uint, libc::c_uint::MAX, 0);
+        } else {
+            libc::close_range(first, libc::c_uint::MAX, 0);
+        }
         libc::umask(0o077);
         if let Some(buffer) = listen_pid {
             write_pid(buffer, libc::getpid());
@@ -411,24 +482,24 @@ unsafe fn child_after_fork(
         if let Some(identity) = identity {
             if let Some(dir) = chroot {
                 if libc::chroot(dir.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
-                    libc::_exit(EXIT_EXEC_FAILED);
+                    fail_before_exec(pipe);
                 }
             }
             if let Some(gid) = identity.gid {
                 let groups: &[u32] = &identity.groups;
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 {
-                    libc::_exit(EXIT_EXEC_FAILED);
+                    fail_before_exec(pipe);
                 }
             }
             if let Some(uid) = identity.uid {
                 if libc::setuid(uid) != 0 {
-                    libc::_exit(EXIT_EXEC_FAILED);
+                    fail_before_exec(pipe);
                 }
             }
         }
         let _ = &env;
         libc::execve(path.as_ptr(), argv.as_ptr(), env.as_ptr());
-        libc::_exit(EXIT_EXEC_FAILED);
+        fail_before_exec(pipe);
     }
 }
 
@@ -615,5 +686,64 @@ mod tests {
         let mut buffer = b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0".to_vec();
         unsafe { write_pid(buffer.as_mut_ptr().cast(), 40213) };
         assert_eq!(&buffer[..17], b"LISTEN_PID=40213\0");
+    }
+
+    fn spawn_program(path: &str) -> (Pid, Option<std::io::Error>) {
+        use std::os::fd::AsRawFd;
+        let program = Program::External {
+            path: PathBuf::from(path),
+            args: vec![],
+        };
+        let settings = settings();
+        let config = config();
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        let fd = null.as_raw_fd();
+        let mut plan = SpawnPlan::new(PlanInput {
+            roost_binary: Path::new("/usr/sbin/roost"),
+            program: &program,
+            title: "roost/test",
+            settings: &settings,
+            config: &config,
+            uid: ProcessUid(1),
+            imported: vec![],
+            fds: ChildFds {
+                stdin: fd,
+                stdout: fd,
+                stderr: fd,
+                listeners: vec![],
+                status: fd,
+                master_dead: fd,
+                login_notify: None,
+                settings: None,
+            },
+            identity: None,
+            shutdown_clients: true,
+        })
+        .expect("plans");
+        plan.spawn().expect("fork")
+    }
+
+    fn exit_code(pid: Pid) -> i32 {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid.0), None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
+            other => panic!("unexpected wait status {other:?}"),
+        }
+    }
+
+    /// Before the error pipe, a missing program only showed as "returned error 84" with no
+    /// reason; the parent now learns the errno of the failed execve.
+    #[test]
+    fn a_failed_exec_reports_its_errno_and_exits_84() {
+        let (pid, error) = spawn_program("/nonexistent/roost-test-program");
+        let error = error.expect("the exec failure is reported");
+        assert_eq!(error.raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(exit_code(pid), EXIT_EXEC_FAILED);
+    }
+
+    #[test]
+    fn a_successful_exec_reports_nothing() {
+        let (pid, error) = spawn_program("/bin/true");
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(exit_code(pid), 0);
     }
 }

@@ -56,8 +56,21 @@ impl Roost {
     }
 
     fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+    }
+
+    /// Starts `roost -F` with extra environment variables.
+    fn spawn_with_env(&mut self, vars: &[(&str, &Path)]) {
+        self.launch(vars, &[]);
+    }
+
+    /// Starts `roost -F <args> -c <config>` with extra environment variables.
+    fn launch(&mut self, vars: &[(&str, &Path)], args: &[&str]) {
         let child = Command::new(ROOST)
-            .args(["-F", "-c"])
+            .envs(vars.iter().copied())
+            .arg("-F")
+            .args(args)
+            .arg("-c")
             .arg(&self.config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -198,10 +211,15 @@ fn process_min_avail_processes_appear_with_their_titles_and_serve() {
             echo_service(port, "  process_min_avail = 3")
         ),
     );
-    roost.wait_for(|r| r.children().len() == 3, "three children");
-    for (_, title) in roost.children() {
-        assert_eq!(title, "roost-e2e/echo");
-    }
+    // Titles are checked inside the wait: a child between fork and exec still shows the
+    // master's own command line.
+    roost.wait_for(
+        |r| {
+            let kids = r.children();
+            kids.len() == 3 && kids.iter().all(|(_, t)| t == "roost-e2e/echo")
+        },
+        "three children titled roost-e2e/echo",
+    );
     assert_eq!(echo(port, "hello\n").expect("echo"), "hello\n");
     roost.wait_for(|r| r.children().len() == 3, "the pool topped up again");
     // The served process exits and is replaced; `roost status` settles on three available.
@@ -568,5 +586,255 @@ fn as_root_a_child_runs_with_the_configured_user() {
     );
     let mut roost = Roost::start("user", &config);
     assert_eq!(echo(port, "").expect("id"), "nobody\n");
+    assert!(roost.stop().success());
+}
+
+/// Receives one datagram from the notify socket, or panics after 10 s.
+fn next_notification(socket: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 1024];
+    let n = socket
+        .recv(&mut buf)
+        .expect("a notification within the socket's timeout");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn systemd_hears_ready_reloading_and_stopping() {
+    let port = free_port();
+    let mut roost = Roost::prepare("notify", &echo_service(port, "  process_min_avail = 1"));
+    let socket_path = roost.dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    roost.spawn_with_env(&[("NOTIFY_SOCKET", socket_path.as_path())]);
+    let ready = next_notification(&socket);
+    assert!(ready.starts_with("READY=1"), "{ready}");
+    assert!(
+        ready.contains(&format!("MAINPID={}", roost.master_pid())),
+        "{ready}"
+    );
+    let out = roost.command(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reloading = next_notification(&socket);
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    let usec: u64 = reloading
+        .rsplit('=')
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .expect("MONOTONIC_USEC is a number");
+    assert!(usec > 0);
+    let again = next_notification(&socket);
+    assert!(again.starts_with("READY=1"), "{again}");
+    assert!(roost.stop().success());
+    let stopping = next_notification(&socket);
+    assert_eq!(stopping, "STOPPING=1");
+}
+
+/// The identity a child gets as root: user, primary group and extra_groups, both when the
+/// roost-aware child drops them itself after exec (ROOST_RESTRICT_*) and when the master drops
+/// them before exec (drop_priv_before_exec = yes).
+#[test]
+fn as_root_a_child_gets_its_user_group_and_extra_groups_either_way() {
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: switching users needs root");
+        return;
+    }
+    let lookup = |name: &str| {
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    };
+    let (Some(nogroup), Some(daemon)) = (lookup("nogroup"), lookup("daemon")) else {
+        println!("skipped: the groups nogroup and daemon do not exist here");
+        return;
+    };
+    for (name, drop_before) in [("ids-after", "no"), ("ids-before", "yes")] {
+        let port = free_port();
+        let config = format!(
+            "service ids {{\n  executable = inetd /usr/bin/id\n  service_count = 1\n  user = nobody\n  group = nogroup\n  extra_groups = daemon\n  drop_priv_before_exec = {drop_before}\n  inet_listener ids {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
+        );
+        let mut roost = Roost::start(name, &config);
+        let id = echo(port, "").expect("id runs");
+        assert!(id.starts_with("uid=65534(nobody) "), "{name}: {id}");
+        assert!(
+            id.contains(&format!(" gid={nogroup}(nogroup) ")),
+            "{name}: {id}"
+        );
+        let groups = id
+            .trim_end()
+            .rsplit_once("groups=")
+            .map(|(_, g)| g)
+            .unwrap_or("");
+        assert!(
+            groups.contains(&format!("{daemon}(daemon)")),
+            "{name}: extra group missing in {id}"
+        );
+        assert!(
+            !groups.contains("0(root)"),
+            "{name}: root's groups leaked into {id}"
+        );
+        assert!(roost.stop().success());
+    }
+}
+
+/// `roost status` speaks core's control protocol: a SERVICE table, then a PROCESS row for every
+/// child with its pid and free slots.
+#[test]
+fn status_lists_services_and_every_process_with_its_pid() {
+    let port = free_port();
+    let mut roost = Roost::start("status", &echo_service(port, "  process_min_avail = 2"));
+    roost.wait_for(|r| r.children().len() == 2, "two children");
+    // Their first status record (available_count 1) may still be on its way.
+    roost.wait_for(
+        |r| {
+            let text = String::from_utf8_lossy(&r.command(&["status"]).stdout).into_owned();
+            r.children()
+                .iter()
+                .all(|(pid, _)| text.contains(&format!("\necho\t{pid}\t1\t")))
+        },
+        "a PROCESS row with available_count 1 for each child",
+    );
+    let out = roost.command(&["status"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("service\tgeneration\tprocess_count"),
+        "{text}"
+    );
+    assert!(text.contains("\necho\t1\t2\t2\t"), "{text}");
+    assert!(roost.stop().success());
+}
+
+/// A program replaced by something the kernel cannot run after start-up (a package upgrade
+/// half done, a truncated file): the replacement's execve fails, and the log says why before
+/// the failure is throttled, instead of a bare "returned error 84".
+#[test]
+fn a_failed_exec_is_logged_with_its_reason() {
+    let mut roost = Roost::prepare("vanish", "");
+    let program = roost.dir.join("prog");
+    std::fs::copy("/bin/sleep", &program).expect("copy /bin/sleep");
+    let config = std::fs::read_to_string(&roost.config).expect("config");
+    std::fs::write(
+        &roost.config,
+        format!(
+            "{config}service vanish {{\n  executable = {} 1000\n  foreign = yes\n  process_min_avail = 1\n  process_limit = 1\n}}\n",
+            program.display()
+        ),
+    )
+    .expect("config");
+    roost.spawn();
+    roost.wait_for(|r| r.children().len() == 1, "the foreign process");
+    let (pid, _) = roost.children()[0].clone();
+    // Still there and executable, so the master forks; but not a program: ENOEXEC.
+    std::fs::remove_file(&program).expect("remove the program");
+    std::fs::write(&program, [0u8, 1, 2, 3]).expect("garbage");
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod +x");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    roost.wait_for_log(&format!(
+        "service(vanish): execv({}) failed: Exec format error (os error 8)",
+        program.display()
+    ));
+    roost.wait_for_log("service(vanish): command startup failed, throttling");
+    assert!(roost.stop().success());
+}
+
+/// `-i NAME` names the instance: titles become `roost-NAME/SERVICE`, and a reload keeps it.
+#[test]
+fn the_instance_name_from_the_command_line_is_in_titles_and_survives_a_reload() {
+    let port = free_port();
+    let mut roost = Roost::prepare("instance", &echo_service(port, "  process_min_avail = 2"));
+    roost.launch(&[], &["-i", "second"]);
+    // (A child between fork and exec still shows the master's own command line.)
+    roost.wait_for(
+        |r| {
+            let kids = r.children();
+            kids.len() == 2 && kids.iter().all(|(_, t)| t == "roost-second/echo")
+        },
+        "two children titled roost-second/echo",
+    );
+    let out = roost.command(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    roost.wait_for(
+        |r| {
+            let kids = r.children();
+            kids.len() == 2 && kids.iter().all(|(_, t)| t == "roost-second/echo")
+        },
+        "the new generation's children, still roost-second/echo",
+    );
+    assert!(roost.stop().success());
+}
+
+/// Copies `program` and the shared libraries `ldd` names into `root`, at the same paths.
+fn install_into_chroot(root: &Path, program: &str) -> bool {
+    let Ok(out) = Command::new("ldd").arg(program).output() else {
+        return false;
+    };
+    let mut files = vec![program.to_owned()];
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        for word in line.split_whitespace() {
+            if word.starts_with('/') {
+                files.push(word.to_owned());
+            }
+        }
+    }
+    for file in files {
+        let target = root.join(file.trim_start_matches('/'));
+        if let Some(parent) = target.parent() {
+            if std::fs::create_dir_all(parent).is_err() {
+                return false;
+            }
+        }
+        if std::fs::copy(&file, &target).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// As root, `chroot = jail` (relative to base_dir) confines the child: the program it runs
+/// sees the jail as `/`. The roost-aware inetd adapter enters the chroot itself after exec
+/// (ROOST_RESTRICT_CHROOT), then execs the program inside it.
+#[test]
+fn as_root_a_child_runs_in_its_chroot() {
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: chroot needs root");
+        return;
+    }
+    let port = free_port();
+    let mut roost = Roost::prepare(
+        "chroot",
+        &format!(
+            "service jailed {{\n  executable = inetd /bin/cat /marker\n  service_count = 1\n  user = nobody\n  chroot = jail\n  inet_listener jailed {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
+        ),
+    );
+    let jail = roost.dir.join("run/jail");
+    if !install_into_chroot(&jail, "/bin/cat") {
+        println!("skipped: could not copy /bin/cat and its libraries into a chroot");
+        return;
+    }
+    std::fs::write(jail.join("marker"), "inside the chroot\n").expect("marker");
+    std::fs::write(roost.dir.join("marker"), "outside\n").expect("decoy");
+    roost.spawn();
+    assert_eq!(
+        echo(port, "").expect("cat runs in the chroot"),
+        "inside the chroot\n"
+    );
     assert!(roost.stop().success());
 }

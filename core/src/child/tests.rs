@@ -376,14 +376,3 @@ fn an_accept_while_not_accepting_is_refused() {
     assert_eq!(h.input(Input::Accepted), vec![Output::Refuse]);
     assert_eq!(h.child.clients(), 1);
 }
-
-#[test]
-fn nothing_is_accepted_or_written_before_init_section_1_4() {
-    let mut child = Child::new(config(2, 0), Instant::ZERO);
-    child.handle(Input::Accepted, Instant::ZERO);
-    assert_eq!(child.poll_output(), Some(Output::Refuse));
-    child.handle(Input::StatusWritable, Instant::ZERO);
-    child.handle(Input::StatusWritten, Instant::ZERO);
-    assert_eq!(child.poll_output(), None, "stray write reports do nothing");
-    assert_eq!(child.last_written(), None);
-}

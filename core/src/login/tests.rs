@@ -403,14 +403,3 @@ fn master_death_stops_listening_and_cancels_a_pending_kill_section_4_4() {
         vec![Output::Exit(0)]
     );
 }
-
-#[test]
-fn a_process_forked_while_full_reads_the_state_at_init_section_2_8() {
-    let mut login = Login::new(LoginConfig::new(1, 1), Instant::ZERO);
-    login.handle(Input::InitDone, Instant::ZERO);
-    let out: Vec<Output> = core::iter::from_fn(|| login.poll_output()).collect();
-    assert!(out.contains(&Output::ReadFullState), "{out:?}");
-    assert!(out.contains(&Output::SetListening {
-        mode: ListenMode::Accept
-    }));
-}

@@ -113,6 +113,16 @@ impl Master {
                     ),
                 );
             }
+            let uninitialised = processes.iter().filter(|p| !p.initialised).count() as u32;
+            if uninitialised != service.uninitialised {
+                return fail(
+                    1,
+                    format!(
+                        "service({name}): {} uninitialised counted, {uninitialised} seen",
+                        service.uninitialised
+                    ),
+                );
+            }
             if !(service.process_idling <= service.process_avail
                 && service.process_avail <= service.process_count)
             {

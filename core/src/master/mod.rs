@@ -772,6 +772,11 @@ impl Master {
         if service.process_count >= service.config.process_limit {
             return false;
         }
+        if service.probing && service.uninitialised > 0 {
+            // One probe at a time after a throttle: found by the helper's harness, where the
+            // queue that built up while throttled forked a crowd of still-crashing processes.
+            return false;
+        }
         let process_id = ProcessId(self.next_process);
         self.next_process += 1;
         let uid = ProcessUid(self.next_uid);
@@ -790,6 +795,7 @@ impl Master {
         service.process_avail += 1;
         service.process_idling += 1;
         service.total_created += 1;
+        service.uninitialised += 1;
         service.idle.insert(idle_key, process_id);
         self.processes.insert(
             process_id,
@@ -837,6 +843,9 @@ impl Master {
         if foreign {
             // A foreign program never reports; it is as initialised as it will ever be.
             self.process_mut(id).initialised = true;
+            let service = self.service_mut(service);
+            service.uninitialised -= 1;
+            service.probing = false;
         }
         if let Some(stale) = self.pids.insert(pid, id) {
             // The OS reused a pid we still hold: the old process must have exited unseen.
@@ -946,8 +955,15 @@ impl Master {
         self.timers.disarm(Timer::FirstStatus(id));
         let process = self.process_mut(id);
         process.last_status_update = Some(now);
+        let first = !process.initialised;
         process.initialised = true;
         let service = process.service;
+        let mut probe_succeeded = false;
+        if first {
+            let service = self.service_mut(service);
+            service.uninitialised -= 1;
+            probe_succeeded = std::mem::take(&mut service.probing);
+        }
         let client_limit = self.service(service).config.client_limit;
         // A child cannot have more free slots than its limit; a bigger number is a lie.
         let available_count = available_count.min(client_limit);
@@ -958,6 +974,10 @@ impl Master {
             self.status_less(id, old, available_count);
         }
         self.idle_check(id);
+        if probe_succeeded {
+            // The program works again: what the probe held back can start now.
+            self.top_up(service);
+        }
     }
 
     /// The process took clients: available_count went down from `old` to `new`.
@@ -1183,6 +1203,7 @@ impl Master {
         self.timers.arm(Timer::Throttle(id), self.now + backoff);
         let service = self.service_mut(id);
         service.throttle_backoff = (backoff * 2).min(THROTTLE_MAX);
+        service.probing = true;
     }
 
     fn on_throttle_timeout(&mut self, id: ServiceId) {
@@ -1296,6 +1317,9 @@ impl Master {
         }
         if process.available_count > 0 {
             service.process_avail -= 1;
+        }
+        if !process.initialised {
+            service.uninitialised -= 1;
         }
         service.process_count -= 1;
         if service.config.service_type == ServiceType::Login
@@ -1505,6 +1529,9 @@ impl Master {
             }
             new_service.process_count += 1;
             new_service.total_created += 1;
+            if !process.initialised {
+                new_service.uninitialised += 1;
+            }
             let client_limit = new_service.config.client_limit;
             let available_count = process.available_count.min(client_limit);
             if available_count > 0 {

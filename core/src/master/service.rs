@@ -56,6 +56,11 @@ pub(crate) struct Service {
     pub(crate) login_full: bool,
     /// When SIGUSR1 was last sent to the service's processes for the login state.
     pub(crate) login_notify_sent: Option<Instant>,
+    /// After a throttle, the service starts one process at a time until one of them sends its
+    /// first status (a probe), so a still-broken program does not fork a crowd.
+    pub(crate) probing: bool,
+    /// Processes that have not sent their first status yet.
+    pub(crate) uninitialised: u32,
 }
 
 impl Service {
@@ -82,6 +87,8 @@ impl Service {
             last_drop_warning: None,
             login_full: false,
             login_notify_sent: None,
+            probing: false,
+            uninitialised: 0,
         }
     }
 

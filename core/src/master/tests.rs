@@ -1200,3 +1200,26 @@ fn process_min_avail_is_restored_when_a_throttle_ends_without_waiting_for_a_clie
     w.advance(2_000);
     assert!(w.spawns() >= 1, "forked again when the throttle ended");
 }
+
+#[test]
+fn after_a_throttle_one_probe_process_starts_before_any_burst() {
+    // Story (found by the master helper's harness on its own branch): while a service was
+    // throttled, connections queued; when the throttle ended, the burst rule forked one process
+    // per waiting connection, and every one of them crashed again. Now a throttled service
+    // starts a single probe until one of its processes sends a first status.
+    let mut w = World::new(vec![service("flaky", ServiceType::Default)]);
+    w.readable(L1, 1);
+    let pid = w.pids_of(S1)[0];
+    w.exit(pid, ExitStatus::Exited(1));
+    w.advance(2_000);
+    w.clear();
+    w.readable(L1, 50);
+    assert_eq!(w.spawns(), 1, "one probe, not fifty processes");
+    let probe = w.pids_of(S1)[0];
+    w.status(probe, 0);
+    w.readable(L1, 49);
+    assert!(
+        w.spawns() > 10,
+        "the probe reported: bursts are allowed again"
+    );
+}
