@@ -21,6 +21,10 @@ pub const MAX_LINE: usize = 8192;
 /// CLIENT_MAX_BAD_COMMANDS).
 pub const MAX_BAD_COMMANDS: u32 = 3;
 
+/// Failed commands after which a post-login session is closed: a logged-in client is
+/// trusted more than a pre-login one, but a runaway script must not loop forever.
+pub const MAX_SESSION_BAD_COMMANDS: u32 = 20;
+
 /// Lines a client may pipeline while its authentication is being checked.
 pub const MAX_PIPELINED_LINES: usize = 32;
 
@@ -750,7 +754,7 @@ impl<M: Mailbox> Session<M> {
 
     fn error(&mut self, text: &str) -> SessionReply {
         self.bad_commands += 1;
-        if self.bad_commands >= 20 {
+        if self.bad_commands >= MAX_SESSION_BAD_COMMANDS {
             self.done = true;
             let mut bytes = line(text);
             bytes.extend(line("-ERR Too many invalid commands."));
@@ -1370,6 +1374,18 @@ mod tests {
         );
         assert_eq!(text(s.handle_line(b"RSET")), "+OK\r\n");
         assert_eq!(text(s.handle_line(b"STAT")), "+OK 2 7\r\n");
+    }
+
+    #[test]
+    fn a_session_closes_after_too_many_bad_commands() {
+        let mut s = Session::new(Memory::new(&[]));
+        for _ in 1..MAX_SESSION_BAD_COMMANDS {
+            assert!(matches!(s.handle_line(b"BOGUS"), SessionReply::Send(_)));
+        }
+        assert!(matches!(
+            s.handle_line(b"BOGUS"),
+            SessionReply::Disconnect(_)
+        ));
     }
 
     #[test]
