@@ -201,12 +201,14 @@ impl Anvil {
     /// The delay to apply before answering an authentication from `ip`: 0 with no recent
     /// failure, then 2, 4, 8 s... per failure, capped at the policy's maximum.
     pub fn penalty_get(&mut self, ip: IpAddr, now: Instant) -> Duration {
+        let ip = penalty_key(ip);
         let failures = self.penalty_expire(ip, now).map_or(0, |p| p.failures);
         penalty_delay(failures, self.policy.max_delay)
     }
 
     /// Counts a failed authentication from `ip`.
     pub fn penalty_inc(&mut self, ip: IpAddr, now: Instant) {
+        let ip = penalty_key(ip);
         let failures = self.penalty_expire(ip, now).map_or(0, |p| p.failures);
         if let Some(old) = self.penalties.get(&ip) {
             self.penalty_order.remove(&(old.last, ip));
@@ -328,6 +330,19 @@ impl Anvil {
                 lines
             }
         }
+    }
+}
+
+/// The address a penalty is counted for: an IPv4 address (IPv4-mapped IPv6 included) as is,
+/// an IPv6 address as its /64, since one client usually holds a whole /64 and could otherwise
+/// take a fresh address for every guess.
+pub fn penalty_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
     }
 }
 
@@ -604,6 +619,28 @@ mod tests {
         assert_eq!(a.penalty_get(ip, at(5 + 3599)).as_secs(), 15);
         assert_eq!(a.penalty_get(ip, at(5 + 3600)).as_secs(), 0);
         a.check_invariants().expect("consistent");
+    }
+
+    #[test]
+    fn ipv6_penalties_count_per_64_and_mapped_v4_as_v4() {
+        let mut a = Anvil::default();
+        a.penalty_inc("2001:db8:1:2::1".parse().expect("ip"), at(0));
+        assert_eq!(
+            a.penalty_get("2001:db8:1:2:ffff::9".parse().expect("ip"), at(1))
+                .as_secs(),
+            2
+        );
+        assert_eq!(
+            a.penalty_get("2001:db8:1:3::1".parse().expect("ip"), at(1))
+                .as_secs(),
+            0
+        );
+        a.penalty_inc("::ffff:192.0.2.1".parse().expect("ip"), at(0));
+        assert_eq!(
+            a.penalty_get("192.0.2.1".parse().expect("ip"), at(1))
+                .as_secs(),
+            2
+        );
     }
 
     #[test]

@@ -327,6 +327,27 @@ mod tests {
         assert_eq!(left.messages()[0].uidl, "2.b");
     }
 
+    proptest::proptest! {
+        /// LIST must announce exactly the octets RETR sends (before dot-stuffing and the
+        /// terminator), or clients that pre-allocate or check sizes break.
+        #[test]
+        fn list_size_matches_the_retr_octets(
+            body in proptest::collection::vec(proptest::sample::select(vec![b'a', b'\n', b'\r', b' ']), 0..300)
+        ) {
+            let mut body = body;
+            body.push(b'\n');
+            let size = pop3_size(&mut &body[..]).expect("memory read");
+            let mut out = Vec::new();
+            crate::mail::pop3::copy_message(
+                &mut &body[..],
+                crate::mail::pop3::BodyEncoder::new(None),
+                &mut out,
+            )
+            .expect("memory write");
+            proptest::prop_assert_eq!(size, out.len() as u64 - 3);
+        }
+    }
+
     #[test]
     fn dotfiles_are_not_messages() {
         let dir = tempfile::tempdir().expect("temp dir");

@@ -283,29 +283,88 @@ pub struct UserInfo {
     pub extra: BTreeMap<String, String>,
 }
 
-/// Expands `%u` (user), `%n` (local part), `%d` (domain) and `%%` in a userdb template.
+/// Expands `%u` (user), `%n` (local part), `%d` (domain) and `%%` in a template; `%L` before
+/// a letter lowercases it (`%Lu`, Dovecot's default `auth_username_format`). Unknown
+/// variables are kept as written.
 pub fn expand(template: &str, user: &str) -> String {
     let (local, domain) = user.split_once('@').unwrap_or((user, ""));
     let mut out = String::with_capacity(template.len() + user.len());
-    let mut chars = template.chars();
+    let mut chars = template.chars().peekable();
     while let Some(c) = chars.next() {
         if c != '%' {
             out.push(c);
             continue;
         }
-        match chars.next() {
-            Some('u') => out.push_str(user),
-            Some('n') => out.push_str(local),
-            Some('d') => out.push_str(domain),
-            Some('%') => out.push('%'),
-            Some(other) => {
+        let lower = chars.peek() == Some(&'L');
+        if lower {
+            chars.next();
+        }
+        let value = match chars.next() {
+            Some('u') => user,
+            Some('n') => local,
+            Some('d') => domain,
+            Some('%') if !lower => "%",
+            other => {
                 out.push('%');
-                out.push(other);
+                if lower {
+                    out.push('L');
+                }
+                if let Some(other) = other {
+                    out.push(other);
+                }
+                continue;
             }
-            None => out.push('%'),
+        };
+        if lower {
+            out.push_str(&value.to_lowercase());
+        } else {
+            out.push_str(value);
         }
     }
     out
+}
+
+/// The `args` of a passwd-file passdb: `[scheme=S] [username_format=F] PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassdbArgs {
+    /// The scheme of secrets without a prefix (Dovecot's default: CRYPT).
+    pub scheme: Scheme,
+    /// How the login name becomes the lookup key (default `%u`).
+    pub username_format: String,
+    /// The passwd-file.
+    pub path: String,
+}
+
+impl PassdbArgs {
+    /// Parses the args string.
+    pub fn parse(args: &str) -> Result<PassdbArgs, String> {
+        let mut parsed = PassdbArgs {
+            scheme: Scheme::Crypt,
+            username_format: "%u".to_owned(),
+            path: String::new(),
+        };
+        for word in args.split_whitespace() {
+            if let Some(name) = word.strip_prefix("scheme=") {
+                parsed.scheme = Scheme::from_name(name)
+                    .ok_or_else(|| format!("passdb passwd-file: unknown scheme={name}"))?;
+            } else if let Some(format) = word.strip_prefix("username_format=") {
+                parsed.username_format = format.to_owned();
+            } else if parsed.path.is_empty() && !word.contains('=') {
+                parsed.path = word.to_owned();
+            } else {
+                return Err(format!("passdb passwd-file: unexpected argument {word:?}"));
+            }
+        }
+        if parsed.path.is_empty() {
+            return Err("passdb passwd-file: no file given in args".to_owned());
+        }
+        Ok(parsed)
+    }
+
+    /// The lookup key of a login name.
+    pub fn lookup_name(&self, user: &str) -> String {
+        expand(&self.username_format, user)
+    }
 }
 
 /// A userdb: static templates, or the fields of the passwd-file.
@@ -501,6 +560,29 @@ mod tests {
             db.lookup("ghost"),
             Err(UserdbError::UnknownUser("ghost".into()))
         );
+    }
+
+    #[test]
+    fn lowercase_modifier_and_unknown_variables() {
+        assert_eq!(expand("%Lu", "DeMo@Ex.ORG"), "demo@ex.org");
+        assert_eq!(expand("%Ln/%Ld", "A@B"), "a/b");
+        assert_eq!(expand("%x %L %Lx %", "u"), "%x %L %Lx %");
+    }
+
+    #[test]
+    fn passdb_args_of_the_peer_config() {
+        let args =
+            PassdbArgs::parse("scheme=PLAIN username_format=%Lu /srv/passwd").expect("valid");
+        assert_eq!(args.scheme, Scheme::Plain);
+        assert_eq!(args.path, "/srv/passwd");
+        assert_eq!(args.lookup_name("DEMO"), "demo");
+        assert_eq!(
+            PassdbArgs::parse("/p").expect("valid").scheme,
+            Scheme::Crypt
+        );
+        assert!(PassdbArgs::parse("scheme=NOPE /p").is_err());
+        assert!(PassdbArgs::parse("scheme=PLAIN").is_err());
+        assert!(PassdbArgs::parse("/a /b").is_err());
     }
 
     proptest! {

@@ -21,6 +21,10 @@ pub const MAX_LINE: usize = 8192;
 /// CLIENT_MAX_BAD_COMMANDS).
 pub const MAX_BAD_COMMANDS: u32 = 3;
 
+/// Failed commands after which a post-login session is closed: a logged-in client is
+/// trusted more than a pre-login one, but a runaway script must not loop forever.
+pub const MAX_SESSION_BAD_COMMANDS: u32 = 20;
+
 /// Lines a client may pipeline while its authentication is being checked.
 pub const MAX_PIPELINED_LINES: usize = 32;
 
@@ -305,7 +309,8 @@ pub struct LoginSettings {
     pub tls_active: bool,
     /// The connection is secured by other means (loopback, as Dovecot treats it).
     pub secured: bool,
-    /// `disable_plaintext_auth`: passwords only over TLS or a secured connection.
+    /// `disable_plaintext_auth` (or `ssl = required`, which the driver maps to it): passwords
+    /// only over TLS or a secured connection.
     pub disable_plaintext_auth: bool,
 }
 
@@ -348,6 +353,9 @@ enum LoginState {
     AuthContinuation,
     /// Waiting for auth's answer about these credentials.
     AuthPending,
+    /// STLS was accepted: plaintext lines the client pipelined are discarded (RFC 2595 §4)
+    /// until the handshake completes.
+    TlsPending,
     /// Handed over, killed or quit: nothing more is read.
     Done,
 }
@@ -402,6 +410,12 @@ impl Login {
         self.state != LoginState::Done
     }
 
+    /// True while auth is checking this client's credentials: the overflow kill prefers
+    /// other clients (reference §2.8).
+    pub fn is_authenticating(&self) -> bool {
+        self.state == LoginState::AuthPending
+    }
+
     fn send(&mut self, text: &str) {
         let mut line = text.as_bytes().to_vec();
         line.extend_from_slice(b"\r\n");
@@ -448,24 +462,35 @@ impl Login {
         if self.settings.tls_available && !self.settings.tls_active {
             caps.push("STLS");
         }
-        caps.push("USER");
-        caps.push("SASL PLAIN");
+        // Mechanisms that would only be refused are not advertised (as Dovecot does), so a
+        // client knows to STLS first.
+        if self.plaintext_allowed() {
+            caps.push("USER");
+            caps.push("SASL PLAIN");
+        }
         caps
     }
 
     /// A line the overflow of the [`LineReader`] refused.
     pub fn handle_line_error(&mut self, error: &LineError) {
-        if self.state == LoginState::Done {
-            return;
+        match self.state {
+            LoginState::Done | LoginState::TlsPending => {}
+            // The reply to a line cannot be sent before auth answers the credentials, and
+            // nobody legitimate pipelines an overlong line behind a password.
+            LoginState::AuthPending => {
+                self.disconnect(None, "Input line too long during authentication")
+            }
+            LoginState::Commands | LoginState::AuthContinuation => {
+                self.state = LoginState::Commands;
+                self.bad_command(&format!("-ERR Input line too long ({error})."));
+            }
         }
-        self.state = LoginState::Commands;
-        self.bad_command(&format!("-ERR Input line too long ({error})."));
     }
 
     /// One line from the client, without its terminator.
     pub fn handle_line(&mut self, line: &[u8]) {
         match self.state {
-            LoginState::Done => {}
+            LoginState::Done | LoginState::TlsPending => {}
             LoginState::AuthPending => {
                 if self.pipelined.len() >= MAX_PIPELINED_LINES {
                     self.disconnect(None, "Too many pipelined commands during authentication");
@@ -503,6 +528,7 @@ impl Login {
                     self.bad_command("-ERR TLS support isn't enabled.");
                 } else {
                     self.send("+OK Begin TLS negotiation now.");
+                    self.state = LoginState::TlsPending;
                     self.out.push_back(LoginOutput::StartTls);
                 }
             }
@@ -602,6 +628,9 @@ impl Login {
     pub fn tls_started(&mut self) {
         self.settings.tls_active = true;
         self.user = None;
+        if self.state == LoginState::TlsPending {
+            self.state = LoginState::Commands;
+        }
     }
 
     /// The login process chose this connection as the victim of an overflow (reference §2.8).
@@ -725,7 +754,7 @@ impl<M: Mailbox> Session<M> {
 
     fn error(&mut self, text: &str) -> SessionReply {
         self.bad_commands += 1;
-        if self.bad_commands >= 20 {
+        if self.bad_commands >= MAX_SESSION_BAD_COMMANDS {
             self.done = true;
             let mut bytes = line(text);
             bytes.extend(line("-ERR Too many invalid commands."));
@@ -954,6 +983,11 @@ impl BodyEncoder {
         }
     }
 
+    /// True once TOP has sent all it will: the rest of the message need not be read.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
     /// Ends the reply: CRLF if the message did not end with one, then `.\r\n`.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if !self.at_line_start && !self.stopped {
@@ -984,6 +1018,10 @@ pub fn copy_message(
         encoder.encode(&buf[..n], &mut out);
         dst.write_all(&out)?;
         written += out.len() as u64;
+        if encoder.is_stopped() {
+            // TOP of a large message: stop reading once its lines are out.
+            break;
+        }
     }
     out.clear();
     encoder.finish(&mut out);
@@ -1096,6 +1134,25 @@ mod tests {
     }
 
     #[test]
+    fn capa_hides_plaintext_mechanisms_until_tls_when_plaintext_is_disallowed() {
+        let mut login = Login::new(LoginSettings {
+            disable_plaintext_auth: true,
+            ..settings()
+        });
+        login.handle_line(b"CAPA");
+        let text = sent(&drain(&mut login));
+        assert!(text.contains("STLS\r\n"));
+        assert!(!text.contains("USER") && !text.contains("SASL"), "{text}");
+        login.handle_line(b"STLS");
+        drain(&mut login);
+        login.tls_started();
+        login.handle_line(b"CAPA");
+        let text = sent(&drain(&mut login));
+        assert!(text.contains("USER\r\n") && text.contains("SASL PLAIN\r\n"));
+        assert!(!text.contains("STLS"));
+    }
+
+    #[test]
     fn user_pass_asks_auth_and_success_hands_over_with_pipelined_lines() {
         let mut login = Login::new(settings());
         login.handle_line(b"USER demo");
@@ -1155,6 +1212,40 @@ mod tests {
             user: "demo".into(),
             password: "demo".into()
         }));
+    }
+
+    #[test]
+    fn lines_pipelined_after_stls_are_discarded_until_the_handshake() {
+        // RFC 2595 §4: a man in the middle could inject plaintext commands behind STLS that
+        // would otherwise run inside the TLS session.
+        let mut login = Login::new(settings());
+        login.handle_line(b"STLS");
+        login.handle_line(b"USER injected");
+        login.handle_line(b"PASS injected");
+        let out = drain(&mut login);
+        assert_eq!(out.last(), Some(&LoginOutput::StartTls));
+        login.tls_started();
+        login.handle_line(b"PASS x");
+        assert!(sent(&drain(&mut login)).contains("-ERR No username given."));
+    }
+
+    #[test]
+    fn an_overlong_line_during_authentication_disconnects() {
+        let mut login = Login::new(settings());
+        login.handle_line(b"USER demo");
+        login.handle_line(b"PASS demo");
+        assert!(login.is_authenticating());
+        login.handle_line_error(&LineError::TooLong { max: 10 });
+        assert!(matches!(
+            drain(&mut login).last(),
+            Some(LoginOutput::Disconnect { .. })
+        ));
+        login.auth_succeeded();
+        assert_eq!(
+            login.poll_output(),
+            None,
+            "no handover after the disconnect"
+        );
     }
 
     #[test]
@@ -1286,6 +1377,18 @@ mod tests {
     }
 
     #[test]
+    fn a_session_closes_after_too_many_bad_commands() {
+        let mut s = Session::new(Memory::new(&[]));
+        for _ in 1..MAX_SESSION_BAD_COMMANDS {
+            assert!(matches!(s.handle_line(b"BOGUS"), SessionReply::Send(_)));
+        }
+        assert!(matches!(
+            s.handle_line(b"BOGUS"),
+            SessionReply::Disconnect(_)
+        ));
+    }
+
+    #[test]
     fn deletions_apply_only_at_quit() {
         let mut s = Session::new(Memory::new(&[b"a\r\n", b"b\r\n"]));
         text(s.handle_line(b"DELE 2"));
@@ -1322,6 +1425,27 @@ mod tests {
             text(s.handle_line(b"TOP 1")),
             "-ERR Invalid number of lines.\r\n"
         );
+    }
+
+    #[test]
+    fn top_stops_reading_after_its_lines() {
+        /// A reader that fails if read past its first chunk.
+        struct OneChunk(bool);
+        impl std::io::Read for OneChunk {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0 {
+                    return Err(std::io::Error::other("read past the TOP lines"));
+                }
+                self.0 = true;
+                let chunk = b"H: v\n\nline1\nline2\n";
+                buf[..chunk.len()].copy_from_slice(chunk);
+                Ok(chunk.len())
+            }
+        }
+        let mut out = Vec::new();
+        copy_message(&mut OneChunk(false), BodyEncoder::new(Some(1)), &mut out)
+            .expect("stops before the second read");
+        assert_eq!(out, b"H: v\r\n\r\nline1\r\n.\r\n");
     }
 
     #[test]
@@ -1368,6 +1492,50 @@ mod tests {
                     while login.poll_output().is_some() {}
                 }
             }
+        }
+
+        #[test]
+        fn no_password_reaches_auth_in_plaintext_when_disallowed(
+            lines in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "USER demo", "PASS demo", "AUTH PLAIN", "AUTH PLAIN AGRlbW8AZGVtbw==",
+                    "AGRlbW8AZGVtbw==", "STLS", "CAPA", "NOOP", "auth plain", "user x", "*",
+                ]),
+                0..30,
+            )
+        ) {
+            let mut login = Login::new(LoginSettings {
+                tls_available: false,
+                disable_plaintext_auth: true,
+                ..settings()
+            });
+            for line in lines {
+                login.handle_line(line.as_bytes());
+                while let Some(out) = login.poll_output() {
+                    let is_auth = matches!(out, LoginOutput::Authenticate { .. });
+                    prop_assert!(!is_auth);
+                }
+            }
+        }
+
+        #[test]
+        fn nothing_is_expunged_without_quit(
+            ops in proptest::collection::vec((0u8..4, 0u8..4), 0..30)
+        ) {
+            let mut session = Session::new(Memory::new(&[b"a\n", b"b\n", b"c\n"]));
+            for (op, n) in ops {
+                let line = match op {
+                    0 => format!("DELE {n}"),
+                    1 => "RSET".to_owned(),
+                    2 => format!("RETR {n}"),
+                    _ => format!("TOP {n} 1"),
+                };
+                let _ = text(session.handle_line(line.as_bytes()));
+            }
+            prop_assert!(session.mailbox().expunged.is_empty());
+            let marked = session.marked();
+            let _ = text(session.handle_line(b"QUIT"));
+            prop_assert_eq!(&session.mailbox().expunged, &marked);
         }
 
         #[test]

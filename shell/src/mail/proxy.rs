@@ -394,6 +394,52 @@ mod tests {
 
     proptest! {
         #[test]
+        fn any_valid_header_split_anywhere_decodes_to_its_addresses(
+            v6 in any::<bool>(),
+            src in any::<[u8; 16]>(),
+            dst in any::<[u8; 16]>(),
+            ports in any::<(u16, u16)>(),
+            version2 in any::<bool>(),
+            split in any::<prop::sample::Index>(),
+        ) {
+            let (client, server): (SocketAddr, SocketAddr) = if v6 {
+                (
+                    SocketAddr::new(std::net::Ipv6Addr::from(src).into(), ports.0),
+                    SocketAddr::new(std::net::Ipv6Addr::from(dst).into(), ports.1),
+                )
+            } else {
+                (
+                    SocketAddr::new(std::net::Ipv4Addr::new(src[0], src[1], src[2], src[3]).into(), ports.0),
+                    SocketAddr::new(std::net::Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]).into(), ports.1),
+                )
+            };
+            let mut wire = if version2 {
+                ppp::v2::Builder::with_addresses(
+                    ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+                    ppp::v2::Protocol::Stream,
+                    (client, server),
+                )
+                .build()
+                .expect("builder")
+            } else {
+                ppp::v1::Addresses::from((client, server)).to_string().into_bytes()
+            };
+            wire.extend_from_slice(b"USER x\r\n");
+            let at = split.index(wire.len());
+            let mut d = decoder();
+            let (info, unfed) = match d.feed(&wire[..at]).expect("a prefix is never invalid") {
+                Some(info) => (info, &wire[at..]),
+                None => (d.feed(&wire[at..]).expect("valid").expect("complete"), &b""[..]),
+            };
+            prop_assert_eq!(info.client, client);
+            prop_assert_eq!(info.server, server);
+            prop_assert!(!info.local);
+            let mut rest = info.rest;
+            rest.extend_from_slice(unfed);
+            prop_assert_eq!(rest, b"USER x\r\n".to_vec());
+        }
+
+        #[test]
         fn random_bytes_never_panic_and_stay_bounded(
             prefix in 0usize..3,
             chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..6)

@@ -165,6 +165,22 @@ pub fn generate_self_signed(
     })
 }
 
+/// The embedded default's certificate: the existing pair when both files exist, else a new
+/// self-signed one for `names`.
+pub fn ensure_self_signed(
+    cert_path: &Path,
+    key_path: &Path,
+    names: &[String],
+) -> Result<GeneratedCert, TlsError> {
+    if cert_path.is_file() && key_path.is_file() {
+        return Ok(GeneratedCert {
+            cert: cert_path.to_owned(),
+            key: key_path.to_owned(),
+        });
+    }
+    generate_self_signed(cert_path, key_path, names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +312,22 @@ mod tests {
         )
         .expect_err("mismatched pair");
         assert!(matches!(err, TlsError::Rejected { .. }), "{err}");
+    }
+
+    #[test]
+    fn ensure_keeps_an_existing_pair_and_creates_a_missing_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let names = ["localhost".to_owned()];
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        ensure_self_signed(&cert, &key, &names).expect("created");
+        let first = fs::read(&cert).expect("written");
+        ensure_self_signed(&cert, &key, &names).expect("kept");
+        assert_eq!(fs::read(&cert).expect("still there"), first);
+        fs::remove_file(&key).expect("remove");
+        ensure_self_signed(&cert, &key, &names).expect("recreated");
+        assert_ne!(fs::read(&cert).expect("rewritten"), first);
+        server_config(&cert.display().to_string(), &key.display().to_string())
+            .expect("the new pair matches");
     }
 
     #[test]
