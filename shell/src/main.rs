@@ -61,6 +61,15 @@ enum Cmd {
     },
     /// Check the configuration: exit non-zero on an error.
     Check,
+    /// Plan capacity: replay a load profile against the configuration in simulated time.
+    Sim {
+        /// The load profile (RON; see sim/loads/example.ron).
+        #[arg(long)]
+        load: String,
+        /// Write the timeline (processes, free slots, connections) as an SVG chart here.
+        #[arg(long)]
+        plot: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -113,6 +122,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Some(Cmd::Sim { load, plot }) => simulate(&source, &load, plot.as_deref()),
         Some(Cmd::Check) => {
             let config = match source.load() {
                 Ok(config) => config,
@@ -409,4 +419,39 @@ fn run(source: daemon::Source, foreground: bool) -> ExitCode {
     let code = daemon.run();
     pid_file.remove();
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// `roost sim`: the configuration's effective services under a load profile, in simulated
+/// time, with the same core the daemon runs.
+fn simulate(source: &daemon::Source, load: &str, plot: Option<&str>) -> ExitCode {
+    let config = match source.load() {
+        Ok(config) => config,
+        Err(error) => return fail(&error.to_string()),
+    };
+    let text = match std::fs::read_to_string(load) {
+        Ok(text) => text,
+        Err(error) => return fail(&format!("Can't read {load}: {error}")),
+    };
+    let profile: sim::load::LoadProfile = match ron::from_str(&text) {
+        Ok(profile) => profile,
+        Err(error) => {
+            return fail(&format!(
+                "{load}:{}:{}: {}",
+                error.span.start.line, error.span.start.col, error.code
+            ))
+        }
+    };
+    let (master_config, left_out) = daemon::derive(&config.settings);
+    for left in left_out {
+        eprintln!("roost: Info: {left}");
+    }
+    let report = sim::plan::run(master_config, profile);
+    print!("{report}");
+    if let Some(path) = plot {
+        if let Err(error) = std::fs::write(path, sim::plot::timeline_svg(&report)) {
+            return fail(&format!("Can't write {path}: {error}"));
+        }
+        println!("timeline written to {path}");
+    }
+    ExitCode::SUCCESS
 }

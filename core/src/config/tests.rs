@@ -470,3 +470,26 @@ fn config_n_shows_only_what_differs_from_the_defaults() {
         "base_dir = /tmp/x\nservice pop3-login {\n  inet_listener pop3 {\n    port = 1110\n  }\n  service_count = 0\n}\nservice echo {\n  executable = inetd /bin/cat\n}"
     );
 }
+
+#[test]
+fn deep_nesting_and_brace_bombs_are_refused_quickly() {
+    // Found by the config helper on a copy of this parser: 20,000 unclosed sections overflowed
+    // the stack when the tree was dropped, and 24 brace groups in an !include_try took 28 s.
+    let deep = "a {\n".repeat(20_000);
+    assert_eq!(
+        error_of(&deep),
+        "/etc/roost/roost.conf:65: Too deeply nested sections"
+    );
+    let files = MemoryFiles::new([("/etc/x", "")]);
+    let bomb = format!("!include /etc/{}\n", "{a,b}".repeat(24));
+    let error = load_str("/etc/roost/roost.conf", &bomb, &files, &NoEnv)
+        .map(|_| ())
+        .expect_err("refused");
+    assert!(
+        error.to_string().contains("Too many {...} groups"),
+        "{error}"
+    );
+    // !include_try ignores what it cannot include, the bomb included.
+    let bomb = format!("!include_try /etc/{}\n", "{a,b}".repeat(24));
+    assert!(load_str("/etc/roost/roost.conf", &bomb, &files, &NoEnv).is_ok());
+}
