@@ -285,7 +285,12 @@ fn check_service(
             service.group
         ));
     }
-    for group in service.extra_groups.split_whitespace() {
+    // Space or comma separated, as the original and the shell read it.
+    for group in service
+        .extra_groups
+        .split([' ', '\t', ','])
+        .filter(|g| !g.is_empty())
+    {
         if !system.group_exists(group) {
             error(format!("service({name}): Group doesn't exist: {group} (See service {name} {{ extra_groups }} setting)"));
         }

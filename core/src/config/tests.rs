@@ -493,3 +493,15 @@ fn deep_nesting_and_brace_bombs_are_refused_quickly() {
     let bomb = format!("!include_try /etc/{}\n", "{a,b}".repeat(24));
     assert!(load_str("/etc/roost/roost.conf", &bomb, &files, &NoEnv).is_ok());
 }
+
+#[test]
+fn extra_groups_may_be_separated_by_commas() {
+    let config =
+        load_text("service x {\n  executable = x\n  extra_groups = root,nogroup mail\n}\n")
+            .expect("parses");
+    assert!(check(&config, &SYSTEM).is_ok());
+    assert_eq!(
+        check_errors("service x {\n  executable = x\n  extra_groups = root,nosuch\n}\n"),
+        vec!["service(x): Group doesn't exist: nosuch (See service x { extra_groups } setting)"]
+    );
+}
