@@ -18,4 +18,5 @@ pub mod settings;
 pub mod setup;
 pub mod signal;
 pub mod time;
+pub mod violation;
 pub mod wire;

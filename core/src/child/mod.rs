@@ -23,8 +23,6 @@
 //! The contract is the master's: call [`Child::handle`] for each event, drain
 //! [`Child::poll_output`], then wait for the next event or [`Child::poll_timeout`].
 
-use core::fmt;
-
 use std::collections::VecDeque;
 
 use crate::signal::Signal;
@@ -117,20 +115,7 @@ pub enum Output {
     Exit(i32),
 }
 
-/// A broken invariant of a child: which one and what was seen.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    /// The rule's number in the module header.
-    pub rule: u32,
-    /// What was seen.
-    pub detail: String,
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "child invariant {}: {}", self.rule, self.detail)
-    }
-}
+pub use crate::violation::Violation;
 
 /// A status write handed to the driver and not yet reported.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -593,7 +578,13 @@ impl Child {
 
     /// Checks every invariant of the module header.
     pub fn check_invariants(&self) -> Result<(), Violation> {
-        let fail = |rule: u32, detail: String| Err(Violation { rule, detail });
+        let fail = |rule: u32, detail: String| {
+            Err(Violation {
+                machine: "child",
+                rule,
+                detail,
+            })
+        };
         let client_limit = self.config.client_limit.max(1);
         let cap = match self.config.service_count {
             0 => client_limit,

@@ -303,20 +303,7 @@ pub enum Output {
     Exit(i32),
 }
 
-/// A broken invariant of a login process.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    /// The rule's number in the module header (1 = the child's, detailed in `detail`).
-    pub rule: u32,
-    /// What was seen.
-    pub detail: String,
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "login invariant {}: {}", self.rule, self.detail)
-    }
-}
+pub use crate::violation::Violation;
 
 /// One client in the table.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -767,7 +754,13 @@ impl Login {
 
     /// Checks every invariant of the module header.
     pub fn check_invariants(&self) -> Result<(), Violation> {
-        let fail = |rule: u32, detail: String| Err(Violation { rule, detail });
+        let fail = |rule: u32, detail: String| {
+            Err(Violation {
+                machine: "login",
+                rule,
+                detail,
+            })
+        };
         if let Err(v) = self.child.check_invariants() {
             return fail(1, v.to_string());
         }

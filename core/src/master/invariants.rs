@@ -18,30 +18,19 @@
 //! 11. The timer table's two indexes agree.
 //! 12. Every listener belongs to a live service, and is watched only while that service listens.
 
-use core::fmt;
-
 use std::collections::BTreeMap;
 
 use super::{Master, Process, Timer};
 use crate::ids::ServiceId;
 
-/// A broken rule: which one, and what was seen.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    /// The rule's number in the list at the top of this module.
-    pub rule: u32,
-    /// What was seen, naming the service or process.
-    pub detail: String,
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "master invariant {}: {}", self.rule, self.detail)
-    }
-}
+pub use crate::violation::Violation;
 
 fn fail(rule: u32, detail: String) -> Result<(), Violation> {
-    Err(Violation { rule, detail })
+    Err(Violation {
+        machine: "master",
+        rule,
+        detail,
+    })
 }
 
 impl Master {
