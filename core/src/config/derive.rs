@@ -129,34 +129,37 @@ fn service_config(settings: &Settings, service: &ServiceSettings) -> ServiceConf
     };
     let basename = |path: &str| path.rsplit('/').next().unwrap_or(path).to_owned();
     let mut listeners = Vec::new();
-    for l in service
+    // Unix listeners first, then fifos (DESIGN.md "Child fds"); mode 0 disables one.
+    let files = service
         .unix_listeners
         .iter()
-        .filter(|l| l.mode != 0 && !l.path.is_empty())
-    {
+        .map(|l| (true, l))
+        .chain(service.fifo_listeners.iter().map(|l| (false, l)));
+    for (unix, l) in files.filter(|(_, l)| l.mode != 0 && !l.path.is_empty()) {
+        let (path, mode, user, group) = (
+            resolve_path(settings, &l.path),
+            l.mode,
+            l.user.clone(),
+            l.group.clone(),
+        );
+        let kind = if unix {
+            ListenerKind::Unix {
+                path,
+                mode,
+                user,
+                group,
+            }
+        } else {
+            ListenerKind::Fifo {
+                path,
+                mode,
+                user,
+                group,
+            }
+        };
         listeners.push(ListenerConfig {
             name: basename(&l.path),
-            kind: ListenerKind::Unix {
-                path: resolve_path(settings, &l.path),
-                mode: l.mode,
-                user: l.user.clone(),
-                group: l.group.clone(),
-            },
-        });
-    }
-    for l in service
-        .fifo_listeners
-        .iter()
-        .filter(|l| l.mode != 0 && !l.path.is_empty())
-    {
-        listeners.push(ListenerConfig {
-            name: basename(&l.path),
-            kind: ListenerKind::Fifo {
-                path: resolve_path(settings, &l.path),
-                mode: l.mode,
-                user: l.user.clone(),
-                group: l.group.clone(),
-            },
+            kind,
         });
     }
     for l in &service.inet_listeners {
