@@ -364,25 +364,34 @@ fn a_broken_reload_keeps_running_and_says_where_while_a_good_one_applies() {
 }
 
 #[test]
-fn reloads_under_load_lose_no_connection_and_leak_no_fd() {
+fn fifty_reloads_under_load_lose_no_connection_and_leak_no_fd_or_zombie() {
     let port = free_port();
     let mut roost = Roost::start(
         "reloadload",
         &echo_service(port, "  process_min_avail = 2\n  process_limit = 50"),
     );
     roost.wait_for(|r| r.children().len() == 2, "two children");
-    let load = std::thread::spawn(move || {
-        let mut failures = Vec::new();
-        for i in 0..150 {
-            match echo(port, &format!("m{i}\n")) {
-                Ok(reply) if reply == format!("m{i}\n") => {}
-                other => failures.push(format!("{i}: {other:?}")),
+    // A client connects again and again for as long as the reloads go on (bounded).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            let mut served = 0;
+            for i in 0..5_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                match echo(port, &format!("m{i}\n")) {
+                    Ok(reply) if reply == format!("m{i}\n") => served += 1,
+                    other => failures.push(format!("{i}: {other:?}")),
+                }
             }
-        }
-        failures
-    });
+            (served, failures)
+        })
+    };
     let mut fds = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..50 {
         let output = roost.command(&["reload"]);
         assert!(
             output.status.success(),
@@ -390,15 +399,38 @@ fn reloads_under_load_lose_no_connection_and_leak_no_fd() {
             String::from_utf8_lossy(&output.stderr)
         );
         fds.push(roost.fd_count());
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
-    let failures = load.join().expect("load thread");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (served, failures) = load.join().expect("load thread");
     assert!(
         failures.is_empty(),
         "connections lost during reloads: {failures:?}"
     );
-    // Old generations drain; the master's fds come back to where they were.
+    assert!(served > 50, "only {served} sessions during 50 reloads");
+    // Old generations drain; the master's fds come back to where they were, and every old
+    // child is reaped (no zombie left behind).
     roost.wait_for(|r| r.fd_count() <= fds[0] + 2, "the fd count to settle");
+    let master = roost.master_pid();
+    roost.wait_for(
+        |_| {
+            std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .all(|entry| {
+                    let stat =
+                        std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+                    let Some((_, rest)) = stat.rsplit_once(')') else {
+                        return true;
+                    };
+                    let fields: Vec<&str> = rest.split_whitespace().collect();
+                    !(fields.first() == Some(&"Z")
+                        && fields.get(1) == Some(&master.to_string().as_str()))
+                })
+        },
+        "no zombie children",
+    );
     assert!(roost.stop().success());
 }
 
