@@ -393,6 +393,7 @@ pub struct Login {
     /// Outputs not yet polled.
     outputs: VecDeque<Output>,
     /// Inputs handled since the last full invariant check (debug builds).
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
     inputs_since_check: usize,
 }
 
