@@ -116,9 +116,10 @@ fn debians_stock_tree_reads_without_error_and_prints_every_service_as_doveconf_d
 
 #[test]
 fn doveconf_n_shows_the_same_services_and_modelled_settings() {
-    // Debian's tree names many services but changes nothing in them; 10-director.conf adds two
-    // listener blocks that set nothing. doveconf -n printed no service at all, and neither does
-    // roost.
+    // Debian's tree names many services but changes nothing in them, except that
+    // 10-director.conf adds two listener blocks that set nothing. doveconf -n printed no service
+    // at all; roost prints director with those two listeners, because they exist only because
+    // of the file and `roost config -n` must read back to the same configuration (tested below).
     let config = load_fixture();
     let printed = print(
         &config,
@@ -130,7 +131,10 @@ fn doveconf_n_shows_the_same_services_and_modelled_settings() {
     let ours = service_blocks(&printed);
     let expected_text = std::fs::read_to_string(fixture().join("doveconf-n.txt")).expect("fixture");
     assert!(service_blocks(&expected_text).is_empty());
-    assert_eq!(ours, Vec::<String>::new());
+    assert_eq!(
+        ours,
+        vec!["service director {\n  inet_listener {\n  }\n  unix_listener director-userdb {\n  }\n}\n".to_owned()]
+    );
     for line in [
         "protocols = \" imap pop3\"",
         "mail_location = mbox:~/mail:INBOX=/var/mail/%u",
@@ -148,6 +152,40 @@ fn doveconf_n_shows_the_same_services_and_modelled_settings() {
         assert!(
             printed.contains(line),
             "roost config -n lacks {line:?}:\n{printed}"
+        );
+    }
+}
+
+#[test]
+fn what_roost_config_prints_reads_back_to_the_same_settings() {
+    // `roost config -a -P` and `-n -P` are configurations themselves: reading either back gives
+    // exactly the settings the stock tree gave (the config helper's property, on this parser).
+    let config = load_fixture();
+    for non_default in [false, true] {
+        let printed = print(
+            &config,
+            PrintMode {
+                non_default,
+                show_secrets: true,
+            },
+        );
+        let again = roost_core::config::load_str(
+            "/etc/roost/printed.conf",
+            &printed,
+            &FixtureFiles { root: fixture() },
+            &NoEnv,
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "-{} output does not read back: {e}\n{printed}",
+                if non_default { "n" } else { "a" }
+            )
+        });
+        assert_eq!(
+            again.settings,
+            config.settings,
+            "-{} output reads back differently",
+            if non_default { "n" } else { "a" }
         );
     }
 }

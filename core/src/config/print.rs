@@ -111,9 +111,11 @@ fn only_differences(service: &RawService, default: Option<&RawService>) -> Optio
         listener.settings.retain(|key, value| {
             differs(value, default_listener.and_then(|l| l.settings.get(key)))
         });
-        // As the real doveconf -n: a listener block that sets nothing is not shown, even a new
-        // one (Debian's 10-director.conf adds two such blocks and doveconf -n shows neither).
-        !listener.settings.is_empty()
+        // A listener the defaults do not have is shown even when it sets nothing: it exists
+        // because of the file, and the output must read back to the same configuration. The
+        // real doveconf -n leaves such blocks out (Debian's 10-director.conf adds two); roost
+        // deliberately does not.
+        default_listener.is_none() || !listener.settings.is_empty()
     });
     let is_new = default.is_none();
     (is_new || !trimmed.settings.is_empty() || !trimmed.listeners.is_empty()).then_some(trimmed)
