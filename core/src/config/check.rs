@@ -100,14 +100,171 @@ impl fmt::Display for Warning {
     }
 }
 
+/// A check of reference §3.4 that refuses a configuration; `Display` is the original's text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// `listen can't be set empty`.
+    ListenEmpty,
+    /// `first_valid_uid can't be larger than last_valid_uid` (or gid).
+    FirstValidLarger {
+        /// `uid` or `gid`.
+        what: &'static str,
+    },
+    /// `default_login_user doesn't exist: X` (or default_internal_user).
+    DefaultUserMissing {
+        /// The setting.
+        setting: &'static str,
+        /// The user it names.
+        user: String,
+    },
+    /// `No services defined`.
+    NoServices,
+    /// `Duplicate service name: X`.
+    DuplicateServiceName(String),
+    /// `service(X): Unknown service type: T`.
+    UnknownServiceType {
+        /// The service.
+        service: String,
+        /// The type as written.
+        service_type: String,
+    },
+    /// `Multiple log services specified` (anvil, config).
+    MultipleServices {
+        /// The type.
+        kind: &'static str,
+    },
+    /// `protocols: Unknown protocol: X`.
+    UnknownProtocol(String),
+    /// `duplicate listener: X` (a resolved path, or `port:address` as written).
+    DuplicateListener(String),
+    /// `service(X): path must not be empty`.
+    PathEmpty {
+        /// The service.
+        service: String,
+    },
+    /// `service(X): drop_priv_before_exec=yes can't be used with chroot`.
+    DropPrivWithChroot {
+        /// The service.
+        service: String,
+    },
+    /// `service(X): process_min_avail is higher than process_limit`.
+    MinAvailOverLimit {
+        /// The service.
+        service: String,
+    },
+    /// `service(X): vsz_limit is too low`.
+    VszLimitTooLow {
+        /// The service.
+        service: String,
+    },
+    /// `service(X): process_limit must be 1`.
+    ProcessLimitMustBeOne {
+        /// The service.
+        service: String,
+    },
+    /// `service(X): User doesn't exist: U (See SETTING setting)`.
+    UnknownUser {
+        /// The service.
+        service: String,
+        /// The user.
+        user: String,
+        /// Where it was set, for the hint.
+        setting: String,
+    },
+    /// `service(X): Group doesn't exist: G (See SETTING setting)`.
+    UnknownGroup {
+        /// The service.
+        service: String,
+        /// The group.
+        group: String,
+        /// Where it was set, for the hint.
+        setting: String,
+    },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::ListenEmpty => f.write_str("listen can't be set empty"),
+            Refusal::FirstValidLarger { what } => {
+                write!(
+                    f,
+                    "first_valid_{what} can't be larger than last_valid_{what}"
+                )
+            }
+            Refusal::DefaultUserMissing { setting, user } => {
+                write!(f, "{setting} doesn't exist: {user}")
+            }
+            Refusal::NoServices => f.write_str("No services defined"),
+            Refusal::DuplicateServiceName(name) => write!(f, "Duplicate service name: {name}"),
+            Refusal::UnknownServiceType {
+                service,
+                service_type,
+            } => {
+                write!(
+                    f,
+                    "service({service}): Unknown service type: {service_type}"
+                )
+            }
+            Refusal::MultipleServices { kind } => write!(f, "Multiple {kind} services specified"),
+            Refusal::UnknownProtocol(protocol) => {
+                write!(f, "protocols: Unknown protocol: {protocol}")
+            }
+            Refusal::DuplicateListener(listener) => write!(f, "duplicate listener: {listener}"),
+            Refusal::PathEmpty { service } => {
+                write!(f, "service({service}): path must not be empty")
+            }
+            Refusal::DropPrivWithChroot { service } => {
+                write!(
+                    f,
+                    "service({service}): drop_priv_before_exec=yes can't be used with chroot"
+                )
+            }
+            Refusal::MinAvailOverLimit { service } => {
+                write!(
+                    f,
+                    "service({service}): process_min_avail is higher than process_limit"
+                )
+            }
+            Refusal::VszLimitTooLow { service } => {
+                write!(f, "service({service}): vsz_limit is too low")
+            }
+            Refusal::ProcessLimitMustBeOne { service } => {
+                write!(f, "service({service}): process_limit must be 1")
+            }
+            Refusal::UnknownUser {
+                service,
+                user,
+                setting,
+            } => {
+                write!(
+                    f,
+                    "service({service}): User doesn't exist: {user} (See {setting} setting)"
+                )
+            }
+            Refusal::UnknownGroup {
+                service,
+                group,
+                setting,
+            } => {
+                write!(
+                    f,
+                    "service({service}): Group doesn't exist: {group} (See {setting} setting)"
+                )
+            }
+        }
+    }
+}
+
 /// Runs every check: the errors that refuse the configuration, or the warnings to show.
 pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<ConfigError>> {
     let settings = &config.settings;
     let mut errors = Vec::new();
-    let mut error = |text: String| errors.push(ConfigError::Check(text));
+    let mut error = |refusal: Refusal| errors.push(ConfigError::Check(refusal));
     let global = &settings.global;
     if global.listen.trim().is_empty() {
-        error("listen can't be set empty".to_owned());
+        error(Refusal::ListenEmpty);
     }
     for (first, last, what) in [
         ("first_valid_uid", "last_valid_uid", "uid"),
@@ -125,9 +282,7 @@ pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<C
         };
         let (first_value, last_value) = (number(first), number(last));
         if last_value != 0 && first_value > last_value {
-            error(format!(
-                "first_valid_{what} can't be larger than last_valid_{what}"
-            ));
+            error(Refusal::FirstValidLarger { what });
         }
     }
     for (key, user) in [
@@ -135,23 +290,26 @@ pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<C
         ("default_internal_user", &global.default_internal_user),
     ] {
         if !system.user_exists(user) {
-            error(format!("{key} doesn't exist: {user}"));
+            error(Refusal::DefaultUserMissing {
+                setting: key,
+                user: user.clone(),
+            });
         }
     }
     if settings.services.is_empty() {
-        error("No services defined".to_owned());
+        error(Refusal::NoServices);
     }
     let mut names = BTreeMap::new();
     let mut type_counts: BTreeMap<&str, u32> = BTreeMap::new();
     for service in &settings.services {
         if names.insert(service.name.as_str(), ()).is_some() {
-            error(format!("Duplicate service name: {}", service.name));
+            error(Refusal::DuplicateServiceName(service.name.clone()));
         }
         match ServiceType::from_word(&service.service_type) {
-            None => error(format!(
-                "service({}): Unknown service type: {}",
-                service.name, service.service_type
-            )),
+            None => error(Refusal::UnknownServiceType {
+                service: service.name.clone(),
+                service_type: service.service_type.clone(),
+            }),
             Some(t @ (ServiceType::Log | ServiceType::Anvil | ServiceType::Config)) => {
                 if is_enabled(settings, service) && !service.executable.trim().is_empty() {
                     *type_counts.entry(t.as_str()).or_default() += 1;
@@ -162,12 +320,12 @@ pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<C
     }
     for (kind, count) in type_counts {
         if count > 1 {
-            error(format!("Multiple {kind} services specified"));
+            error(Refusal::MultipleServices { kind });
         }
     }
     for protocol in enabled_protocols(settings) {
         if !settings.services.iter().any(|s| s.protocol == protocol) {
-            error(format!("protocols: Unknown protocol: {protocol}"));
+            error(Refusal::UnknownProtocol(protocol));
         }
     }
     let mut listeners: BTreeMap<String, String> = BTreeMap::new();
@@ -188,15 +346,14 @@ pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<C
             .services
             .iter()
             .find(|raw| raw.name == service.name);
-        check_service(settings, service, raw, system, &mut |text| {
-            errors.push(ConfigError::Check(text))
+        check_service(settings, service, raw, system, &mut |refusal| {
+            errors.push(ConfigError::Check(refusal))
         });
         for listener in service.unix_listeners.iter().chain(&service.fifo_listeners) {
             if listener.path.is_empty() {
-                errors.push(ConfigError::Check(format!(
-                    "service({}): path must not be empty",
-                    service.name
-                )));
+                errors.push(ConfigError::Check(Refusal::PathEmpty {
+                    service: service.name.clone(),
+                }));
                 continue;
             }
             if listener.mode == 0 {
@@ -212,7 +369,7 @@ pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<C
                 .insert(path.clone(), service.name.clone())
                 .is_some()
             {
-                errors.push(ConfigError::Check(format!("duplicate listener: {path}")));
+                errors.push(ConfigError::Check(Refusal::DuplicateListener(path)));
             }
         }
         for listener in service.inet_listeners.iter().filter(|l| l.port != 0) {
@@ -221,7 +378,7 @@ pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<C
                 .insert(key.clone(), service.name.clone())
                 .is_some()
             {
-                errors.push(ConfigError::Check(format!("duplicate listener: {key}")));
+                errors.push(ConfigError::Check(Refusal::DuplicateListener(key)));
             }
         }
     }
@@ -237,7 +394,7 @@ fn check_service(
     service: &ServiceSettings,
     raw: Option<&RawService>,
     system: &dyn System,
-    error: &mut dyn FnMut(String),
+    error: &mut dyn FnMut(Refusal),
 ) {
     // A user or group that comes from a default_* setting is checked once, globally.
     let from_default = |listener: Option<&str>, key: &str| {
@@ -258,32 +415,41 @@ fn check_service(
     let user_from_default = from_default(None, "user");
     let name = &service.name;
     if service.drop_priv_before_exec && !service.chroot.is_empty() {
-        error(format!(
-            "service({name}): drop_priv_before_exec=yes can't be used with chroot"
-        ));
+        error(Refusal::DropPrivWithChroot {
+            service: name.clone(),
+        });
     }
     let process_limit = effective_process_limit(settings, service);
     if service.process_min_avail > process_limit {
-        error(format!(
-            "service({name}): process_min_avail is higher than process_limit"
-        ));
+        error(Refusal::MinAvailOverLimit {
+            service: name.clone(),
+        });
     }
     let vsz = effective_vsz_limit(settings, service);
     if vsz != 0 && vsz < 1024 * 1024 {
-        error(format!("service({name}): vsz_limit is too low"));
+        error(Refusal::VszLimitTooLow {
+            service: name.clone(),
+        });
     }
     if SINGLE_INSTANCE.contains(&name.as_str()) && process_limit > 1 {
-        error(format!("service({name}): process_limit must be 1"));
+        error(Refusal::ProcessLimitMustBeOne {
+            service: name.clone(),
+        });
     }
     let raw_user = service.user.as_str();
     if !user_from_default && !raw_user.is_empty() && !system.user_exists(raw_user) {
-        error(format!("service({name}): User doesn't exist: {raw_user} (See service {name} {{ user }} setting)"));
+        error(Refusal::UnknownUser {
+            service: name.clone(),
+            user: raw_user.to_owned(),
+            setting: format!("service {name} {{ user }}"),
+        });
     }
     if !service.group.is_empty() && !system.group_exists(&service.group) {
-        error(format!(
-            "service({name}): Group doesn't exist: {} (See service {name} {{ group }} setting)",
-            service.group
-        ));
+        error(Refusal::UnknownGroup {
+            service: name.clone(),
+            group: service.group.clone(),
+            setting: format!("service {name} {{ group }}"),
+        });
     }
     // Space or comma separated, as the original and the shell read it.
     for group in service
@@ -292,7 +458,11 @@ fn check_service(
         .filter(|g| !g.is_empty())
     {
         if !system.group_exists(group) {
-            error(format!("service({name}): Group doesn't exist: {group} (See service {name} {{ extra_groups }} setting)"));
+            error(Refusal::UnknownGroup {
+                service: name.clone(),
+                group: group.to_owned(),
+                setting: format!("service {name} {{ extra_groups }}"),
+            });
         }
     }
     for listener in service.unix_listeners.iter().filter(|l| l.mode != 0) {
@@ -300,19 +470,27 @@ fn check_service(
             && !from_default(Some(&listener.path), "user")
             && !system.user_exists(&listener.user)
         {
-            error(format!(
-                "service({name}): User doesn't exist: {} (See service {name} {{ unix_listener {} {{ user }} }} setting)",
-                listener.user, listener.path
-            ));
+            error(Refusal::UnknownUser {
+                service: name.clone(),
+                user: listener.user.clone(),
+                setting: format!(
+                    "service {name} {{ unix_listener {} {{ user }} }}",
+                    listener.path
+                ),
+            });
         }
         if !listener.group.is_empty()
             && !from_default(Some(&listener.path), "group")
             && !system.group_exists(&listener.group)
         {
-            error(format!(
-                "service({name}): Group doesn't exist: {} (See service {name} {{ unix_listener {} {{ group }} }} setting)",
-                listener.group, listener.path
-            ));
+            error(Refusal::UnknownGroup {
+                service: name.clone(),
+                group: listener.group.clone(),
+                setting: format!(
+                    "service {name} {{ unix_listener {} {{ group }} }}",
+                    listener.path
+                ),
+            });
         }
     }
 }

@@ -17,7 +17,7 @@ pub mod value;
 use std::collections::BTreeMap;
 use std::fmt;
 
-pub use check::{check, Warning};
+pub use check::{check, Refusal, Warning};
 pub use derive::{master_config, print_effective, LeftOut};
 pub use print::{print, PrintMode};
 
@@ -91,7 +91,7 @@ pub enum ConfigError {
     Invalid(String),
     /// A check of reference §3.4 failed.
     #[error("{0}")]
-    Check(String),
+    Check(Refusal),
     /// The RON form could not be read.
     #[error("{file}:{line}:{column}: {message}")]
     Ron {
