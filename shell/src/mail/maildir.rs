@@ -223,28 +223,12 @@ impl Mailbox for Maildir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mail::pop3::{copy_message, Session, SessionReply};
+    use crate::mail::pop3::tests::text;
+    use crate::mail::pop3::Session;
 
     fn deliver(root: &Path, dir: &str, name: &str, body: &[u8]) {
         fs::create_dir_all(root.join(dir)).expect("temp dir");
         fs::write(root.join(dir).join(name), body).expect("temp file");
-    }
-
-    fn text(reply: SessionReply) -> String {
-        match reply {
-            SessionReply::Send(b) | SessionReply::Quit(b) | SessionReply::Disconnect(b) => {
-                String::from_utf8_lossy(&b).into_owned()
-            }
-            SessionReply::Message {
-                header,
-                mut body,
-                encoder,
-            } => {
-                let mut out = header;
-                copy_message(&mut body, encoder, &mut out).expect("memory write");
-                String::from_utf8_lossy(&out).into_owned()
-            }
-        }
     }
 
     #[test]

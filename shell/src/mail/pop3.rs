@@ -1030,7 +1030,7 @@ pub fn copy_message(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -1336,7 +1336,8 @@ mod tests {
         }
     }
 
-    fn text(reply: SessionReply) -> String {
+    /// A reply as the client reads it (the maildir tests use it too).
+    pub(crate) fn text(reply: SessionReply) -> String {
         match reply {
             SessionReply::Send(b) | SessionReply::Quit(b) | SessionReply::Disconnect(b) => {
                 String::from_utf8_lossy(&b).into_owned()
