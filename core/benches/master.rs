@@ -71,18 +71,20 @@ fn master_with(n: u32) -> (Master, Vec<(Pid, ProcessUid)>, Instant) {
         }
     }
     for &(pid, uid) in &children {
-        master.handle(
-            Input::Status {
-                pid,
-                uid,
-                available_count: 1,
-            },
-            now,
-        );
+        master.handle(status(pid, uid, 1), now);
     }
     while master.poll_output().is_some() {}
     now = now + Duration::from_millis(1);
     (master, children, now)
+}
+
+/// A status record from a child.
+fn status(pid: Pid, uid: ProcessUid, available_count: u32) -> Input {
+    Input::Status {
+        pid,
+        uid,
+        available_count,
+    }
 }
 
 fn bench_handle(c: &mut Criterion) {
@@ -96,22 +98,8 @@ fn bench_handle(c: &mut Criterion) {
             b.iter(|| {
                 let (pid, uid) = children[i % children.len()];
                 i = i.wrapping_add(7919);
-                master.handle(
-                    Input::Status {
-                        pid,
-                        uid,
-                        available_count: 0,
-                    },
-                    now,
-                );
-                master.handle(
-                    Input::Status {
-                        pid,
-                        uid,
-                        available_count: 1,
-                    },
-                    now,
-                );
+                master.handle(status(pid, uid, 0), now);
+                master.handle(status(pid, uid, 1), now);
                 while let Some(output) = master.poll_output() {
                     black_box(output);
                 }
