@@ -32,6 +32,22 @@ pub struct Settings {
     /// Every service (built-in defaults modified by the file, then new ones), in doveconf's
     /// order.
     pub services: Vec<ServiceSettings>,
+    /// The `passdb { }` sections, in order: what the auth service checks passwords against.
+    #[serde(default)]
+    pub passdbs: Vec<AuthDbSettings>,
+    /// The `userdb { }` sections, in order: where post-login processes find uid, gid and home.
+    #[serde(default)]
+    pub userdbs: Vec<AuthDbSettings>,
+}
+
+/// One `passdb { }` or `userdb { }` section: a driver and its arguments, as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthDbSettings {
+    /// `driver` (`passwd-file`, `static`, ...).
+    pub driver: String,
+    /// `args`, `$variables` expanded.
+    pub args: String,
 }
 
 /// The global settings of reference §5.1 that roost uses, and every other one as written.

@@ -93,8 +93,9 @@ pub fn master_config(
     settings: &Settings,
     runnable: &dyn Fn(&ServiceSettings) -> bool,
 ) -> (MasterConfig, Vec<LeftOut>) {
-    let mut services = Vec::new();
+    let mut services: Vec<ServiceConfig> = Vec::new();
     let mut left_out = Vec::new();
+    let mut serves_a_protocol = false;
     for service in &settings.services {
         if !is_enabled(settings, service) || service.executable.trim().is_empty() {
             continue;
@@ -106,7 +107,13 @@ pub fn master_config(
             });
             continue;
         }
+        serves_a_protocol |= !service.protocol.is_empty();
         services.push(service_config(settings, service));
+    }
+    // anvil counts the connections of the protocols' processes: with no protocol served,
+    // nobody would ever talk to it, so it is not started (the original always starts it).
+    if !serves_a_protocol {
+        services.retain(|s| s.service_type != ServiceType::Anvil);
     }
     (
         MasterConfig {

@@ -22,7 +22,8 @@ pub use derive::{master_config, print_effective, LeftOut};
 pub use print::{print, PrintMode};
 
 use crate::settings::{
-    FileListenerSettings, GlobalSettings, InetListenerSettings, ServiceSettings, Settings,
+    AuthDbSettings, FileListenerSettings, GlobalSettings, InetListenerSettings, ServiceSettings,
+    Settings,
 };
 use value::{parse_bool, parse_mode, parse_port, parse_size, parse_time, parse_u32};
 
@@ -613,7 +614,29 @@ fn typed(raw: &RawConfig, env: &dyn Env) -> Result<Settings, ConfigError> {
     for service in &raw.services {
         services.push(typed_service(service, &globals, env)?);
     }
-    Ok(Settings { global, services })
+    let auth_dbs = |kind: &str| -> Result<Vec<AuthDbSettings>, ConfigError> {
+        let mut dbs = Vec::new();
+        for section in raw.sections.iter().filter(|s| s.kind == kind) {
+            let mut db = AuthDbSettings::default();
+            for entry in &section.entries {
+                if let GenericEntry::Setting(key, value) = entry {
+                    match key.as_str() {
+                        "driver" => db.driver = value.expanded(&globals, env)?,
+                        "args" => db.args = value.expanded(&globals, env)?,
+                        _ => {}
+                    }
+                }
+            }
+            dbs.push(db);
+        }
+        Ok(dbs)
+    };
+    Ok(Settings {
+        global,
+        services,
+        passdbs: auth_dbs("passdb")?,
+        userdbs: auth_dbs("userdb")?,
+    })
 }
 
 fn typed_service(
@@ -829,9 +852,23 @@ fn raw_from_settings(settings: &Settings) -> RawConfig {
             raw
         })
         .collect();
+    let mut sections = Vec::new();
+    for (kind, dbs) in [("passdb", &settings.passdbs), ("userdb", &settings.userdbs)] {
+        for db in dbs {
+            let mut section = Generic::new(kind, "");
+            for (key, value) in [("driver", &db.driver), ("args", &db.args)] {
+                section.entries.push(GenericEntry::Setting(
+                    key.to_owned(),
+                    RawValue::default(value),
+                ));
+            }
+            sections.push(section);
+        }
+    }
     RawConfig {
         globals,
         services,
+        sections,
         ..RawConfig::default()
     }
 }

@@ -505,3 +505,26 @@ fn extra_groups_may_be_separated_by_commas() {
         vec!["service(x): Group doesn't exist: nosuch (See service x { extra_groups } setting)"]
     );
 }
+
+#[test]
+fn anvil_runs_only_when_a_protocol_is_served() {
+    let runnable =
+        |s: &ServiceSettings| ["anvil", "auth", "pop3-login", "pop3"].contains(&s.name.as_str());
+    let names = |text: &str| -> Vec<String> {
+        let config = load_text(text).expect("parses");
+        master_config(&config.settings, &runnable)
+            .0
+            .services
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    };
+    let with_pop3 = names("protocols = pop3\n");
+    assert!(with_pop3.contains(&"anvil".to_owned()), "{with_pop3:?}");
+    let without = names("protocols = none\n");
+    assert!(!without.contains(&"anvil".to_owned()), "{without:?}");
+    assert!(
+        without.contains(&"auth".to_owned()),
+        "auth stays for other clients: {without:?}"
+    );
+}
