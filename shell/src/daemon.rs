@@ -68,6 +68,15 @@ impl Source {
         }
     }
 
+    /// The embedded default (perhaps under `-i`): it needs its demo data.
+    pub fn is_embedded(&self) -> bool {
+        match self {
+            Source::File(_) => false,
+            Source::Embedded { .. } => true,
+            Source::Instance { inner, .. } => inner.is_embedded(),
+        }
+    }
+
     /// Reads and parses it.
     pub fn load(&self) -> Result<Config, config::ConfigError> {
         match self {
@@ -170,6 +179,8 @@ pub struct Daemon {
     source: Source,
     exit: Option<i32>,
     warned_non_root: bool,
+    /// The master's own connection to anvil (KILL of dead processes).
+    anvil_link: Option<std::os::unix::net::UnixStream>,
 }
 
 impl Daemon {
@@ -236,6 +247,7 @@ impl Daemon {
             source,
             exit: None,
             warned_non_root: false,
+            anvil_link: None,
         })
     }
 
@@ -424,12 +436,34 @@ impl Daemon {
                 }
                 self.generations.remove(&generation);
             }
-            Output::AnvilKill { .. } => {
-                // No anvil runs yet: nothing tracks connections per pid.
-            }
+            Output::AnvilKill { pid } => self.anvil_kill(pid),
             Output::Log(notice) => self.log.master(notice.level(), &notice.to_string()),
             Output::Lifecycle(state) => notify_systemd(state),
             Output::Exit(code) => self.exit = Some(code),
+        }
+    }
+
+    /// Tells anvil to forget what a dead process held (best effort: a full socket or an anvil
+    /// that is not running loses the message, and anvil's table is only advisory).
+    fn anvil_kill(&mut self, pid: Pid) {
+        let line = format!("KILL\t{}\n", pid.0);
+        for _ in 0..2 {
+            if self.anvil_link.is_none() {
+                let Some(settings) = self.generations.values().next_back() else {
+                    return;
+                };
+                self.anvil_link = anvil_path(settings)
+                    .and_then(|path| connect_unix_nonblocking(&path))
+                    .map(std::os::unix::net::UnixStream::from);
+            }
+            let Some(link) = &mut self.anvil_link else {
+                return;
+            };
+            match link.write(line.as_bytes()) {
+                Ok(n) if n == line.len() => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                _ => self.anvil_link = None, // anvil restarted: connect again once
+            }
         }
     }
 
@@ -593,6 +627,13 @@ impl Daemon {
                 ))
             })?;
         let settings_fd = settings_memfd(&service_settings, settings)?;
+        // Login and post-login processes talk to anvil over a socket the master connects for
+        // them: a chrooted, unprivileged login process could not reach anvil's listener.
+        let anvil_fd = if service_settings.protocol.is_empty() {
+            None
+        } else {
+            anvil_path(settings).and_then(|path| connect_unix_nonblocking(&path))
+        };
         let login = config.service_type == roost_core::setup::ServiceType::Login;
         self.service_io(request.service, request.generation, &config.name, login)?;
         let identity = self.identity(&service_settings, &global)?;
@@ -624,6 +665,7 @@ impl Daemon {
                 .as_ref()
                 .map_or(self.devnull.as_raw_fd(), |fd| fd.as_raw_fd()),
             login_notify: io.notify.as_ref().map(|f| f.as_raw_fd()),
+            anvil: anvil_fd.as_ref().map(|f| f.as_raw_fd()),
             settings: Some(settings_fd.as_raw_fd()),
         };
         let imported = imported_environment(&global.import_environment);
@@ -643,6 +685,7 @@ impl Daemon {
         .map_err(io::Error::other)?;
         let spawned = plan.spawn();
         drop(settings_fd);
+        drop(anvil_fd);
         let (pid, exec_error) = spawned?;
         if let Some(error) = exec_error {
             // The child exits 84 and is reaped as a failed start; this says why.
@@ -1044,16 +1087,57 @@ impl Daemon {
     }
 }
 
+/// The path of anvil's `anvil` listener, when an anvil service is configured.
+fn anvil_path(settings: &Settings) -> Option<String> {
+    let anvil = settings
+        .services
+        .iter()
+        .find(|s| s.service_type == "anvil")?;
+    let listener = anvil
+        .unix_listeners
+        .iter()
+        .find(|l| l.path.rsplit('/').next() == Some("anvil"))?;
+    Some(if listener.path.starts_with('/') {
+        listener.path.clone()
+    } else {
+        format!("{}/{}", settings.global.base_dir, listener.path)
+    })
+}
+
+/// Connects to a unix stream listener without waiting: a listener whose backlog is full (its
+/// process stuck) gives nothing rather than a blocked master.
+fn connect_unix_nonblocking(path: &str) -> Option<OwnedFd> {
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).ok()?;
+    socket.set_nonblocking(true).ok()?;
+    socket.set_cloexec(true).ok()?;
+    let address = socket2::SockAddr::unix(path).ok()?;
+    socket.connect(&address).ok()?;
+    Some(socket.into())
+}
+
 /// A sealed memfd holding the RON of the globals and the one service the child runs
-/// (DESIGN.md "Settings to children"); the ssl key only to services with ssl listeners.
+/// (DESIGN.md "Settings to children"); the ssl key only to services with ssl listeners, the
+/// passdbs and userdbs only to auth.
 fn settings_memfd(service: &ServiceSettings, settings: &Settings) -> io::Result<OwnedFd> {
     let mut global = settings.global.clone();
-    if !service.inet_listeners.iter().any(|l| l.ssl) {
+    // A login service may start TLS with STLS on any listener.
+    if !service.inet_listeners.iter().any(|l| l.ssl) && service.service_type != "login" {
         global.ssl_key.clear();
     }
+    let auth = service.executable.split_whitespace().next() == Some("auth");
     let text = config::to_ron(&Settings {
         global,
         services: vec![service.clone()],
+        passdbs: if auth {
+            settings.passdbs.clone()
+        } else {
+            Vec::new()
+        },
+        userdbs: if auth {
+            settings.userdbs.clone()
+        } else {
+            Vec::new()
+        },
     });
     let name = c"roost-settings";
     // SAFETY: memfd_create with a static name; the fd is owned at once.

@@ -3,7 +3,9 @@
 //! The library holds everything but `main`, so that the fuzz targets and third-party Rust
 //! services can use the parsers and the child runtime.
 
+pub mod builtin;
 pub mod daemon;
+pub mod demo;
 pub mod fdplan;
 pub mod listen;
 pub mod logging;
@@ -35,7 +37,11 @@ pub fn config_source(path: Option<&str>) -> daemon::Source {
             daemon::Source::File(SYSTEM_CONFIG.to_owned())
         }
         None => daemon::Source::Embedded {
-            text: format!("base_dir = {}\n{DEFAULT_CONFIG}", default_base_dir()),
+            text: format!(
+                "base_dir = {}\n{}",
+                default_base_dir(),
+                DEFAULT_CONFIG.replace("$demo_dir", &demo::demo_dir().display().to_string())
+            ),
         },
     }
 }

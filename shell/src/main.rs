@@ -168,10 +168,10 @@ fn fail(text: &str) -> ExitCode {
 }
 
 fn builtin(args: &[String]) -> ExitCode {
-    let code = match args.first().map(String::as_str) {
-        Some("inetd") => roost::runtime::run_inetd(&args[1..]),
-        other => {
-            eprintln!("Fatal: unknown built-in: {}", other.unwrap_or(""));
+    let code = match args.split_first() {
+        Some((name, rest)) => roost::builtin::run(name, rest),
+        None => {
+            eprintln!("Fatal: --builtin needs a name");
             89
         }
     };
@@ -310,6 +310,11 @@ fn control_command(source: &daemon::Source, request: Request) -> ExitCode {
 }
 
 fn run(source: daemon::Source, foreground: bool) -> ExitCode {
+    if source.is_embedded() {
+        if let Err(error) = roost::demo::ensure(&roost::demo::demo_dir()) {
+            return fail(&error);
+        }
+    }
     let config = match source.load() {
         Ok(config) => config,
         Err(error) => return fail(&error.to_string()),

@@ -7,15 +7,10 @@
 //! reports an error, which is how a child learns that its master or its generation is gone.
 
 use std::io;
-use std::os::fd::RawFd;
-use std::time::Instant as StdInstant;
+use std::os::fd::{AsRawFd, RawFd};
 
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
-use roost_core::child::{Child, ChildConfig, Input as ChildInput, Output as ChildOutput};
+use roost_core::child::{ChildConfig, Input as ChildInput};
 use roost_core::ids::{Pid, ProcessUid};
-use roost_core::signal::Signal;
-use roost_core::time::Instant;
 use roost_core::wire::StatusRecord;
 
 /// The child protocol as read from the environment.
@@ -115,7 +110,7 @@ impl ChildEnv {
 }
 
 /// Writes one status record; the child machine hears how it went.
-fn write_status(env: &ChildEnv, available_count: u32) -> ChildInput {
+pub(crate) fn write_status(env: &ChildEnv, available_count: u32) -> ChildInput {
     let record = StatusRecord {
         pid: Pid(std::process::id() as i32),
         uid: env.uid,
@@ -132,11 +127,6 @@ fn write_status(env: &ChildEnv, available_count: u32) -> ChildInput {
         ChildInput::StatusWriteFailed
     }
 }
-
-const LISTENER: usize = 0;
-const MASTER_DEAD: Token = Token(1000);
-const SIGNALS: Token = Token(1001);
-const STATUS: Token = Token(1002);
 
 /// The `inetd` built-in: accepts one connection and execs `program` with it on stdin and stdout,
 /// so any inetd-style program is a roost service (service_count = 1 semantics). It reports
@@ -157,9 +147,22 @@ pub fn run_inetd(program: &[String]) -> i32 {
         eprintln!("Fatal: inetd: dropping privileges failed: {error}");
         return 89;
     }
-    match inetd_loop(&env) {
-        Ok(Some(conn)) => exec_with_connection(conn, program),
-        Ok(None) => 0,
+    // One connection per process: the exec'd program serves it.
+    let config = ChildConfig {
+        client_limit: 1,
+        service_count: 1,
+        die_with_master: env.die_with_master,
+        is_login: env.is_login,
+        never_idle_die: false,
+        has_die_callback: false,
+        starts_with_client: false,
+    };
+    let mut inetd = Inetd { conn: None };
+    match crate::builtin::server::run(&env, config, &mut inetd) {
+        Ok(code) => match inetd.conn {
+            Some(conn) => exec_with_connection(conn.as_raw_fd(), program),
+            None => code,
+        },
         Err(error) => {
             eprintln!("Error: inetd: {error}");
             1
@@ -167,133 +170,31 @@ pub fn run_inetd(program: &[String]) -> i32 {
     }
 }
 
-fn inetd_loop(env: &ChildEnv) -> io::Result<Option<RawFd>> {
-    let start = StdInstant::now();
-    let now = || Instant::from_millis(start.elapsed().as_millis() as u64);
-    let mut poll = Poll::new()?;
-    let mut signals =
-        signal_hook_mio::v1_0::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGQUIT])?;
-    poll.registry()
-        .register(&mut signals, SIGNALS, Interest::READABLE)?;
-    poll.registry().register(
-        &mut SourceFd(&env.master_dead_fd),
-        MASTER_DEAD,
-        Interest::WRITABLE,
-    )?;
-    // One connection per process: the exec'd program serves it.
-    let mut child = Child::new(
-        ChildConfig {
-            client_limit: 1,
-            service_count: 1,
-            die_with_master: env.die_with_master,
-            is_login: env.is_login,
-            never_idle_die: false,
-            has_die_callback: false,
-            starts_with_client: false,
-        },
-        now(),
-    );
-    child.handle(ChildInput::InitDone, now());
-    let mut accepting = false;
-    let mut status_registered = false;
-    let mut events = Events::with_capacity(16);
-    loop {
-        while let Some(output) = child.poll_output() {
-            match output {
-                ChildOutput::WriteStatus {
-                    available_count: value,
-                } => {
-                    let result = write_status(env, value);
-                    if result == ChildInput::StatusWouldBlock && !status_registered {
-                        poll.registry().register(
-                            &mut SourceFd(&env.status_fd),
-                            STATUS,
-                            Interest::WRITABLE,
-                        )?;
-                        status_registered = true;
-                    }
-                    child.handle(result, now());
-                }
-                ChildOutput::SetAccepting { on } => {
-                    for (i, fd) in env.listeners.iter().enumerate() {
-                        let token = Token(LISTENER + i);
-                        if on && !accepting {
-                            poll.registry().register(
-                                &mut SourceFd(fd),
-                                token,
-                                Interest::READABLE,
-                            )?;
-                        } else if !on && accepting {
-                            poll.registry().deregister(&mut SourceFd(fd))?;
-                        }
-                    }
-                    accepting = on;
-                }
-                // The status fd is registered for writability at the first EAGAIN above.
-                ChildOutput::AwaitStatusWritable => {}
-                ChildOutput::CloseListeners => {}
-                // The driver accepts only while accepting is on, so nothing is refused here.
-                ChildOutput::Refuse => {}
-                ChildOutput::DieCallback => {}
-                ChildOutput::Exit(_) => return Ok(None),
-            }
-        }
-        let timeout = child.poll_timeout().map(|at| {
-            std::time::Duration::from_millis(at.as_millis().saturating_sub(now().as_millis()))
-        });
-        match poll.poll(&mut events, timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-        if events.is_empty() {
-            child.handle(ChildInput::Timeout, now());
-        }
-        for event in events.iter() {
-            match event.token() {
-                SIGNALS => {
-                    for signal in signals.pending() {
-                        let input = match signal {
-                            libc::SIGINT => ChildInput::Signal(Signal::Int),
-                            libc::SIGQUIT => ChildInput::Signal(Signal::Quit),
-                            _ => ChildInput::Signal(Signal::Term),
-                        };
-                        child.handle(input, now());
-                    }
-                }
-                MASTER_DEAD if event.is_error() || event.is_write_closed() => {
-                    child.handle(ChildInput::MasterDead, now());
-                }
-                STATUS => child.handle(ChildInput::StatusWritable, now()),
-                Token(i) if i < env.listeners.len() && accepting => {
-                    // SAFETY: accept4 on an inherited listening fd.
-                    let conn = unsafe {
-                        libc::accept4(
-                            env.listeners[i],
-                            std::ptr::null_mut(),
-                            std::ptr::null_mut(),
-                            libc::SOCK_CLOEXEC,
-                        )
-                    };
-                    if conn < 0 {
-                        continue; // another process took it
-                    }
-                    child.handle(ChildInput::Accepted, now());
-                    // Report busy before the program takes over this pid.
-                    while let Some(output) = child.poll_output() {
-                        if let ChildOutput::WriteStatus {
-                            available_count: value,
-                        } = output
-                        {
-                            let result = write_status(env, value);
-                            child.handle(result, now());
-                        }
-                    }
-                    return Ok(Some(conn));
-                }
-                _ => {}
-            }
-        }
+/// The inetd adapter as a service of the shared loop: it takes one connection and is done.
+struct Inetd {
+    conn: Option<std::os::unix::net::UnixStream>,
+}
+
+impl crate::builtin::server::Service for Inetd {
+    type Client = ();
+
+    fn accepted(
+        &mut self,
+        stream: std::os::unix::net::UnixStream,
+        _listener: usize,
+    ) -> Option<(crate::builtin::conn::Conn, ())> {
+        self.conn = Some(stream);
+        None
+    }
+
+    fn input(&mut self, _: &mut (), _: &mut crate::builtin::conn::Conn, _: &mut Vec<u8>) -> bool {
+        false
+    }
+
+    fn closed(&mut self, _client: ()) {}
+
+    fn done(&self) -> bool {
+        self.conn.is_some()
     }
 }
 

@@ -18,7 +18,7 @@ use roost_core::setup::{ListenerConfig, ListenerKind, ServiceConfig};
 use crate::fdplan::{self, FdOp};
 
 /// The programs built into the roost binary, run by re-executing it in that mode.
-pub const BUILTINS: &[&str] = &["inetd"];
+pub use crate::builtin::BUILTINS;
 
 /// The exit status of a child that could not exec (reference §2.4: "exec() failed").
 pub const EXIT_EXEC_FAILED: i32 = 84;
@@ -49,6 +49,11 @@ pub fn resolve_program(executable: &str, libexec_dir: &Path) -> Option<Program> 
     let first = words.next()?;
     let args: Vec<String> = words.map(str::to_owned).collect();
     if BUILTINS.contains(&first) {
+        // `auth -w` (Dovecot's auth-worker) is not a mode roost has: left out like any
+        // program it cannot run.
+        if !crate::builtin::accepts(first, &args) {
+            return None;
+        }
         return Some(Program::Builtin {
             name: first.to_owned(),
             args,
@@ -108,6 +113,8 @@ pub struct ChildFds {
     pub master_dead: RawFd,
     /// The login "all processes full" notify file (login services).
     pub login_notify: Option<RawFd>,
+    /// A connection to anvil made for this child (services with a protocol).
+    pub anvil: Option<RawFd>,
     /// The sealed settings memfd.
     pub settings: Option<RawFd>,
 }
@@ -222,6 +229,9 @@ impl SpawnPlan {
         own("MASTER_DEAD", fds.master_dead, &mut env);
         if let Some(fd) = fds.login_notify {
             own("LOGIN_NOTIFY", fd, &mut env);
+        }
+        if let Some(fd) = fds.anvil {
+            own("ANVIL", fd, &mut env);
         }
         if let Some(fd) = fds.settings {
             own("SETTINGS", fd, &mut env);
@@ -604,6 +614,7 @@ mod tests {
                 status: 12,
                 master_dead: 13,
                 login_notify: Some(14),
+                anvil: None,
                 settings: Some(15),
             },
             identity: Some(Identity {
@@ -714,6 +725,7 @@ mod tests {
                 status: fd,
                 master_dead: fd,
                 login_notify: None,
+                anvil: None,
                 settings: None,
             },
             identity: None,

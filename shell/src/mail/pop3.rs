@@ -520,7 +520,7 @@ impl Login {
                 self.send(".");
             }
             Command::Noop => self.send("+OK"),
-            Command::Quit => self.disconnect(Some("+OK Logging out"), "Disconnected by client"),
+            Command::Quit => self.disconnect(Some("+OK Logging out"), "logged out"),
             Command::Stls => {
                 if self.settings.tls_active {
                     self.bad_command("-ERR TLS is already active.");
