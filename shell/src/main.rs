@@ -44,6 +44,8 @@ enum Cmd {
     },
     /// Show services and processes of the running master.
     Status,
+    /// List the logged-in users: connections, pids and client addresses (anvil's table).
+    Who,
     /// Print the configuration as doveconf does.
     Config {
         /// Only settings that differ from the defaults.
@@ -148,6 +150,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Cmd::Who) => who(&source),
         Some(command) => {
             let command = match command {
                 Cmd::Stop => Request::Stop,
@@ -160,6 +163,49 @@ fn main() -> ExitCode {
             control_command(&source, command)
         }
     }
+}
+
+/// `roost who`: asks anvil (base_dir/anvil) for its table, as `doveadm who` does.
+fn who(source: &daemon::Source) -> ExitCode {
+    use std::io::{BufRead, Write};
+    let base_dir = match base_dir_of(source) {
+        Ok(dir) => dir,
+        Err(error) => return fail(&error),
+    };
+    let socket = format!("{base_dir}/anvil");
+    let mut stream = match std::os::unix::net::UnixStream::connect(&socket) {
+        Ok(stream) => stream,
+        Err(e) => {
+            return fail(&format!(
+                "connect({socket}) failed: {e} (is roost running a mail protocol?)"
+            ))
+        }
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    if let Err(e) = stream.write_all(b"WHO\n") {
+        return fail(&format!("write({socket}) failed: {e}"));
+    }
+    println!("{:<24} {:>3} {:<20} (ips)", "username", "#", "(pids)");
+    for line in std::io::BufReader::new(stream).lines() {
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => return fail(&format!("read({socket}) failed: {e}")),
+        };
+        if line.is_empty() {
+            return ExitCode::SUCCESS;
+        }
+        let fields: Vec<&str> = line.split('\t').collect();
+        if let [user, count, pids, ips] = fields[..] {
+            let pids = format!("({})", pids.replace(',', " "));
+            println!(
+                "{user:<24} {count:>3} {pids:<20} ({})",
+                ips.replace(',', " ")
+            );
+        }
+    }
+    fail(&format!(
+        "{socket}: anvil closed the connection before the end of the list"
+    ))
 }
 
 fn fail(text: &str) -> ExitCode {

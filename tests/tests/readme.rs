@@ -56,9 +56,14 @@ fn ci_runs_the_readmes_test_command() {
 fn the_embedded_default_serves_what_the_readme_says() {
     let readme = read("README.md");
     let default = read("shell/src/default.conf");
-    assert!(readme.contains("127.0.0.1:1110"));
+    assert!(readme.contains("curl pop3://demo:demo@127.0.0.1:1110/1"));
+    assert!(readme.contains("pop3s://demo:demo@127.0.0.1:1995/"));
+    for port in ["port = 1110", "port = 1995"] {
+        assert!(default.contains(port), "{port}: {default}");
+    }
+    assert!(default.contains("address = 127.0.0.1"), "{default}");
     assert!(
-        default.contains("port = 1110") && default.contains("address = 127.0.0.1"),
+        default.contains("args = home=$demo_dir/mail/%u"),
         "{default}"
     );
 }

@@ -307,9 +307,12 @@ impl<'a> Parser<'a> {
                 }
                 (Scope::Global, _) => {
                     let sections = &mut self.config.sections;
+                    // Unnamed passdb and userdb sections are lists, one entry each, tried in
+                    // order (as doveconf prints them); other sections merge by kind and name.
+                    let listed = name.is_empty() && (kind == "passdb" || kind == "userdb");
                     let index = match sections
                         .iter()
-                        .position(|s| s.kind == kind && s.name == name)
+                        .position(|s| !listed && s.kind == kind && s.name == name)
                     {
                         Some(index) => index,
                         None => {

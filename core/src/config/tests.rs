@@ -528,3 +528,29 @@ fn anvil_runs_only_when_a_protocol_is_served() {
         "auth stays for other clients: {without:?}"
     );
 }
+
+#[test]
+fn every_unnamed_passdb_and_userdb_section_is_an_entry_of_its_own() {
+    let config = load_text(
+        "passdb {\n  driver = passwd-file\n  args = /etc/a\n}\npassdb {\n  driver = passwd-file\n  args = /etc/b\n}\nuserdb {\n  driver = passwd-file\n  args = /etc/u\n}\nuserdb {\n  driver = static\n  args = uid=vmail home=/var/mail/%u\n}\n",
+    )
+    .expect("parses");
+    let args: Vec<&str> = config
+        .settings
+        .passdbs
+        .iter()
+        .map(|d| d.args.as_str())
+        .collect();
+    assert_eq!(args, ["/etc/a", "/etc/b"]);
+    let drivers: Vec<&str> = config
+        .settings
+        .userdbs
+        .iter()
+        .map(|d| d.driver.as_str())
+        .collect();
+    assert_eq!(drivers, ["passwd-file", "static"]);
+    assert_eq!(
+        config.settings.userdbs[1].args,
+        "uid=vmail home=/var/mail/%u"
+    );
+}

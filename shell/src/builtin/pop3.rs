@@ -173,18 +173,17 @@ impl Pop3Service {
         let path = self.start.socket_path(&listener_path(&self.start));
         let stream = UnixStream::connect(&path)
             .map_err(|e| refuse(format!("connect({}): {e}", path.display())))?;
-        let _ = stream.set_read_timeout(Some(PEER_TIMEOUT));
+        // No waiting for the answer: the process that takes it may be one the master has yet
+        // to start, and this one accepts nothing more. The fd in flight outlives our end.
         handoff::send(stream.as_raw_fd(), &handoff, client.as_raw_fd())
             .map_err(|e| refuse(format!("pass on: {e}")))?;
-        let mut reply = String::new();
-        let _ = BufReader::new(&stream).read_line(&mut reply);
-        if !self.retiring {
-            self.retiring = true;
-            // Finish the current clients, accept no more: the next client may be of this
-            // process's uid again, but a fresh process serves it as well.
-            // SAFETY: raising a signal to ourselves; the loop turns it into the machine's QUIT.
-            unsafe { libc::raise(libc::SIGQUIT) };
-        }
+        info(&format!(
+            "user=<{}>: served as another uid here: passed on to another process",
+            handoff.user
+        ));
+        // Accept nothing more; exit once the current clients are done. The master starts
+        // fresh processes for what waits.
+        self.retiring = true;
         Ok(())
     }
 
@@ -510,6 +509,14 @@ impl Service for Pop3Service {
             return false;
         }
         self.run_lines(client, conn) || (client.closing && conn.pending_out() > 0)
+    }
+
+    fn wants_more(&self) -> bool {
+        !self.retiring
+    }
+
+    fn done(&self) -> bool {
+        self.retiring
     }
 
     fn closed(&mut self, client: Pop3Client) {

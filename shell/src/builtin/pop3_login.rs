@@ -152,47 +152,52 @@ impl Driver {
     /// Carries out what core's login machine asks.
     fn drain_table(&mut self) {
         while let Some(output) = self.table.poll_output() {
-            let now = self.now();
-            match output {
-                Output::WriteStatus { available_count } => {
-                    let result = write_status(&self.env, available_count);
-                    let input = match result {
-                        roost_core::child::Input::StatusWritten => Input::StatusWritten,
-                        roost_core::child::Input::StatusWouldBlock => {
-                            if !self.status_registered {
-                                let _ = self.poll.registry().register(
-                                    &mut SourceFd(&self.env.status_fd),
-                                    STATUS,
-                                    Interest::WRITABLE,
-                                );
-                                self.status_registered = true;
-                            }
-                            Input::StatusWouldBlock
+            self.apply(output);
+        }
+    }
+
+    /// Carries out one output of core's login machine.
+    fn apply(&mut self, output: Output) {
+        let now = self.now();
+        match output {
+            Output::WriteStatus { available_count } => {
+                let result = write_status(&self.env, available_count);
+                let input = match result {
+                    roost_core::child::Input::StatusWritten => Input::StatusWritten,
+                    roost_core::child::Input::StatusWouldBlock => {
+                        if !self.status_registered {
+                            let _ = self.poll.registry().register(
+                                &mut SourceFd(&self.env.status_fd),
+                                STATUS,
+                                Interest::WRITABLE,
+                            );
+                            self.status_registered = true;
                         }
-                        _ => Input::StatusWriteFailed,
-                    };
-                    self.table.handle(input, now);
-                }
-                Output::AwaitStatusWritable => {}
-                Output::SetListening { mode } => self.set_listening(mode),
-                Output::CloseListeners => {
-                    self.set_listening(ListenMode::Off);
-                    for (fd, _) in self.listeners.drain(..) {
-                        // SAFETY: our inherited listener, never used again.
-                        unsafe { libc::close(fd) };
+                        Input::StatusWouldBlock
                     }
-                    self.listeners_open = false;
-                }
-                Output::ReadFullState => {
-                    let full = self.env_notify_full();
-                    self.table.handle(Input::FullState { full }, now);
-                }
-                // Applied between events, when no client is taken out of the table.
-                Output::Disconnect { client, reason } => self.kills.push((client, reason)),
-                Output::Refuse => {}
-                Output::DieCallback => {}
-                Output::Exit(code) => self.exit = Some(code),
+                    _ => Input::StatusWriteFailed,
+                };
+                self.table.handle(input, now);
             }
+            Output::AwaitStatusWritable => {}
+            Output::SetListening { mode } => self.set_listening(mode),
+            Output::CloseListeners => {
+                self.set_listening(ListenMode::Off);
+                for (fd, _) in self.listeners.drain(..) {
+                    // SAFETY: our inherited listener, never used again.
+                    unsafe { libc::close(fd) };
+                }
+                self.listeners_open = false;
+            }
+            Output::ReadFullState => {
+                let full = self.env_notify_full();
+                self.table.handle(Input::FullState { full }, now);
+            }
+            // Applied between events, when no client is taken out of the table.
+            Output::Disconnect { client, reason } => self.kills.push((client, reason)),
+            Output::Refuse => {}
+            Output::DieCallback => {}
+            Output::Exit(code) => self.exit = Some(code),
         }
     }
 
@@ -370,23 +375,10 @@ impl Driver {
         self.client_event(id);
     }
 
-    /// Outputs taken from the machine while accepting are put back in order.
+    /// Outputs taken from the machine while accepting are carried out in order.
     fn requeue(&mut self, outputs: Vec<Output>) {
         for output in outputs {
-            match output {
-                Output::SetListening { mode } => self.set_listening(mode),
-                Output::WriteStatus { available_count } => {
-                    let result = write_status(&self.env, available_count);
-                    let input = match result {
-                        roost_core::child::Input::StatusWritten => Input::StatusWritten,
-                        roost_core::child::Input::StatusWouldBlock => Input::StatusWouldBlock,
-                        _ => Input::StatusWriteFailed,
-                    };
-                    self.table.handle(input, self.now());
-                }
-                Output::Exit(code) => self.exit = Some(code),
-                _ => {}
-            }
+            self.apply(output);
         }
         self.drain_table();
     }

@@ -59,10 +59,17 @@ pub trait Service {
     /// Once a second: housekeeping.
     fn tick(&mut self, _now: Instant) {}
 
-    /// True when the process has what it came for (the inetd adapter's one connection): the
-    /// loop returns 0 after the status the accept caused is written.
+    /// True when the process has what it came for (the inetd adapter's one connection, a pop3
+    /// process bound to another uid): the loop returns 0 once no connection is left, after the
+    /// status the last accept caused is written.
     fn done(&self) -> bool {
         false
+    }
+
+    /// False once the service wants no more connections (it asked the machine to close its
+    /// listeners, which takes effect at the next turn of the loop).
+    fn wants_more(&self) -> bool {
+        true
     }
 }
 
@@ -112,58 +119,17 @@ pub fn run<S: Service>(env: &ChildEnv, config: ChildConfig, service: &mut S) -> 
     let mut signals = watch_runtime(&poll, env, false)?;
     let mut child = Child::new(config, now());
     child.handle(ChildInput::InitDone, now());
-    let mut accepting = false;
-    let mut listeners_open = true;
-    let mut status_registered = false;
+    let mut listening = Listening::default();
     let mut conns: BTreeMap<usize, Connection<S::Client>> = BTreeMap::new();
     let mut next_token = FIRST_CONN;
     let mut events = Events::with_capacity(256);
     let mut last_tick = now();
     loop {
-        while let Some(output) = child.poll_output() {
-            match output {
-                ChildOutput::WriteStatus { available_count } => {
-                    let result = write_status(env, available_count);
-                    if result == ChildInput::StatusWouldBlock && !status_registered {
-                        poll.registry().register(
-                            &mut SourceFd(&env.status_fd),
-                            STATUS,
-                            Interest::WRITABLE,
-                        )?;
-                        status_registered = true;
-                    }
-                    child.handle(result, now());
-                }
-                ChildOutput::SetAccepting { on } if listeners_open => {
-                    for (i, fd) in env.listeners.iter().enumerate() {
-                        if on && !accepting {
-                            poll.registry().register(
-                                &mut SourceFd(fd),
-                                Token(i),
-                                Interest::READABLE,
-                            )?;
-                        } else if !on && accepting {
-                            poll.registry().deregister(&mut SourceFd(fd))?;
-                        }
-                    }
-                    accepting = on;
-                }
-                ChildOutput::SetAccepting { .. } => {}
-                ChildOutput::CloseListeners => {
-                    for fd in &env.listeners {
-                        if accepting {
-                            let _ = poll.registry().deregister(&mut SourceFd(fd));
-                        }
-                        // SAFETY: the listener fds are ours and never used again.
-                        drop(unsafe { OwnedFd::from_raw_fd(*fd) });
-                    }
-                    accepting = false;
-                    listeners_open = false;
-                }
-                ChildOutput::AwaitStatusWritable | ChildOutput::Refuse => {}
-                ChildOutput::DieCallback => {}
-                ChildOutput::Exit(code) => return Ok(code),
-            }
+        if let Some(code) = drain(&mut child, env, &poll, &mut listening, now())? {
+            return Ok(code);
+        }
+        if service.done() && conns.is_empty() {
+            return Ok(0);
         }
         let mut timeout = std::time::Duration::from_secs(1);
         if let Some(at) = child.poll_timeout() {
@@ -201,7 +167,7 @@ pub fn run<S: Service>(env: &ChildEnv, config: ChildConfig, service: &mut S) -> 
                 STATUS => child.handle(ChildInput::StatusWritable, now()),
                 Token(i) if i < env.listeners.len() => {
                     // Edge-triggered: take every waiting connection the machine allows.
-                    while accepting {
+                    while listening.accepting && service.wants_more() {
                         // SAFETY: accept4 on an inherited listening fd.
                         let fd = unsafe {
                             libc::accept4(
@@ -218,22 +184,18 @@ pub fn run<S: Service>(env: &ChildEnv, config: ChildConfig, service: &mut S) -> 
                         let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
                         child.handle(ChildInput::Accepted, now());
                         let served = service.accepted(stream, i);
-                        if service.done() {
+                        if service.done() && served.is_none() && conns.is_empty() {
                             // Report busy before the process becomes something else.
-                            while let Some(output) = child.poll_output() {
-                                apply_accepting(
-                                    output,
-                                    &mut child,
-                                    env,
-                                    &poll,
-                                    &mut accepting,
-                                    now(),
-                                )?;
-                            }
+                            drain(&mut child, env, &poll, &mut listening, now())?;
                             return Ok(0);
                         }
                         let Some((mut conn, client)) = served else {
                             child.handle(ChildInput::ClientClosed, now());
+                            if let Some(code) =
+                                drain(&mut child, env, &poll, &mut listening, now())?
+                            {
+                                return Ok(code);
+                            }
                             continue;
                         };
                         let token = Token(next_token);
@@ -246,22 +208,23 @@ pub fn run<S: Service>(env: &ChildEnv, config: ChildConfig, service: &mut S) -> 
                         {
                             service.closed(client);
                             child.handle(ChildInput::ClientClosed, now());
-                            continue;
+                        } else {
+                            let mut connection = Connection {
+                                conn,
+                                client,
+                                input: Vec::new(),
+                            };
+                            // Bytes may be waiting already (a handed-over client's pipelining).
+                            let open = serve(service, &mut connection);
+                            conns.insert(token.0, connection);
+                            if !open {
+                                close(&mut poll, &mut conns, token.0, service, &mut child, now());
+                            }
                         }
-                        let mut connection = Connection {
-                            conn,
-                            client,
-                            input: Vec::new(),
-                        };
-                        // Bytes may be waiting already (a handed-over client's pipelining).
-                        let open = serve(service, &mut connection);
-                        conns.insert(token.0, connection);
-                        if !open {
-                            close(&mut poll, &mut conns, token.0, service, &mut child, now());
-                        }
-                        // Each accept changes the machine's mind about accepting.
-                        while let Some(output) = child.poll_output() {
-                            apply_accepting(output, &mut child, env, &poll, &mut accepting, now())?;
+                        // Each accept changes the machine's mind about accepting, and a client
+                        // served at once may have ended the process's work.
+                        if let Some(code) = drain(&mut child, env, &poll, &mut listening, now())? {
+                            return Ok(code);
                         }
                     }
                 }
@@ -279,35 +242,71 @@ pub fn run<S: Service>(env: &ChildEnv, config: ChildConfig, service: &mut S) -> 
     }
 }
 
-/// Carries out the outputs the machine gives between two accepts (accepting changes and status
-/// writes); everything else waits for the main loop.
-fn apply_accepting(
-    output: ChildOutput,
+/// How the loop watches the listeners, as the machine asked.
+#[derive(Default)]
+struct Listening {
+    /// Registered for accepting.
+    accepting: bool,
+    /// Closed for good.
+    closed: bool,
+    /// The status pipe is registered for writability.
+    status_registered: bool,
+}
+
+/// Carries out every output the machine has; `Some(code)` when it says exit.
+fn drain(
     child: &mut Child,
     env: &ChildEnv,
     poll: &Poll,
-    accepting: &mut bool,
+    listening: &mut Listening,
     now: Instant,
-) -> io::Result<()> {
-    match output {
-        ChildOutput::SetAccepting { on } if on != *accepting => {
-            for (i, fd) in env.listeners.iter().enumerate() {
-                if on {
-                    poll.registry()
-                        .register(&mut SourceFd(fd), Token(i), Interest::READABLE)?;
-                } else {
-                    poll.registry().deregister(&mut SourceFd(fd))?;
+) -> io::Result<Option<i32>> {
+    while let Some(output) = child.poll_output() {
+        match output {
+            ChildOutput::WriteStatus { available_count } => {
+                let result = write_status(env, available_count);
+                if result == ChildInput::StatusWouldBlock && !listening.status_registered {
+                    poll.registry().register(
+                        &mut SourceFd(&env.status_fd),
+                        STATUS,
+                        Interest::WRITABLE,
+                    )?;
+                    listening.status_registered = true;
                 }
+                child.handle(result, now);
             }
-            *accepting = on;
+            ChildOutput::SetAccepting { on } if !listening.closed && on != listening.accepting => {
+                for (i, fd) in env.listeners.iter().enumerate() {
+                    if on {
+                        poll.registry().register(
+                            &mut SourceFd(fd),
+                            Token(i),
+                            Interest::READABLE,
+                        )?;
+                    } else {
+                        poll.registry().deregister(&mut SourceFd(fd))?;
+                    }
+                }
+                listening.accepting = on;
+            }
+            ChildOutput::SetAccepting { .. } => {}
+            ChildOutput::CloseListeners => {
+                for fd in &env.listeners {
+                    if listening.accepting {
+                        let _ = poll.registry().deregister(&mut SourceFd(fd));
+                    }
+                    // SAFETY: the listener fds are ours and never used again.
+                    drop(unsafe { OwnedFd::from_raw_fd(*fd) });
+                }
+                listening.accepting = false;
+                listening.closed = true;
+            }
+            ChildOutput::AwaitStatusWritable | ChildOutput::Refuse => {}
+            ChildOutput::DieCallback => {}
+            ChildOutput::Exit(code) => return Ok(Some(code)),
         }
-        ChildOutput::WriteStatus { available_count } => {
-            let result = write_status(env, available_count);
-            child.handle(result, now);
-        }
-        _ => {}
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Reads, hands the bytes to the service, flushes. Returns false when the connection is done.
