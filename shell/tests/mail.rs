@@ -762,3 +762,170 @@ fn the_embedded_default_serves_the_demo_mailbox_as_the_readme_says() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The children of `master`: (pid, title).
+fn children_of(master: u32) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) != Some(master) {
+            continue;
+        }
+        let title = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .and_then(|c| {
+                c.split(|b| *b == 0)
+                    .next()
+                    .map(|t| String::from_utf8_lossy(t).into_owned())
+            })
+            .unwrap_or_default();
+        found.push((pid, format!("{} {}", fields[0], title)));
+    }
+    found
+}
+
+#[test]
+fn kill_9_of_every_service_during_a_login_storm_loses_nothing() {
+    let host = Host::start("chaos", "  service_count = 1\n  process_min_avail = 2", "");
+    let master = host.child.as_ref().expect("running").id();
+    // Warm up: every service has run once.
+    let mut pop3 = Pop3::login(host.pop3, "demo");
+    assert!(pop3.send("QUIT").starts_with("+OK"));
+    let fds_before = std::fs::read_dir(format!("/proc/{master}/fd")).map_or(0, |d| d.count());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ok = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut storm = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, port) = (stop.clone(), ok.clone(), host.pop3);
+        storm.push(std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // A session may die with its process: that is the point. It must not hang.
+                let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else {
+                    continue;
+                };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                let mut step = |command: &str, reader: &mut BufReader<TcpStream>| -> bool {
+                    if !command.is_empty()
+                        && reader
+                            .get_mut()
+                            .write_all(format!("{command}\r\n").as_bytes())
+                            .is_err()
+                    {
+                        return false;
+                    }
+                    line.clear();
+                    reader.read_line(&mut line).is_ok() && line.starts_with("+OK")
+                };
+                if step("", &mut reader)
+                    && step("USER demo", &mut reader)
+                    && step("PASS demo", &mut reader)
+                    && step("STAT", &mut reader)
+                    && step("QUIT", &mut reader)
+                {
+                    ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let mut killed = std::collections::BTreeMap::<String, usize>::new();
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let mut round = 0usize;
+    while Instant::now() < deadline {
+        let victims: Vec<(i32, String)> = children_of(master)
+            .into_iter()
+            .filter(|(_, t)| !t.starts_with("Z ") && t.contains("roost/"))
+            .collect();
+        if !victims.is_empty() {
+            let (pid, title) = &victims[round % victims.len()];
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::SIGKILL)
+                .is_ok()
+            {
+                let service = title
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .split(' ')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                *killed.entry(service).or_default() += 1;
+            }
+        }
+        round += 1;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for thread in storm {
+        thread.join().expect("storm thread");
+    }
+    for service in ["pop3-login", "pop3", "auth", "anvil"] {
+        assert!(
+            killed.get(service).copied().unwrap_or(0) > 0,
+            "never killed {service}: {killed:?}"
+        );
+    }
+    assert!(
+        ok.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "no session got through the storm"
+    );
+    // The master is up and every service is back within its throttle window.
+    let deadline = Instant::now() + Duration::from_secs(65);
+    loop {
+        let back = TcpStream::connect(("127.0.0.1", host.pop3))
+            .ok()
+            .and_then(|stream| {
+                let mut pop3 = Pop3::over(stream);
+                (pop3.line().starts_with("+OK")
+                    && pop3.send("USER demo").starts_with("+OK")
+                    && pop3.send("PASS demo").starts_with("+OK")
+                    && pop3.send("STAT").starts_with("+OK 2 "))
+                .then_some(pop3)
+            });
+        if let Some(mut pop3) = back {
+            assert!(pop3.send("QUIT").starts_with("+OK"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "logins did not come back; log:\n{}",
+            host.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // No mail lost or duplicated, anvil's table empty again, no zombie, no fd leak.
+    assert_eq!(host.maildir_files("demo"), 2);
+    host.wait_for(
+        |h| !who(h).contains("demo "),
+        "anvil to forget every session",
+    );
+    host.wait_for(
+        |_| {
+            children_of(master)
+                .iter()
+                .all(|(_, t)| !t.starts_with("Z "))
+        },
+        "every killed child reaped",
+    );
+    let fds_after = std::fs::read_dir(format!("/proc/{master}/fd")).map_or(0, |d| d.count());
+    assert!(
+        fds_after <= fds_before + 4,
+        "the master's fds grew from {fds_before} to {fds_after}"
+    );
+    let log = host.log_text();
+    assert!(log.contains("killed with signal 9"), "{log}");
+    println!(
+        "killed: {killed:?}, sessions through the storm: {}",
+        ok.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}

@@ -24,6 +24,10 @@ use crate::mail::authwire::{AuthReply, AuthRequest};
 use crate::mail::maildir::Maildir;
 use crate::mail::pop3::{BodyEncoder, LineReader, Mailbox, Session, SessionReply, MAX_LINE};
 
+/// A logged-in client that sends nothing for this long is disconnected (the original's 10
+/// minutes).
+const AUTOLOGOUT: Duration = Duration::from_secs(600);
+
 /// How long a peer (login process, auth, anvil) may take to answer.
 const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -513,6 +517,18 @@ impl Service for Pop3Service {
 
     fn wants_more(&self) -> bool {
         !self.retiring
+    }
+
+    fn idle_timeout(&self) -> Option<Duration> {
+        Some(AUTOLOGOUT)
+    }
+
+    fn timed_out(&mut self, client: &mut Pop3Client, conn: &mut Conn) {
+        info(&format!(
+            "Disconnected for inactivity: user=<{}>",
+            client.user
+        ));
+        let _ = conn.write(b"-ERR Disconnected for inactivity.\r\n");
     }
 
     fn done(&self) -> bool {

@@ -59,6 +59,15 @@ pub trait Service {
     /// Once a second: housekeeping.
     fn tick(&mut self, _now: Instant) {}
 
+    /// A connection that sends nothing for this long is closed (`None`: never).
+    fn idle_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// The idle timeout expired: queue a last word for the client; the connection is closed
+    /// once it is out.
+    fn timed_out(&mut self, _client: &mut Self::Client, _conn: &mut Conn) {}
+
     /// True when the process has what it came for (the inetd adapter's one connection, a pop3
     /// process bound to another uid): the loop returns 0 once no connection is left, after the
     /// status the last accept caused is written.
@@ -109,6 +118,8 @@ struct Connection<C> {
     conn: Conn,
     client: C,
     input: Vec<u8>,
+    /// When the client last sent something.
+    last_input: StdInstant,
 }
 
 /// Runs `service` as a roost child until the child machine says exit; returns the exit status.
@@ -148,6 +159,20 @@ pub fn run<S: Service>(env: &ChildEnv, config: ChildConfig, service: &mut S) -> 
         if now().as_millis() >= last_tick.as_millis() + 1000 {
             last_tick = now();
             service.tick(last_tick);
+            if let Some(limit) = service.idle_timeout() {
+                let idle: Vec<usize> = conns
+                    .iter()
+                    .filter(|(_, c)| c.last_input.elapsed() >= limit)
+                    .map(|(token, _)| *token)
+                    .collect();
+                for token in idle {
+                    if let Some(c) = conns.get_mut(&token) {
+                        service.timed_out(&mut c.client, &mut c.conn);
+                        c.conn.close_gracefully();
+                    }
+                    close(&mut poll, &mut conns, token, service, &mut child, now());
+                }
+            }
         }
         for event in events.iter() {
             match event.token() {
@@ -213,6 +238,7 @@ pub fn run<S: Service>(env: &ChildEnv, config: ChildConfig, service: &mut S) -> 
                                 conn,
                                 client,
                                 input: Vec::new(),
+                                last_input: StdInstant::now(),
                             };
                             // Bytes may be waiting already (a handed-over client's pipelining).
                             let open = serve(service, &mut connection);
@@ -316,6 +342,9 @@ fn serve<S: Service>(service: &mut S, c: &mut Connection<S::Client>) -> bool {
             Ok(more) => more,
             Err(_) => return false,
         };
+        if !c.input.is_empty() {
+            c.last_input = StdInstant::now();
+        }
         if !c.input.is_empty() && !service.input(&mut c.client, &mut c.conn, &mut c.input) {
             c.conn.close_gracefully();
             return false;
