@@ -181,6 +181,8 @@ pub struct Daemon {
     warned_non_root: bool,
     /// The master's own connection to anvil (KILL of dead processes).
     anvil_link: Option<std::os::unix::net::UnixStream>,
+    /// The settings memfd of each service of each generation, made at its first spawn.
+    settings_fds: BTreeMap<(Generation, String), OwnedFd>,
 }
 
 impl Daemon {
@@ -248,6 +250,7 @@ impl Daemon {
             exit: None,
             warned_non_root: false,
             anvil_link: None,
+            settings_fds: BTreeMap::new(),
         })
     }
 
@@ -435,6 +438,7 @@ impl Daemon {
                     }
                 }
                 self.generations.remove(&generation);
+                self.settings_fds.retain(|(g, _), _| *g != generation);
             }
             Output::AnvilKill { pid } => self.anvil_kill(pid),
             Output::Log(notice) => self.log.master(notice.level(), &notice.to_string()),
@@ -626,7 +630,21 @@ impl Daemon {
                     service_settings.executable
                 ))
             })?;
-        let settings_fd = settings_memfd(&service_settings, settings)?;
+        // One sealed memfd per service and generation serves every child (they pread it).
+        let key = (request.generation, config.name.clone());
+        if !self.settings_fds.contains_key(&key) {
+            let fd = settings_memfd(&service_settings, settings)?;
+            self.settings_fds.insert(key.clone(), fd);
+        }
+        // Each child gets a file description of its own (its own offset) on the shared memfd,
+        // so a program that read()s it cannot move the offset under its siblings.
+        let settings_fd: OwnedFd = match File::open(format!(
+            "/proc/self/fd/{}",
+            self.settings_fds[&key].as_raw_fd()
+        )) {
+            Ok(file) => file.into(),
+            Err(_) => settings_memfd(&service_settings, settings)?, // no /proc here
+        };
         // Login and post-login processes talk to anvil over a socket the master connects for
         // them: a chrooted, unprivileged login process could not reach anvil's listener.
         let anvil_fd = if service_settings.protocol.is_empty() {

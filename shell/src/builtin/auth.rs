@@ -38,6 +38,9 @@ fn role_of(name: &str) -> Option<Role> {
 pub struct Databases {
     passdbs: Vec<(PassdbArgs, PasswdFile)>,
     userdbs: Vec<Userdb>,
+    /// uid and gid names already resolved to numbers (`uid=vmail`): a post-login process
+    /// then needs no user database of its own, once per session.
+    ids: std::collections::BTreeMap<(bool, String), Option<String>>,
 }
 
 impl Databases {
@@ -82,11 +85,41 @@ impl Databases {
         if passdbs.is_empty() {
             return Err("no passdb { } is configured: nobody can log in".to_owned());
         }
-        Ok(Databases { passdbs, userdbs })
+        Ok(Databases {
+            passdbs,
+            userdbs,
+            ids: Default::default(),
+        })
+    }
+
+    /// A uid or gid field as a number: names are looked up once and remembered; a name the
+    /// system does not know is passed on as written (the post-login process refuses it).
+    fn numeric(&mut self, group: bool, value: String) -> String {
+        if value.parse::<u32>().is_ok() {
+            return value;
+        }
+        let found = self
+            .ids
+            .entry((group, value.clone()))
+            .or_insert_with(|| {
+                if group {
+                    nix::unistd::Group::from_name(&value)
+                        .ok()
+                        .flatten()
+                        .map(|g| g.gid.to_string())
+                } else {
+                    nix::unistd::User::from_name(&value)
+                        .ok()
+                        .flatten()
+                        .map(|u| u.uid.to_string())
+                }
+            })
+            .clone();
+        found.unwrap_or(value)
     }
 
     /// Answers one request.
-    pub fn answer(&self, request: AuthRequest) -> AuthReply {
+    pub fn answer(&mut self, request: AuthRequest) -> AuthReply {
         match request {
             AuthRequest::Auth {
                 id,
@@ -112,18 +145,19 @@ impl Databases {
                 AuthReply::Fail { id, reason }
             }
             AuthRequest::User { id, user } => {
-                for userdb in &self.userdbs {
-                    if let Ok(found) = userdb.lookup(&user) {
-                        let mut fields = found.extra;
-                        for (key, value) in
-                            [("uid", found.uid), ("gid", found.gid), ("home", found.home)]
-                        {
-                            if let Some(value) = value {
-                                fields.insert(key.to_owned(), value);
-                            }
-                        }
-                        return AuthReply::User { id, user, fields };
+                let found = self.userdbs.iter().find_map(|db| db.lookup(&user).ok());
+                if let Some(found) = found {
+                    let mut fields = found.extra;
+                    if let Some(uid) = found.uid {
+                        fields.insert("uid".to_owned(), self.numeric(false, uid));
                     }
+                    if let Some(gid) = found.gid {
+                        fields.insert("gid".to_owned(), self.numeric(true, gid));
+                    }
+                    if let Some(home) = found.home {
+                        fields.insert("home".to_owned(), home);
+                    }
+                    return AuthReply::User { id, user, fields };
                 }
                 if self.userdbs.is_empty() {
                     // No userdb: the user exists if a passdb knows it; the post-login process
@@ -242,5 +276,52 @@ mod tests {
         assert_eq!(role_of("auth-userdb"), Some(Role::Userdb));
         assert_eq!(role_of("auth-master"), Some(Role::Userdb));
         assert_eq!(role_of("auth-worker"), None);
+    }
+}
+
+#[cfg(test)]
+mod lookups {
+    use super::*;
+    use crate::mail::passdb::PasswdFile;
+
+    fn databases() -> Databases {
+        let file =
+            PasswdFile::parse("passwd", "demo:{PLAIN}demo\n", Scheme::Plain).expect("passwd");
+        Databases {
+            passdbs: vec![(PassdbArgs::parse("/x").expect("args"), file)],
+            userdbs: vec![Userdb::parse_static("uid=root gid=root home=/home/%u").expect("static")],
+            ids: Default::default(),
+        }
+    }
+
+    #[test]
+    fn user_lookups_give_numeric_ids_and_passwords_are_checked() {
+        let mut dbs = databases();
+        let reply = dbs.answer(AuthRequest::User {
+            id: 7,
+            user: "demo".to_owned(),
+        });
+        let AuthReply::User { id, fields, .. } = reply else {
+            panic!("{reply:?}");
+        };
+        assert_eq!(id, 7);
+        assert_eq!(fields["uid"], "0", "root is uid 0 everywhere");
+        assert_eq!(fields["gid"], "0");
+        assert_eq!(fields["home"], "/home/demo");
+        let auth = |password: &str| AuthRequest::Auth {
+            id: 8,
+            service: "pop3".to_owned(),
+            user: "demo".to_owned(),
+            password: password.to_owned(),
+            remote_ip: "127.0.0.1".parse().expect("ip"),
+        };
+        assert!(matches!(
+            dbs.answer(auth("demo")),
+            AuthReply::Ok { id: 8, .. }
+        ));
+        assert!(matches!(
+            dbs.answer(auth("nope")),
+            AuthReply::Fail { id: 8, .. }
+        ));
     }
 }

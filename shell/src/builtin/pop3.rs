@@ -140,11 +140,18 @@ impl Pop3Service {
             client_text: "[SYS/TEMP] Internal error switching user",
             log,
         };
-        let user = resolve_user(uid_text).map_err(fail)?;
-        let gid = match fields.get("gid") {
-            Some(gid) => resolve_group(gid).map_err(fail)?,
-            None => user.1,
+        // auth sends numbers: with both given, no user database is read here.
+        let (uid, gid) = match (uid_text.parse::<u32>(), fields.get("gid")) {
+            (Ok(uid), Some(gid)) => (uid, resolve_group(gid).map_err(fail)?),
+            _ => {
+                let user = resolve_user(uid_text).map_err(fail)?;
+                match fields.get("gid") {
+                    Some(gid) => (user.0, resolve_group(gid).map_err(fail)?),
+                    None => user,
+                }
+            }
         };
+        let user = (uid, gid);
         match self.bound_uid {
             Some(bound) if bound == user.0 => Ok(Become::Done),
             Some(_) => Ok(Become::OtherUid),
