@@ -935,3 +935,23 @@ fn kill_9_of_every_service_during_a_login_storm_loses_nothing() {
         ok.load(std::sync::atomic::Ordering::Relaxed)
     );
 }
+
+#[test]
+fn when_auth_cannot_start_clients_are_told_to_try_again_and_the_log_says_why() {
+    let host = Host::start(
+        "noauth",
+        "  service_count = 0",
+        "passdb {\n  driver = passwd-file\n  args = scheme=PLAIN {dir}/missing-passwd\n}\n",
+    );
+    let mut pop3 = Pop3::connect(host.pop3);
+    assert!(pop3.line().starts_with("+OK"));
+    assert!(pop3.send("USER demo").starts_with("+OK"));
+    let reply = pop3.send("PASS demo");
+    assert_eq!(reply.trim_end(), roost::mail::pop3::AUTH_UNAVAILABLE);
+    host.wait_for(
+        |h| h.log_text().contains("auth: Fatal: auth: ") && h.log_text().contains("missing-passwd"),
+        "auth's reason in the log",
+    );
+    // The connection goes on: the client may try again later.
+    assert!(pop3.send("NOOP").starts_with("+OK"));
+}

@@ -630,9 +630,9 @@ impl Driver {
         if sent {
             self.auth_pending.insert(self.next_auth_id, id);
         } else {
-            error("auth is not reachable: login refused");
+            error("auth is not reachable: the client is told to try again");
             self.auth = None;
-            self.auth_result(id, client, false);
+            self.auth_unavailable(id, client);
         }
     }
 
@@ -660,6 +660,17 @@ impl Driver {
             }
             Err(e) => error(&format!("connect({}) failed: {e}", path.display())),
         }
+    }
+
+    fn auth_unavailable(&mut self, id: ClientId, client: &mut Client) {
+        self.table.handle(
+            Input::ClientState {
+                client: id,
+                state: ClientState::PreLogin,
+            },
+            self.now(),
+        );
+        client.login.auth_unavailable();
     }
 
     fn auth_result(&mut self, id: ClientId, client: &mut Client, ok: bool) {
@@ -702,7 +713,7 @@ impl Driver {
                 std::mem::take(&mut self.auth_pending).into_iter().collect();
             for (_, id) in pending {
                 self.with_client(id, |driver, id, client| {
-                    driver.auth_result(id, client, false);
+                    driver.auth_unavailable(id, client);
                     driver.run_login_outputs(id, client)
                 });
             }

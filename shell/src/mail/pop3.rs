@@ -300,6 +300,9 @@ pub fn parse_plain(response: &[u8]) -> Option<(String, String)> {
     ))
 }
 
+/// The reply when auth cannot be asked.
+pub const AUTH_UNAVAILABLE: &str = "-ERR [SYS/TEMP] Temporary authentication failure.";
+
 /// What a login connection knows about its transport, given by the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoginSettings {
@@ -614,6 +617,24 @@ impl Login {
         self.pending_user = None;
         self.state = LoginState::Commands;
         self.bad_command(AUTH_FAILED);
+        while let Some(line) = self.pipelined.pop_front() {
+            if self.state == LoginState::AuthPending || self.state == LoginState::Done {
+                self.pipelined.push_front(line);
+                break;
+            }
+            self.handle_line(&line);
+        }
+    }
+
+    /// auth could not be asked (not running, connection lost): the client is told to try again
+    /// later. Not a failed login: no bad-command count, no penalty.
+    pub fn auth_unavailable(&mut self) {
+        if self.state != LoginState::AuthPending {
+            return;
+        }
+        self.pending_user = None;
+        self.state = LoginState::Commands;
+        self.send(AUTH_UNAVAILABLE);
         while let Some(line) = self.pipelined.pop_front() {
             if self.state == LoginState::AuthPending || self.state == LoginState::Done {
                 self.pipelined.push_front(line);
@@ -1055,6 +1076,33 @@ pub(crate) mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn auth_that_cannot_be_asked_is_a_temporary_failure_not_a_failed_login() {
+        let mut login = Login::new(settings());
+        drain(&mut login);
+        for _ in 0..MAX_BAD_COMMANDS + 1 {
+            login.handle_line(b"USER demo");
+            login.handle_line(b"PASS demo");
+            assert!(login.is_authenticating());
+            drain(&mut login);
+            login.auth_unavailable();
+            let out = drain(&mut login);
+            assert_eq!(sent(&out), format!("{AUTH_UNAVAILABLE}\r\n"));
+            assert!(
+                !login.is_done(),
+                "an outage of auth never counts against the client"
+            );
+        }
+        login.handle_line(b"USER demo");
+        login.handle_line(b"PASS demo");
+        drain(&mut login);
+        login.auth_succeeded();
+        assert!(matches!(
+            drain(&mut login).last(),
+            Some(LoginOutput::LoggedIn { .. })
+        ));
     }
 
     #[test]
