@@ -119,6 +119,22 @@ pub fn derive(settings: &Settings) -> (MasterConfig, Vec<config::LeftOut>) {
     (config, left_out)
 }
 
+/// Every check of a configuration before it runs: core's (reference §3) and the mail host's
+/// (databases, mailbox location, certificates of the services that will run). The errors are
+/// one line each.
+pub fn check(config: &Config) -> Result<Vec<config::Warning>, Vec<String>> {
+    let warnings = config::check(config, &system::RealSystem)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let (master, _) = derive(&config.settings);
+    let running: Vec<String> = master.services.iter().map(|s| s.name.clone()).collect();
+    let errors = crate::builtin::check::mail_errors(&config.settings, &running);
+    if errors.is_empty() {
+        Ok(warnings)
+    } else {
+        Err(errors)
+    }
+}
+
 /// One opened listener.
 struct ListenerIo {
     fds: Vec<OwnedFd>,
@@ -848,16 +864,7 @@ impl Daemon {
     /// generation and is returned (for `roost reload`).
     fn reload(&mut self) -> Result<(), String> {
         let config = self.source.load().map_err(|e| e.to_string())?;
-        let warnings = match config::check(&config, &system::RealSystem) {
-            Ok(warnings) => warnings,
-            Err(errors) => {
-                return Err(errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "));
-            }
-        };
+        let warnings = check(&config).map_err(|errors| errors.join("; "))?;
         for warning in warnings {
             self.log.master(Level::Warning, &warning.to_string());
         }

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use roost::daemon::{self, Daemon, PidFile};
 use roost::logging::LogWriter;
-use roost::system::RealSystem;
 use roost_core::config::{self, PrintMode};
 use roost_core::notice::Level;
 use roost_core::wire::control::{self as wire_control, Reply, ReplyDecoder, Request, Row};
@@ -136,7 +135,7 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(error) => return fail(&error.to_string()),
             };
-            match config::check(&config, &RealSystem) {
+            match daemon::check(&config) {
                 Ok(warnings) => {
                     for warning in warnings {
                         eprintln!("roost: Warning: {warning}");
@@ -371,7 +370,7 @@ fn run(source: daemon::Source, foreground: bool) -> ExitCode {
         Ok(config) => config,
         Err(error) => return fail(&error.to_string()),
     };
-    let warnings = match config::check(&config, &RealSystem) {
+    let warnings = match daemon::check(&config) {
         Ok(warnings) => warnings,
         Err(errors) => {
             for error in &errors {

@@ -20,6 +20,7 @@
 
 pub mod anvil;
 pub mod auth;
+pub mod check;
 pub mod conn;
 pub mod handoff;
 pub mod pop3;

@@ -1,0 +1,148 @@
+//! What `roost check`, the start and a reload verify of the mail host before any process runs:
+//! the things the built-ins would otherwise find one login at a time. Each error names the
+//! setting and the file, as the configuration checks of core do.
+//!
+//! Only services that will run are checked: a stock tree whose pop3 is disabled by `protocols`
+//! is not refused for a certificate it never uses.
+
+use roost_core::settings::Settings;
+
+use crate::mail::passdb::{PassdbArgs, Userdb};
+
+/// The errors of the mail host's settings, for the services in `running`.
+pub fn mail_errors(settings: &Settings, running: &[String]) -> Vec<String> {
+    let runs = |name: &str| running.iter().any(|r| r == name);
+    let executable_runs = |builtin: &str| {
+        settings
+            .services
+            .iter()
+            .any(|s| s.executable.split_whitespace().next() == Some(builtin) && runs(&s.name))
+    };
+    let mut errors = Vec::new();
+    if executable_runs("auth") {
+        for db in &settings.passdbs {
+            match db.driver.as_str() {
+                "passwd-file" => match PassdbArgs::parse(&db.args) {
+                    Ok(args) => readable(&mut errors, "passdb passwd-file", &args.path),
+                    Err(e) => errors.push(e),
+                },
+                other => errors.push(format!(
+                    "passdb {{ driver = {other} }}: not supported (roost has passwd-file)"
+                )),
+            }
+        }
+        for db in &settings.userdbs {
+            match db.driver.as_str() {
+                "static" => {
+                    if let Err(e) = Userdb::parse_static(&db.args) {
+                        errors.push(e.to_string());
+                    }
+                }
+                "passwd-file" => match PassdbArgs::parse(&db.args) {
+                    Ok(args) => readable(&mut errors, "userdb passwd-file", &args.path),
+                    Err(e) => errors.push(e.replace("passdb", "userdb")),
+                },
+                "prefetch" => {}
+                other => errors.push(format!(
+                    "userdb {{ driver = {other} }}: not supported (roost has static and passwd-file)"
+                )),
+            }
+        }
+        if settings.passdbs.is_empty() && executable_runs("pop3-login") {
+            errors.push("no passdb { } is configured: nobody can log in".to_owned());
+        }
+    }
+    if executable_runs("pop3") {
+        let location = settings
+            .global
+            .other
+            .get("mail_location")
+            .map(String::as_str)
+            .unwrap_or("");
+        let per_user = settings.userdbs.iter().any(|db| db.args.contains("mail="));
+        if !location.is_empty() && !location.starts_with("maildir:") {
+            errors.push(format!(
+                "mail_location = {location}: roost serves maildir: mailboxes only"
+            ));
+        } else if location.is_empty() && !per_user {
+            errors.push(
+                "mail_location is not set (e.g. mail_location = maildir:~/Maildir)".to_owned(),
+            );
+        }
+    }
+    let global = &settings.global;
+    let tls_listener = settings.services.iter().any(|s| {
+        runs(&s.name)
+            && s.executable.split_whitespace().next() == Some("pop3-login")
+            && s.inet_listeners.iter().any(|l| l.ssl && l.port != 0)
+    });
+    if executable_runs("pop3-login") && global.ssl != "no" {
+        if global.ssl_cert.is_empty() || global.ssl_key.is_empty() {
+            if tls_listener || global.ssl == "required" {
+                errors.push(format!(
+                    "ssl = {}: ssl_cert and ssl_key must be set (or ssl = no)",
+                    global.ssl
+                ));
+            }
+        } else if let Err(e) = crate::mail::tls::server_config(&global.ssl_cert, &global.ssl_key) {
+            errors.push(e.to_string());
+        }
+    }
+    errors
+}
+
+fn readable(errors: &mut Vec<String>, what: &str, path: &str) {
+    if let Err(e) = std::fs::File::open(path) {
+        errors.push(format!("{what}: {path}: {e}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roost_core::config::{load_str, MemoryFiles, NoEnv};
+
+    fn errors(text: &str) -> Vec<String> {
+        let config = load_str("t.conf", text, &MemoryFiles::default(), &NoEnv).expect("parses");
+        let running: Vec<String> = ["auth", "pop3-login", "pop3", "anvil"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        mail_errors(&config.settings, &running)
+    }
+
+    #[test]
+    fn a_mail_host_is_refused_before_it_starts_for_what_its_processes_would_trip_on() {
+        let errs = errors(
+            "ssl = yes\npassdb {\n  driver = passwd-file\n  args = /nonexistent/passwd\n}\n\
+             passdb {\n  driver = ldap\n}\nuserdb {\n  driver = static\n  args = uid\n}\n\
+             mail_location = mbox:~/mail\n",
+        );
+        let text = errs.join("\n");
+        assert!(
+            text.contains("passdb passwd-file: /nonexistent/passwd: No such file"),
+            "{text}"
+        );
+        assert!(
+            text.contains("passdb { driver = ldap }: not supported"),
+            "{text}"
+        );
+        assert!(text.contains("not key=value"), "{text}");
+        assert!(
+            text.contains("mail_location = mbox:~/mail: roost serves maildir:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ssl = yes: ssl_cert and ssl_key must be set"),
+            "{text}"
+        );
+        assert_eq!(errs.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn a_configuration_without_mail_services_running_is_not_checked_for_them() {
+        let config =
+            load_str("t.conf", "ssl = yes\n", &MemoryFiles::default(), &NoEnv).expect("parses");
+        assert!(mail_errors(&config.settings, &[]).is_empty());
+    }
+}
