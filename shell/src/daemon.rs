@@ -224,9 +224,13 @@ impl Daemon {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
         let control_path = format!("{}/control", settings.global.base_dir);
         let _ = std::fs::remove_file(&control_path);
-        let mut control = UnixListener::bind(&control_path)?;
+        // Bound under a temporary name, renamed once the first listeners are open (run): a
+        // control socket that exists means a master that serves.
+        let starting = starting_path(&control_path);
+        let _ = std::fs::remove_file(&starting);
+        let mut control = UnixListener::bind(&starting)?;
         std::fs::set_permissions(
-            &control_path,
+            &starting,
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )?;
         poll.registry()
@@ -284,6 +288,15 @@ impl Daemon {
     /// Runs until the core says exit; returns the exit status.
     pub fn run(mut self) -> i32 {
         self.apply_outputs();
+        if let Err(error) = std::fs::rename(starting_path(&self.control_path), &self.control_path) {
+            self.log.master(
+                Level::Error,
+                &format!(
+                    "rename() of the control socket {} failed: {error}",
+                    self.control_path
+                ),
+            );
+        }
         let mut events = Events::with_capacity(256);
         while self.exit.is_none() {
             let timeout = self.master.poll_timeout().map(|at| {
@@ -1109,7 +1122,13 @@ impl Daemon {
         }
         self.control = None;
         let _ = std::fs::remove_file(&self.control_path);
+        let _ = std::fs::remove_file(starting_path(&self.control_path));
     }
+}
+
+/// Where the control socket is bound until the master serves.
+fn starting_path(control_path: &str) -> String {
+    format!("{control_path}.starting")
 }
 
 /// The path of anvil's `anvil` listener, when an anvil service is configured.
