@@ -4,6 +4,9 @@
 //! Everything here is plain data read from RON (`sim/scenarios/*.ron`, `roost sim --load`), so
 //! a scenario says in one file what happens and when. Units go last in the names (`_ms`).
 
+use roost_core::login::{
+    KillPolicy, OverflowPolicy, DEFAULT_OVERFLOW_POLICY, ORIGINAL_OVERFLOW_POLICY,
+};
 use roost_core::setup::{ListenerConfig, ListenerKind, MasterConfig, ServiceConfig, ServiceType};
 use roost_core::signal::Signal;
 use roost_core::time::Duration;
@@ -34,6 +37,59 @@ pub struct LoadProfile {
     /// Milliseconds between two samples of the time series; 0 = about 500 samples per run.
     #[serde(default)]
     pub sample_ms: u64,
+    /// How every simulated login process answers an overflow (core's
+    /// `roost_core::login::OverflowPolicy`); `None` = roost's `DEFAULT_OVERFLOW_POLICY`.
+    #[serde(default)]
+    pub overflow_policy: Option<PolicySpec>,
+}
+
+/// A login overflow policy in a scenario file: one of core's named policies, or every value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PolicySpec {
+    /// `roost_core::login::ORIGINAL_OVERFLOW_POLICY` (Dovecot 2.3's timings).
+    Original,
+    /// `roost_core::login::DEFAULT_OVERFLOW_POLICY` (what roost ships).
+    Default,
+    /// Every field of `OverflowPolicy`.
+    Custom {
+        /// `delay_max`, ms.
+        delay_max_ms: u64,
+        /// `age_window`, ms.
+        age_window_ms: u64,
+        /// `jitter_span_ms`.
+        jitter_span_ms: u32,
+        /// `delayed_kill_max_slots`.
+        delayed_kill_max_slots: u32,
+        /// `kill_policy`: true = `OldestKillableOnly`, false = `OldestKillableElseOldest`.
+        killable_only: bool,
+    },
+}
+
+impl PolicySpec {
+    /// The core policy this names.
+    pub fn policy(&self) -> OverflowPolicy {
+        match *self {
+            PolicySpec::Original => ORIGINAL_OVERFLOW_POLICY,
+            PolicySpec::Default => DEFAULT_OVERFLOW_POLICY,
+            PolicySpec::Custom {
+                delay_max_ms,
+                age_window_ms,
+                jitter_span_ms,
+                delayed_kill_max_slots,
+                killable_only,
+            } => OverflowPolicy {
+                delay_max: Duration::from_millis(delay_max_ms),
+                age_window: Duration::from_millis(age_window_ms),
+                jitter_span_ms,
+                delayed_kill_max_slots,
+                kill_policy: if killable_only {
+                    KillPolicy::OldestKillableOnly
+                } else {
+                    KillPolicy::OldestKillableElseOldest
+                },
+            },
+        }
+    }
 }
 
 /// A group of clients that behave alike.
@@ -67,6 +123,15 @@ pub struct ClientGroup {
     /// How long it waits before it does.
     #[serde(default = "default_retry")]
     pub retry_ms: u64,
+    /// A connection that finds the accept queue full is not lost at once: the kernel drops
+    /// the handshake and the client retransmits its SYN after 1, 2, 4, … s, this many times
+    /// per attempt (Linux's tcp_syn_retries is 6), before the attempt counts as `BacklogFull`.
+    #[serde(default)]
+    pub syn_retries: u32,
+    /// Of `login_delay_ms`, the last part spent in an auth lookup (the login process holds a
+    /// reference: `InAuth`, not killable under `OldestKillableOnly`), drawn from `[min, max]`.
+    #[serde(default)]
+    pub auth_ms: (u64, u64),
 }
 
 fn default_login_delay() -> (u64, u64) {
