@@ -735,6 +735,15 @@ impl World {
         self.procs.len()
     }
 
+    /// The login latency of every served client of the service (first connect attempt to
+    /// login, ms), in the order they logged in.
+    pub fn login_latencies(&self, name: &str) -> Vec<u64> {
+        self.stats
+            .get(name)
+            .map(|s| s.logins.clone())
+            .unwrap_or_default()
+    }
+
     /// How many processes of the service each step created, for the steps that created any.
     pub fn spawn_steps(&self, name: &str) -> Vec<u32> {
         self.stats
@@ -1067,6 +1076,17 @@ impl World {
             Output::SetLoginFull { service, full } => {
                 if let Some(s) = self.services.get_mut(&service) {
                     s.login_full = full;
+                }
+                if self.load.what_if_notify_at_once {
+                    let pids: Vec<Pid> = self
+                        .procs
+                        .iter()
+                        .filter(|(_, p)| p.service == service && p.state == ProcState::Running)
+                        .map(|(pid, _)| *pid)
+                        .collect();
+                    for pid in pids {
+                        self.step(pid, ProcEvent::Signal(Signal::Usr1));
+                    }
                 }
             }
             Output::RetireGeneration { generation } => {
@@ -1782,7 +1802,8 @@ impl World {
     }
 }
 
-fn percentile(sorted: &[u64], p: usize) -> u64 {
+/// The `p`th percentile of sorted values by rank (0 when empty).
+pub fn percentile(sorted: &[u64], p: usize) -> u64 {
     if sorted.is_empty() {
         return 0;
     }

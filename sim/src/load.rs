@@ -41,6 +41,12 @@ pub struct LoadProfile {
     /// `roost_core::login::OverflowPolicy`); `None` = roost's `DEFAULT_OVERFLOW_POLICY`.
     #[serde(default)]
     pub overflow_policy: Option<PolicySpec>,
+    /// A what-if for a change to the master that the simulator cannot make itself: every
+    /// change of a login service's "all processes full" state is also signalled (SIGUSR1) to
+    /// its running processes at once, as if the master's 2 s rate limit
+    /// (`LOGIN_NOTIFY_INTERVAL`, reference §2.8) were 0. Off in every pinned scenario.
+    #[serde(default)]
+    pub what_if_notify_at_once: bool,
 }
 
 /// A login overflow policy in a scenario file: one of core's named policies, or every value.
@@ -62,6 +68,8 @@ pub enum PolicySpec {
         delayed_kill_max_slots: u32,
         /// `kill_policy`: true = `OldestKillableOnly`, false = `OldestKillableElseOldest`.
         killable_only: bool,
+        /// `victim_recheck_interval`, ms.
+        recheck_ms: u64,
     },
 }
 
@@ -77,6 +85,7 @@ impl PolicySpec {
                 jitter_span_ms,
                 delayed_kill_max_slots,
                 killable_only,
+                recheck_ms,
             } => OverflowPolicy {
                 delay_max: Duration::from_millis(delay_max_ms),
                 age_window: Duration::from_millis(age_window_ms),
@@ -87,6 +96,7 @@ impl PolicySpec {
                 } else {
                     KillPolicy::OldestKillableElseOldest
                 },
+                victim_recheck_interval: Duration::from_millis(recheck_ms),
             },
         }
     }

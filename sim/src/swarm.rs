@@ -173,6 +173,8 @@ pub fn draw(seed: u64) -> Drawn {
         events,
         backlog: None,
         sample_ms: 1_000,
+        // Extra SIGUSR1s at every change: the login machine must take any number of them.
+        what_if_notify_at_once: rng.random_bool(0.2),
         overflow_policy: match range(&mut rng, 0, 2) {
             0 => None,
             1 => Some(PolicySpec::Original),
@@ -182,6 +184,7 @@ pub fn draw(seed: u64) -> Drawn {
                 jitter_span_ms: range(&mut rng, 0, 20) as u32,
                 delayed_kill_max_slots: range(&mut rng, 0, 2) as u32,
                 killable_only: rng.random_bool(0.5),
+                recheck_ms: range(&mut rng, 1, 2_000),
             }),
         },
     };
