@@ -47,6 +47,28 @@ pub struct LoadProfile {
     /// (`LOGIN_NOTIFY_INTERVAL`, reference §2.8) were 0. Off in every pinned scenario.
     #[serde(default)]
     pub what_if_notify_at_once: bool,
+    /// Network faults between client hosts and the server (the turmoil world only; the
+    /// discrete-event driver has no network and ignores them).
+    #[serde(default)]
+    pub net_faults: Vec<NetFault>,
+}
+
+/// A network fault of the turmoil world: from `at_ms` for `duration_ms`, the links between the
+/// server and the listed client hosts are cut (`partition`: messages are lost) or held
+/// (`hold`: messages wait and are delivered on `release`), then repaired.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetFault {
+    /// When it starts.
+    pub at_ms: u64,
+    /// How long it lasts.
+    pub duration_ms: u64,
+    /// Hold messages instead of losing them.
+    #[serde(default)]
+    pub hold: bool,
+    /// Client host indices (`client0`, `client1`, …); empty = every client host.
+    #[serde(default)]
+    pub client_hosts: Vec<usize>,
 }
 
 /// A login overflow policy in a scenario file: one of core's named policies, or every value.

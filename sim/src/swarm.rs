@@ -175,6 +175,7 @@ pub fn draw(seed: u64) -> Drawn {
         sample_ms: 1_000,
         // Extra SIGUSR1s at every change: the login machine must take any number of them.
         what_if_notify_at_once: rng.random_bool(0.2),
+        net_faults: Vec::new(),
         overflow_policy: match range(&mut rng, 0, 2) {
             0 => None,
             1 => Some(PolicySpec::Original),
