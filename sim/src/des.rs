@@ -7,8 +7,12 @@
 //! coalescing, idle-kill answer, master death; plus its connections and faults), the clients,
 //! and the statistics a [`Report`] is made of. The driver only translates (STYLE.md §3): every
 //! decision about processes is the master's, every decision of a process is its child
-//! machine's. The login side of §2.8 (which pre-login client a full login process kills) is
-//! still the kernel's own small model here.
+//! machine's. A process of a login service runs the real `roost_core::login::Login` machine
+//! instead (it wraps the child machine): which pre-login client a full login process kills and
+//! when (§2.8, with the overflow policy of the load profile, jitter drawn from the seeded rng),
+//! the "all processes full" state it reads on SIGUSR1 and re-checks, and the pre-auth timeout
+//! are all core's decisions; the driver only reports accepts, readable listeners, logins and
+//! closes, and carries out disconnects.
 //!
 //! Determinism: one `SmallRng` seeded from the load profile, `BTreeMap`/`VecDeque` only, time
 //! only from the virtual clock. Every input to the master is one step; its line (`time input ->
@@ -27,6 +31,10 @@ use rand::{Rng, SeedableRng};
 use roost_core::child::{Child, ChildConfig, Input as ChildInput, Output as ChildOutput};
 use roost_core::ids::{Generation, ListenerId, Pid, ProcessUid, ServiceId};
 use roost_core::input::Input;
+use roost_core::login::{
+    ClientId, ClientState as LoginState, DisconnectReason, Input as LoginInput, ListenMode, Login,
+    LoginConfig, Output as LoginOutput, OverflowPolicy, DEFAULT_OVERFLOW_POLICY,
+};
 use roost_core::master::Master;
 use roost_core::output::Output;
 use roost_core::setup::{MasterConfig, ServiceType};
@@ -37,8 +45,9 @@ use crate::load::{Behaviour, Event, LoadProfile};
 use crate::plan::{Report, Sample, ServiceReport};
 use crate::view;
 
-/// How long a login process lets a client sit without logging in (reference §8).
-pub const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a process of a non-login service lets a `PreAuthIdle` client sit (reference §8's
+/// pre-auth timeout; login services use their machine's own, which is the same).
+pub const PRE_AUTH_TIMEOUT: Duration = roost_core::login::PRE_AUTH_TIMEOUT;
 /// The kernel's cap on a listen backlog.
 pub const SOMAXCONN: u32 = 4096;
 /// Steps at one instant before the driver calls it a livelock.
@@ -119,6 +128,14 @@ struct Client {
     login_delay: Duration,
     /// Session after login.
     session: Duration,
+    /// The auth lookup at the end of `login_delay` (at most `login_delay`).
+    auth: Duration,
+    /// SYN retransmits per attempt when the accept queue is full.
+    syn_retries: u32,
+    /// SYN retransmits left in this attempt.
+    syn_left: u32,
+    /// When it first tried to connect (the start of its login latency).
+    first_try: Option<Instant>,
     /// Reconnects left.
     retries_left: u32,
     /// Delay before reconnecting.
@@ -185,8 +202,58 @@ struct Conn {
     client: usize,
     /// Logged in: never killed to make room.
     logged_in: bool,
-    /// When it was accepted.
-    accepted_at: Instant,
+}
+
+/// The machine a simulated process runs.
+#[derive(Clone, Debug)]
+enum Machine {
+    /// Any service but a login one: the child machine.
+    Plain(Child),
+    /// A login service: the login machine, which wraps its own child machine.
+    Login(Box<Login>),
+}
+
+impl Machine {
+    fn child(&self) -> &Child {
+        match self {
+            Machine::Plain(child) => child,
+            Machine::Login(login) => login.child(),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Machine::Plain(child) => child.poll_timeout(),
+            Machine::Login(login) => login.poll_timeout(),
+        }
+    }
+}
+
+/// What happens to a process, in the driver's words; [`World::step`] turns it into the input
+/// of the machine the process runs (or nothing, where that machine has no such input).
+#[derive(Copy, Clone, Debug)]
+enum ProcEvent {
+    InitDone,
+    Signal(Signal),
+    Timeout,
+    MasterDead,
+    Accepted(u64),
+    ClientState(u64, LoginState),
+    ClientClosed(u64),
+    /// A watched listener is readable in overflow mode, with the jitter drawn for it.
+    Readable(u32),
+}
+
+/// One input to one of the two machines.
+enum MachineInput {
+    Child(ChildInput),
+    Login(LoginInput),
+}
+
+/// One output of one of the two machines.
+enum MachineOutput {
+    Child(ChildOutput),
+    Login(LoginOutput),
 }
 
 /// One simulated service process.
@@ -204,9 +271,9 @@ struct Proc {
     sockets: Vec<usize>,
     /// Connections, by connection id.
     conns: BTreeMap<u64, Conn>,
-    /// The real child machine (roost_core::child): slots, service_count budget, status
-    /// coalescing, idle-kill answer, master death.
-    child: Child,
+    /// The real machine: roost_core::child (slots, service_count budget, status coalescing,
+    /// idle-kill answer, master death), or roost_core::login around it for login services.
+    machine: Machine,
     /// The child asked to accept (`SetAccepting`).
     accepting: bool,
     /// The child closed its listening fds.
@@ -218,10 +285,11 @@ struct Proc {
     master_dead: bool,
     /// An idle SIGINT was dropped by the `ignores_sigint` fault (delivered when faults stop).
     dropped_sigint: bool,
-    /// Login overflow allowed (the service is "all processes full").
-    overflow: bool,
-    /// A client_limit 1 login process has an overflow kill scheduled.
-    overflow_kill_pending: bool,
+    /// How a login machine watches the listeners (`SetListening`).
+    listen: ListenMode,
+    /// The listeners were reported readable since the last `SetListening` (level-triggered
+    /// readiness is reported once per registration: every report changes the mode).
+    readable_reported: bool,
     /// Fault: ignores the idle SIGINT.
     ignores_sigint: bool,
     /// Fault: never sends its first status.
@@ -230,7 +298,7 @@ struct Proc {
 
 impl Proc {
     fn available(&self) -> u32 {
-        self.child.available_count()
+        self.machine.child().available_count()
     }
 
     fn can_accept(&self) -> bool {
@@ -250,12 +318,12 @@ enum Ev {
     Ready(Pid),
     /// A process crashes.
     Crash(Pid),
+    /// A connection starts its auth lookup.
+    Auth(Pid, u64),
     /// A connection logs in.
     Login(Pid, u64),
     /// A connection ends.
     End(Pid, u64, Outcome),
-    /// A client_limit 1 login process's overflow kill delay is over.
-    OverflowKill(Pid),
     /// A child's timer is due.
     ChildTimeout(Pid),
     /// Faults stop.
@@ -275,6 +343,8 @@ struct Stats {
     queued: u64,
     /// Queue waits of every accepted connection, ms.
     waits: Vec<u64>,
+    /// Time from a served client's first connect attempt to its login (or session start), ms.
+    logins: Vec<u64>,
     /// Outcome counts.
     outcomes: BTreeMap<&'static str, u64>,
     /// Processes created.
@@ -351,6 +421,8 @@ pub struct World {
     initial_config: MasterConfig,
     /// Spawns of the current step, by service name.
     step_spawns: BTreeMap<String, u32>,
+    /// The overflow answer of every login process.
+    overflow: OverflowPolicy,
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -394,11 +466,16 @@ impl World {
                     0
                 };
                 let at = base + draw(&mut rng, (0, step));
+                let login_delay = draw(&mut rng, group.login_delay_ms);
                 let client = Client {
                     service: group.service.clone(),
                     behaviour: group.behaviour,
-                    login_delay: Duration::from_millis(draw(&mut rng, group.login_delay_ms)),
+                    login_delay: Duration::from_millis(login_delay),
                     session: Duration::from_millis(draw(&mut rng, group.session_ms)),
+                    auth: Duration::from_millis(draw(&mut rng, group.auth_ms).min(login_delay)),
+                    syn_retries: group.syn_retries,
+                    syn_left: group.syn_retries,
+                    first_try: None,
                     retries_left: group.reconnect,
                     retry: Duration::from_millis(group.retry_ms),
                     state: ClientState::Waiting,
@@ -466,6 +543,10 @@ impl World {
             samples: Vec::new(),
             initial_config: config,
             step_spawns: BTreeMap::new(),
+            overflow: load
+                .overflow_policy
+                .as_ref()
+                .map_or(DEFAULT_OVERFLOW_POLICY, |p| p.policy()),
         }
     }
 
@@ -580,7 +661,8 @@ impl World {
                 .procs
                 .values()
                 .filter(|p| {
-                    p.service == status.id && p.child.total_available() < config.client_limit
+                    p.service == status.id
+                        && p.machine.child().total_available() < config.client_limit
                 })
                 .count() as u32;
             let expected_max = expected_max + retired;
@@ -653,6 +735,15 @@ impl World {
         self.procs.len()
     }
 
+    /// The login latency of every served client of the service (first connect attempt to
+    /// login, ms), in the order they logged in.
+    pub fn login_latencies(&self, name: &str) -> Vec<u64> {
+        self.stats
+            .get(name)
+            .map(|s| s.logins.clone())
+            .unwrap_or_default()
+    }
+
     /// How many processes of the service each step created, for the steps that created any.
     pub fn spawn_steps(&self, name: &str) -> Vec<u32> {
         self.stats
@@ -668,6 +759,8 @@ impl World {
             let stats = self.stats.get(name).cloned().unwrap_or_default();
             let mut waits = stats.waits.clone();
             waits.sort_unstable();
+            let mut logins = stats.logins.clone();
+            logins.sort_unstable();
             let outcome = |k: &str| stats.outcomes.get(k).copied().unwrap_or(0);
             services.push(ServiceReport {
                 name: name.clone(),
@@ -678,6 +771,9 @@ impl World {
                 wait_p50_ms: percentile(&waits, 50),
                 wait_p99_ms: percentile(&waits, 99),
                 wait_max_ms: waits.last().copied().unwrap_or(0),
+                login_p50_ms: percentile(&logins, 50),
+                login_p99_ms: percentile(&logins, 99),
+                login_max_ms: logins.last().copied().unwrap_or(0),
                 served: outcome("served"),
                 dropped: outcome("dropped") + outcome("backlog_full") + outcome("refused"),
                 backlog_full: outcome("backlog_full"),
@@ -981,6 +1077,17 @@ impl World {
                 if let Some(s) = self.services.get_mut(&service) {
                     s.login_full = full;
                 }
+                if self.load.what_if_notify_at_once {
+                    let pids: Vec<Pid> = self
+                        .procs
+                        .iter()
+                        .filter(|(_, p)| p.service == service && p.state == ProcState::Running)
+                        .map(|(pid, _)| *pid)
+                        .collect();
+                    for pid in pids {
+                        self.step(pid, ProcEvent::Signal(Signal::Usr1));
+                    }
+                }
             }
             Output::RetireGeneration { generation } => {
                 let pids: Vec<Pid> = self
@@ -1072,20 +1179,28 @@ impl World {
                 )
             })
             .unwrap_or((1, 0, false));
-        let child = Child::new(
-            ChildConfig {
-                client_limit,
-                service_count,
-                never_idle_die: false,
-                die_with_master: self.config.shutdown_clients,
-                // Like imap's and the login processes' callbacks: clients are told and the
-                // process is stopped 30 s later at the latest (reference §4.4).
-                has_die_callback: true,
-                is_login,
-                starts_with_client: false,
-            },
-            self.now,
-        );
+        // Like imap's and the login processes' callbacks: clients are told and the process is
+        // stopped 30 s later at the latest (reference §4.4).
+        let machine = if is_login {
+            let mut config = LoginConfig::new(client_limit, service_count);
+            config.die_with_master = self.config.shutdown_clients;
+            config.has_die_callback = true;
+            config.overflow = self.overflow;
+            Machine::Login(Box::new(Login::new(config, self.now)))
+        } else {
+            Machine::Plain(Child::new(
+                ChildConfig {
+                    client_limit,
+                    service_count,
+                    never_idle_die: false,
+                    die_with_master: self.config.shutdown_clients,
+                    has_die_callback: true,
+                    is_login,
+                    starts_with_client: false,
+                },
+                self.now,
+            ))
+        };
         let sockets = view::service_listeners(&self.master, request.service)
             .into_iter()
             .filter_map(|l| self.listeners.get(&l).map(|l| l.socket))
@@ -1099,14 +1214,14 @@ impl World {
                 state: ProcState::Starting,
                 sockets,
                 conns: BTreeMap::new(),
-                child,
+                machine,
                 accepting: false,
                 listeners_closed: false,
                 timer: None,
                 master_dead: false,
                 dropped_sigint: false,
-                overflow: false,
-                overflow_kill_pending: false,
+                listen: ListenMode::Off,
+                readable_reported: false,
                 ignores_sigint,
                 never_status,
             },
@@ -1153,16 +1268,11 @@ impl World {
                     proc.dropped_sigint = true;
                     return;
                 }
-                self.child_step(pid, ChildInput::Signal(Signal::Int));
+                self.step(pid, ProcEvent::Signal(Signal::Int));
             }
-            Signal::Quit => self.child_step(pid, ChildInput::Signal(Signal::Quit)),
-            Signal::Usr1 => {
-                let full = self
-                    .services
-                    .get(&proc.service)
-                    .is_some_and(|s| s.login_full);
-                proc.overflow = full;
-            }
+            // A login process re-reads the "all processes full" state; others have no use
+            // for it here (log processes reopen their files).
+            Signal::Quit | Signal::Usr1 => self.step(pid, ProcEvent::Signal(signal)),
             Signal::Hup => {}
         }
     }
@@ -1170,42 +1280,104 @@ impl World {
     // ---------------------------------------------------------------------------------------
     // The processes.
 
-    /// Feeds one input to a process's child machine and carries out what it asks: status
-    /// records go to the master (while its end of the pipe is read), accepting on and off,
-    /// closing listeners, exiting. Its invariants are checked after every step.
-    fn child_step(&mut self, pid: Pid, input: ChildInput) {
-        let mut inputs = VecDeque::from([input]);
+    /// Feeds one event to a process's machine and carries out what it asks: status records go
+    /// to the master (while its end of the pipe is read), listening modes, closing listeners,
+    /// reading the login "full" state, disconnecting clients, exiting. The machine's
+    /// invariants are checked after every input.
+    fn step(&mut self, pid: Pid, event: ProcEvent) {
+        let Some(proc) = self.procs.get(&pid) else {
+            return;
+        };
+        let first = match &proc.machine {
+            Machine::Plain(_) => match event {
+                ProcEvent::InitDone => Some(ChildInput::InitDone),
+                ProcEvent::Signal(Signal::Usr1) => None,
+                ProcEvent::Signal(signal) => Some(ChildInput::Signal(signal)),
+                ProcEvent::Timeout => Some(ChildInput::Timeout),
+                ProcEvent::MasterDead => Some(ChildInput::MasterDead),
+                ProcEvent::Accepted(_) => Some(ChildInput::Accepted),
+                ProcEvent::ClientClosed(_) => Some(ChildInput::ClientClosed),
+                ProcEvent::ClientState(..) | ProcEvent::Readable(_) => None,
+            }
+            .map(MachineInput::Child),
+            Machine::Login(_) => Some(MachineInput::Login(match event {
+                ProcEvent::InitDone => LoginInput::InitDone,
+                ProcEvent::Signal(signal) => LoginInput::Signal(signal),
+                ProcEvent::Timeout => LoginInput::Timeout,
+                ProcEvent::MasterDead => LoginInput::MasterDead,
+                ProcEvent::Accepted(conn) => LoginInput::Accepted {
+                    client: ClientId(conn),
+                },
+                ProcEvent::ClientState(conn, state) => LoginInput::ClientState {
+                    client: ClientId(conn),
+                    state,
+                },
+                ProcEvent::ClientClosed(conn) => LoginInput::ClientClosed {
+                    client: ClientId(conn),
+                },
+                ProcEvent::Readable(jitter) => LoginInput::ListenerReadable { jitter },
+            })),
+        };
+        let mut inputs: VecDeque<MachineInput> = first.into_iter().collect();
         while let Some(input) = inputs.pop_front() {
+            let now = self.now;
             let Some(proc) = self.procs.get_mut(&pid) else {
                 return;
             };
             if proc.state == ProcState::Zombie {
                 return;
             }
-            proc.child.handle(input, self.now);
             let mut outputs = Vec::new();
-            while let Some(output) = proc.child.poll_output() {
-                outputs.push(output);
-            }
-            if let Err(violation) = proc.child.check_invariants() {
+            let checked = match (&mut proc.machine, input) {
+                (Machine::Plain(child), MachineInput::Child(input)) => {
+                    child.handle(input, now);
+                    while let Some(output) = child.poll_output() {
+                        outputs.push(MachineOutput::Child(output));
+                    }
+                    child.check_invariants()
+                }
+                (Machine::Login(login), MachineInput::Login(input)) => {
+                    login.handle(input, now);
+                    while let Some(output) = login.poll_output() {
+                        outputs.push(MachineOutput::Login(output));
+                    }
+                    login.check_invariants()
+                }
+                _ => unreachable!("inputs are made for the machine the process runs"),
+            };
+            if let Err(violation) = checked {
                 self.fail(format!("pid {pid}: {violation}"));
                 return;
             }
-            let timer = proc.child.poll_timeout();
+            let timer = proc.machine.poll_timeout();
             if timer.is_some() && timer != proc.timer {
-                proc.timer = timer;
                 if let Some(at) = timer {
-                    self.schedule(at.max(self.now), Ev::ChildTimeout(pid));
+                    self.schedule(at.max(now), Ev::ChildTimeout(pid));
                 }
+            }
+            if let Some(proc) = self.procs.get_mut(&pid) {
+                proc.timer = timer;
             }
             for output in outputs {
                 let Some(proc) = self.procs.get_mut(&pid) else {
                     return;
                 };
+                let login = matches!(proc.machine, Machine::Login(_));
+                let wrap = |child: ChildInput, login_input: LoginInput| {
+                    if login {
+                        MachineInput::Login(login_input)
+                    } else {
+                        MachineInput::Child(child)
+                    }
+                };
                 match output {
-                    ChildOutput::WriteStatus { available_count } => {
+                    MachineOutput::Child(ChildOutput::WriteStatus { available_count })
+                    | MachineOutput::Login(LoginOutput::WriteStatus { available_count }) => {
                         if proc.master_dead || self.exited.is_some() {
-                            inputs.push_back(ChildInput::StatusWriteFailed);
+                            inputs.push_back(wrap(
+                                ChildInput::StatusWriteFailed,
+                                LoginInput::StatusWriteFailed,
+                            ));
                         } else {
                             let uid = proc.uid;
                             self.pending.push_back(Input::Status {
@@ -1213,24 +1385,60 @@ impl World {
                                 uid,
                                 available_count,
                             });
-                            inputs.push_back(ChildInput::StatusWritten);
+                            inputs.push_back(wrap(
+                                ChildInput::StatusWritten,
+                                LoginInput::StatusWritten,
+                            ));
                         }
                     }
                     // The simulated pipe never fills up.
-                    ChildOutput::AwaitStatusWritable => {
-                        inputs.push_back(ChildInput::StatusWritable)
+                    MachineOutput::Child(ChildOutput::AwaitStatusWritable)
+                    | MachineOutput::Login(LoginOutput::AwaitStatusWritable) => inputs
+                        .push_back(wrap(ChildInput::StatusWritable, LoginInput::StatusWritable)),
+                    MachineOutput::Child(ChildOutput::SetAccepting { on }) => proc.accepting = on,
+                    MachineOutput::Login(LoginOutput::SetListening { mode }) => {
+                        proc.listen = mode;
+                        proc.accepting = mode == ListenMode::Accept;
+                        proc.readable_reported = false;
                     }
-                    ChildOutput::SetAccepting { on } => proc.accepting = on,
-                    ChildOutput::CloseListeners => proc.listeners_closed = true,
-                    ChildOutput::Refuse => {
+                    MachineOutput::Child(ChildOutput::CloseListeners)
+                    | MachineOutput::Login(LoginOutput::CloseListeners) => {
+                        proc.listeners_closed = true
+                    }
+                    MachineOutput::Login(LoginOutput::ReadFullState) => {
+                        // The notify fd's offset is the master's state at this instant.
+                        let full = self
+                            .services
+                            .get(&proc.service)
+                            .is_some_and(|s| s.login_full);
+                        inputs.push_back(MachineInput::Login(LoginInput::FullState { full }));
+                    }
+                    MachineOutput::Login(LoginOutput::Disconnect { client, reason }) => {
+                        let ClientId(conn) = client;
+                        if let Some(c) = proc.conns.remove(&conn) {
+                            let outcome = match reason {
+                                DisconnectReason::QueueFull => Outcome::LoginKilled,
+                                DisconnectReason::Inactivity
+                                | DisconnectReason::InactivityDuringAuth
+                                | DisconnectReason::FinishingLogin => Outcome::TimedOut,
+                            };
+                            self.finish_client(c.client, outcome);
+                        }
+                        // Nothing outstanding in the simulated process: closed at once.
+                        inputs.push_back(MachineInput::Login(LoginInput::ClientClosed { client }));
+                    }
+                    MachineOutput::Child(ChildOutput::Refuse)
+                    | MachineOutput::Login(LoginOutput::Refuse) => {
                         self.fail(format!(
                             "pid {pid} refused a connection the kernel gave it while it accepted"
                         ));
                         return;
                     }
                     // The callback's effect (telling clients) is not the master's business.
-                    ChildOutput::DieCallback => {}
-                    ChildOutput::Exit(code) => {
+                    MachineOutput::Child(ChildOutput::DieCallback)
+                    | MachineOutput::Login(LoginOutput::DieCallback) => {}
+                    MachineOutput::Child(ChildOutput::Exit(code))
+                    | MachineOutput::Login(LoginOutput::Exit(code)) => {
                         self.exit(pid, ExitStatus::Exited(code));
                         return;
                     }
@@ -1264,7 +1472,7 @@ impl World {
             return;
         }
         proc.master_dead = true;
-        self.child_step(pid, ChildInput::MasterDead);
+        self.step(pid, ProcEvent::MasterDead);
     }
 
     fn apply_event(&mut self, event: Ev) {
@@ -1274,7 +1482,7 @@ impl World {
                 if let Some(proc) = self.procs.get_mut(&pid) {
                     if proc.state == ProcState::Starting && !proc.never_status {
                         proc.state = ProcState::Running;
-                        self.child_step(pid, ChildInput::InitDone);
+                        self.step(pid, ProcEvent::InitDone);
                     }
                 }
             }
@@ -1293,6 +1501,15 @@ impl World {
                 };
                 self.exit(pid, status);
             }
+            Ev::Auth(pid, conn) => {
+                let present = self
+                    .procs
+                    .get(&pid)
+                    .is_some_and(|p| p.conns.contains_key(&conn));
+                if present {
+                    self.step(pid, ProcEvent::ClientState(conn, LoginState::InAuth));
+                }
+            }
             Ev::Login(pid, conn) => {
                 let Some(proc) = self.procs.get_mut(&pid) else {
                     return;
@@ -1305,30 +1522,20 @@ impl World {
                 self.mark_served(client);
                 let session = self.clients[client].session;
                 self.schedule(self.now + session, Ev::End(pid, conn, Outcome::Served));
+                // Logged in and proxied by this process for its session: never killed.
+                self.step(pid, ProcEvent::ClientState(conn, LoginState::LoggedIn));
             }
             Ev::End(pid, conn, outcome) => self.end_conn(pid, conn, outcome),
-            Ev::OverflowKill(pid) => {
-                let full = self
-                    .procs
-                    .get(&pid)
-                    .is_some_and(|p| self.services.get(&p.service).is_some_and(|s| s.login_full));
-                if let Some(proc) = self.procs.get_mut(&pid) {
-                    proc.overflow_kill_pending = false;
-                }
-                if full {
-                    self.kill_oldest_pre_login(pid);
-                }
-            }
             Ev::ChildTimeout(pid) => {
-                let due = self
-                    .procs
-                    .get(&pid)
-                    .is_some_and(|p| p.timer.is_some_and(|t| t <= self.now));
+                let due = self.procs.get(&pid).is_some_and(|p| {
+                    p.state != ProcState::Zombie
+                        && p.machine.poll_timeout().is_some_and(|t| t <= self.now)
+                });
                 if due {
                     if let Some(p) = self.procs.get_mut(&pid) {
                         p.timer = None;
                     }
-                    self.child_step(pid, ChildInput::Timeout);
+                    self.step(pid, ProcEvent::Timeout);
                 }
             }
             Ev::FaultsOff => {
@@ -1348,7 +1555,7 @@ impl World {
                         dropped = std::mem::take(&mut p.dropped_sigint);
                     }
                     if dropped {
-                        self.child_step(pid, ChildInput::Signal(Signal::Int));
+                        self.step(pid, ProcEvent::Signal(Signal::Int));
                     }
                 }
             }
@@ -1391,11 +1598,22 @@ impl World {
             self.finish_client(client, Outcome::Refused);
             return;
         };
+        let c = &mut self.clients[client];
+        c.first_try.get_or_insert(self.now);
         let s = &mut self.sockets[socket];
         if s.queue.len() as u32 >= s.backlog {
+            if c.syn_left > 0 {
+                // The handshake is dropped; the client retransmits its SYN after 1, 2, 4, … s.
+                let backoff = 1_000u64 << (c.syn_retries - c.syn_left).min(16);
+                c.syn_left -= 1;
+                let at = self.now + Duration::from_millis(backoff);
+                self.schedule(at, Ev::Arrive(client));
+                return;
+            }
             self.finish_client(client, Outcome::BacklogFull);
             return;
         }
+        c.syn_left = c.syn_retries;
         s.queue.push_back(client);
         self.clients[client].state = ClientState::Queued {
             socket,
@@ -1409,13 +1627,10 @@ impl World {
         if !c.served {
             c.served = true;
             let name = c.service.clone();
-            *self
-                .stats
-                .entry(name)
-                .or_default()
-                .outcomes
-                .entry("served")
-                .or_default() += 1;
+            let latency = c.first_try.map_or(0, |t| (self.now - t).as_millis() as u64);
+            let stats = self.stats.entry(name).or_default();
+            *stats.outcomes.entry("served").or_default() += 1;
+            stats.logins.push(latency);
         }
     }
 
@@ -1460,32 +1675,12 @@ impl World {
             return;
         };
         self.finish_client(c.client, outcome);
-        // The child machine retires or frees the slot (§2.5) and may exit.
-        self.child_step(pid, ChildInput::ClientClosed);
+        // The machine retires or frees the slot (§2.5) and may exit.
+        self.step(pid, ProcEvent::ClientClosed(conn));
     }
 
-    /// Reference §2.8 login side: destroy the oldest client that has not logged in.
-    fn kill_oldest_pre_login(&mut self, pid: Pid) -> bool {
-        let Some(proc) = self.procs.get(&pid) else {
-            return false;
-        };
-        let victim = proc
-            .conns
-            .iter()
-            .filter(|(_, c)| !c.logged_in)
-            .min_by_key(|(id, c)| (c.accepted_at, **id))
-            .map(|(id, _)| *id);
-        match victim {
-            Some(conn) => {
-                self.end_conn(pid, conn, Outcome::LoginKilled);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Every process with free slots accepts from its sockets; login processes that are full
-    /// and allowed to overflow make room first.
+    /// Every process with free slots accepts from its sockets; a login process in overflow
+    /// mode is told its listener is readable (its machine decides whom to kill, and when).
     fn accept_pass(&mut self) {
         let pids: Vec<Pid> = self.procs.keys().copied().collect();
         for pid in pids {
@@ -1502,46 +1697,20 @@ impl World {
                     self.accept(pid, socket);
                     continue;
                 }
-                let login = self
-                    .services
-                    .get(&proc.service)
-                    .is_some_and(|s| s.service_type == ServiceType::Login);
-                let may_overflow = login
-                    && proc.overflow
+                let readable = proc.listen == ListenMode::Overflow
+                    && !proc.readable_reported
                     && proc.state == ProcState::Running
                     && !proc.master_dead
                     && !proc.listeners_closed;
-                if !may_overflow {
+                if !readable {
                     break;
                 }
-                if proc.child.total_available() > 1 {
-                    // Performance mode: make room at once, then accept in its place.
-                    if !self.kill_oldest_pre_login(pid) {
-                        break;
-                    }
-                } else {
-                    // Security mode: kill after 0-109 ms, oldest clients first.
-                    if !proc.overflow_kill_pending {
-                        let age = proc
-                            .conns
-                            .values()
-                            .filter(|c| !c.logged_in)
-                            .map(|c| (self.now - c.accepted_at).as_millis() as u64)
-                            .max();
-                        if let Some(age) = age {
-                            let delay = 100 - age.min(10_000) * 100 / 10_000
-                                + self.rng.random_range(0..10u64);
-                            if let Some(p) = self.procs.get_mut(&pid) {
-                                p.overflow_kill_pending = true;
-                            }
-                            self.schedule(
-                                self.now + Duration::from_millis(delay),
-                                Ev::OverflowKill(pid),
-                            );
-                        }
-                    }
-                    break;
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.readable_reported = true;
                 }
+                let jitter = self.rng.random();
+                // Performance mode kills at once and takes the freed slot in this pass.
+                self.step(pid, ProcEvent::Readable(jitter));
             }
         }
     }
@@ -1578,22 +1747,27 @@ impl World {
                 Conn {
                     client,
                     logged_in: false,
-                    accepted_at: self.now,
                 },
             );
         }
         self.clients[client].state = ClientState::Connected { pid };
-        let (behaviour, login_delay, session) = {
+        let (behaviour, login_delay, session, auth) = {
             let c = &self.clients[client];
-            (c.behaviour, c.login_delay, c.session)
+            (c.behaviour, c.login_delay, c.session, c.auth)
         };
         match (behaviour, login_service) {
-            (Behaviour::PreAuthIdle, _) => {
+            // The login machine's pre-auth timeout disconnects it.
+            (Behaviour::PreAuthIdle, true) => {}
+            (Behaviour::PreAuthIdle, false) => {
                 let at = self.now + PRE_AUTH_TIMEOUT;
                 self.schedule(at, Ev::End(pid, conn, Outcome::TimedOut));
             }
             (Behaviour::Login, true) => {
                 let at = self.now + login_delay;
+                if auth > Duration::ZERO {
+                    let auth_at = self.now + login_delay.saturating_sub(auth);
+                    self.schedule(auth_at, Ev::Auth(pid, conn));
+                }
                 self.schedule(at, Ev::Login(pid, conn));
             }
             (Behaviour::Login, false) => {
@@ -1607,7 +1781,7 @@ impl World {
                 l.reported = None;
             }
         }
-        self.child_step(pid, ChildInput::Accepted);
+        self.step(pid, ProcEvent::Accepted(conn));
     }
 
     /// Level-triggered readiness: a watched listener with connections waiting is reported
@@ -1628,7 +1802,8 @@ impl World {
     }
 }
 
-fn percentile(sorted: &[u64], p: usize) -> u64 {
+/// The `p`th percentile of sorted values by rank (0 when empty).
+pub fn percentile(sorted: &[u64], p: usize) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -1686,6 +1861,8 @@ mod tests {
                 session_ms: (100, 100),
                 reconnect: 0,
                 retry_ms: 1_000,
+                syn_retries: 0,
+                auth_ms: (0, 0),
             }],
             ..LoadProfile::default()
         };

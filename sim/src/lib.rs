@@ -7,6 +7,7 @@
 //! * [`scenario`]: `sim/scenarios/*.ron`, their expectations, and how they are checked;
 //! * [`swarm`]: random worlds drawn from a seed;
 //! * [`trace`]: recorded inputs replayed straight into the core;
+//! * [`policy`]: the login overflow policies compared on one load (issue 6);
 //! * [`plan`] and [`plot`]: `roost sim`'s report and SVG timeline.
 
 pub mod des;
@@ -14,6 +15,7 @@ pub mod load;
 pub mod net;
 pub mod plan;
 pub mod plot;
+pub mod policy;
 pub mod scenario;
 pub mod swarm;
 pub mod trace;

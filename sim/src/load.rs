@@ -4,6 +4,9 @@
 //! Everything here is plain data read from RON (`sim/scenarios/*.ron`, `roost sim --load`), so
 //! a scenario says in one file what happens and when. Units go last in the names (`_ms`).
 
+use roost_core::login::{
+    KillPolicy, OverflowPolicy, DEFAULT_OVERFLOW_POLICY, ORIGINAL_OVERFLOW_POLICY,
+};
 use roost_core::setup::{ListenerConfig, ListenerKind, MasterConfig, ServiceConfig, ServiceType};
 use roost_core::signal::Signal;
 use roost_core::time::Duration;
@@ -34,6 +37,91 @@ pub struct LoadProfile {
     /// Milliseconds between two samples of the time series; 0 = about 500 samples per run.
     #[serde(default)]
     pub sample_ms: u64,
+    /// How every simulated login process answers an overflow (core's
+    /// `roost_core::login::OverflowPolicy`); `None` = roost's `DEFAULT_OVERFLOW_POLICY`.
+    #[serde(default)]
+    pub overflow_policy: Option<PolicySpec>,
+    /// A what-if for a change to the master that the simulator cannot make itself: every
+    /// change of a login service's "all processes full" state is also signalled (SIGUSR1) to
+    /// its running processes at once, as if the master's 2 s rate limit
+    /// (`LOGIN_NOTIFY_INTERVAL`, reference §2.8) were 0. Off in every pinned scenario.
+    #[serde(default)]
+    pub what_if_notify_at_once: bool,
+    /// Network faults between client hosts and the server (the turmoil world only; the
+    /// discrete-event driver has no network and ignores them).
+    #[serde(default)]
+    pub net_faults: Vec<NetFault>,
+}
+
+/// A network fault of the turmoil world: from `at_ms` for `duration_ms`, the links between the
+/// server and the listed client hosts are cut (`partition`: messages are lost) or held
+/// (`hold`: messages wait and are delivered on `release`), then repaired.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetFault {
+    /// When it starts.
+    pub at_ms: u64,
+    /// How long it lasts.
+    pub duration_ms: u64,
+    /// Hold messages instead of losing them.
+    #[serde(default)]
+    pub hold: bool,
+    /// Client host indices (`client0`, `client1`, …); empty = every client host.
+    #[serde(default)]
+    pub client_hosts: Vec<usize>,
+}
+
+/// A login overflow policy in a scenario file: one of core's named policies, or every value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PolicySpec {
+    /// `roost_core::login::ORIGINAL_OVERFLOW_POLICY` (Dovecot 2.3's timings).
+    Original,
+    /// `roost_core::login::DEFAULT_OVERFLOW_POLICY` (what roost ships).
+    Default,
+    /// Every field of `OverflowPolicy`.
+    Custom {
+        /// `delay_max`, ms.
+        delay_max_ms: u64,
+        /// `age_window`, ms.
+        age_window_ms: u64,
+        /// `jitter_span_ms`.
+        jitter_span_ms: u32,
+        /// `delayed_kill_max_slots`.
+        delayed_kill_max_slots: u32,
+        /// `kill_policy`: true = `OldestKillableOnly`, false = `OldestKillableElseOldest`.
+        killable_only: bool,
+        /// `victim_recheck_interval`, ms.
+        recheck_ms: u64,
+    },
+}
+
+impl PolicySpec {
+    /// The core policy this names.
+    pub fn policy(&self) -> OverflowPolicy {
+        match *self {
+            PolicySpec::Original => ORIGINAL_OVERFLOW_POLICY,
+            PolicySpec::Default => DEFAULT_OVERFLOW_POLICY,
+            PolicySpec::Custom {
+                delay_max_ms,
+                age_window_ms,
+                jitter_span_ms,
+                delayed_kill_max_slots,
+                killable_only,
+                recheck_ms,
+            } => OverflowPolicy {
+                delay_max: Duration::from_millis(delay_max_ms),
+                age_window: Duration::from_millis(age_window_ms),
+                jitter_span_ms,
+                delayed_kill_max_slots,
+                kill_policy: if killable_only {
+                    KillPolicy::OldestKillableOnly
+                } else {
+                    KillPolicy::OldestKillableElseOldest
+                },
+                victim_recheck_interval: Duration::from_millis(recheck_ms),
+            },
+        }
+    }
 }
 
 /// A group of clients that behave alike.
@@ -67,6 +155,15 @@ pub struct ClientGroup {
     /// How long it waits before it does.
     #[serde(default = "default_retry")]
     pub retry_ms: u64,
+    /// A connection that finds the accept queue full is not lost at once: the kernel drops
+    /// the handshake and the client retransmits its SYN after 1, 2, 4, … s, this many times
+    /// per attempt (Linux's tcp_syn_retries is 6), before the attempt counts as `BacklogFull`.
+    #[serde(default)]
+    pub syn_retries: u32,
+    /// Of `login_delay_ms`, the last part spent in an auth lookup (the login process holds a
+    /// reference: `InAuth`, not killable under `OldestKillableOnly`), drawn from `[min, max]`.
+    #[serde(default)]
+    pub auth_ms: (u64, u64),
 }
 
 fn default_login_delay() -> (u64, u64) {

@@ -60,6 +60,23 @@ enum Command {
         #[arg(long)]
         plot: Option<String>,
     },
+    /// Compare the login overflow policies on a scenario (issue 6): legitimate logins'
+    /// success and latency under each.
+    Policies {
+        /// The scenario file.
+        #[arg(long, default_value = "sim/scenarios/19_preauth_flood_security.ron")]
+        scenario: String,
+        /// The login service measured.
+        #[arg(long, default_value = "pop3-login")]
+        service: String,
+        /// Seeds 1..=N.
+        #[arg(long, default_value_t = 10)]
+        seeds: u64,
+        /// Also run each policy with the what-if of a master that signals every change of
+        /// the full state at once (no 2 s rate limit).
+        #[arg(long)]
+        what_if_notify_at_once: bool,
+    },
     /// Run a scenario file and write the master's inputs as a trace.
     Trace {
         /// The scenario file.
@@ -94,7 +111,46 @@ fn main() -> ExitCode {
         ),
         Command::Plan { config, load, plot } => run_plan(&config, &load, plot.as_deref()),
         Command::Trace { scenario, out } => record(&scenario, &out),
+        Command::Policies {
+            scenario,
+            service,
+            seeds,
+            what_if_notify_at_once,
+        } => policies(&scenario, &service, seeds, what_if_notify_at_once),
     }
+}
+
+fn policies(path: &str, service: &str, seeds: u64, what_if: bool) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("{path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut scenario = match scenario::parse(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if what_if {
+        println!("what-if: every change of the full state signalled at once");
+        scenario.load.what_if_notify_at_once = true;
+    }
+    let seeds: Vec<u64> = (1..=seeds).collect();
+    println!("{}", sim::policy::HEADER);
+    for (name, policy) in sim::policy::candidates() {
+        match sim::policy::measure(&scenario, service, name, &policy, &seeds) {
+            Ok(row) => println!("{row}"),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn run_swarm(start: u64, seeds: u64, check_determinism: bool) -> ExitCode {

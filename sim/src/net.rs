@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::des::{fnv1a, PRE_AUTH_TIMEOUT};
-use crate::load::{Behaviour, LoadProfile, SimConfig};
+use crate::load::{Behaviour, LoadProfile, NetFault, SimConfig};
 use crate::view;
 
 /// How the turmoil world is built.
@@ -83,7 +83,14 @@ pub struct NetSummary {
     pub hash: u64,
     /// Most processes alive at once.
     pub peak_processes: usize,
+    /// Server-side connections closed by the pre-auth timeout (no login line in time).
+    pub pre_auth_timeouts: u64,
+    /// Client attempts abandoned after [`CLIENT_TIMEOUT`] without an answer.
+    pub client_timeouts: u64,
 }
+
+/// A client gives up an attempt (connect, greeting or login reply) after this long.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl fmt::Display for NetSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -96,13 +103,15 @@ impl fmt::Display for NetSummary {
         };
         write!(
             f,
-            "{} served, {} failed attempts, {} never served, wait p50 {} ms p99 {} ms, peak {} processes, {} steps, hash {:016x}",
+            "{} served, {} failed attempts, {} never served, wait p50 {} ms p99 {} ms, peak {} processes, {} client timeouts, {} pre-auth timeouts, {} steps, hash {:016x}",
             self.served,
             self.failed_attempts,
             self.never_served,
             p(50),
             p(99),
             self.peak_processes,
+            self.client_timeouts,
+            self.pre_auth_timeouts,
             self.steps,
             self.hash
         )
@@ -232,10 +241,25 @@ pub fn run(
             n += 1;
         }
     }
+    let duration_ms = load.duration_ms;
     for (index, clients) in per_host.into_iter().enumerate() {
         let shared = shared.clone();
+        let faults: Vec<NetFault> = load
+            .net_faults
+            .iter()
+            .filter(|f| f.client_hosts.is_empty() || f.client_hosts.contains(&index))
+            .cloned()
+            .collect();
         sim.client(format!("client{index}"), async move {
             let mut tasks = Vec::new();
+            for fault in faults {
+                tasks.push(tokio::task::spawn_local(net_fault(fault, index)));
+            }
+            // The world lasts the load's duration at least, so the server's own timeouts (the
+            // pre-auth timeout of connections cut off) can be seen.
+            tasks.push(tokio::task::spawn_local(tokio::time::sleep(
+                std::time::Duration::from_millis(duration_ms),
+            )));
             for spec in clients {
                 let shared = shared.clone();
                 tasks.push(tokio::task::spawn_local(client(spec, shared)));
@@ -257,6 +281,23 @@ pub fn run(
     waits.sort_unstable();
     summary.waits_ms = waits;
     Ok(summary)
+}
+
+/// Cuts or holds the links between this client host and the server for the fault's time.
+async fn net_fault(fault: NetFault, host: usize) {
+    let host = format!("client{host}");
+    tokio::time::sleep(std::time::Duration::from_millis(fault.at_ms)).await;
+    if fault.hold {
+        turmoil::hold("server", host.as_str());
+    } else {
+        turmoil::partition("server", host.as_str());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(fault.duration_ms)).await;
+    if fault.hold {
+        turmoil::release("server", host.as_str());
+    } else {
+        turmoil::repair("server", host.as_str());
+    }
 }
 
 /// One scripted client.
@@ -297,14 +338,26 @@ async fn client(spec: ClientSpec, shared: SharedRef) {
     shared.borrow_mut().summary.never_served += 1;
 }
 
+/// Waits for `io` at most [`CLIENT_TIMEOUT`]; `None` (counted) when the answer never came, as
+/// when the network was lost mid-login.
+async fn within<T>(shared: &SharedRef, io: impl std::future::Future<Output = T>) -> Option<T> {
+    match tokio::time::timeout(CLIENT_TIMEOUT, io).await {
+        Ok(value) => Some(value),
+        Err(_) => {
+            shared.borrow_mut().summary.client_timeouts += 1;
+            None
+        }
+    }
+}
+
 async fn session(spec: &ClientSpec, shared: &SharedRef) -> Attempt {
     let started = turmoil::elapsed();
-    let Ok(stream) = TcpStream::connect(("server", spec.port)).await else {
+    let Some(Ok(stream)) = within(shared, TcpStream::connect(("server", spec.port))).await else {
         return Attempt::Failed;
     };
     let mut stream = BufReader::new(stream);
     let mut line = String::new();
-    if !matches!(stream.read_line(&mut line).await, Ok(n) if n > 0) {
+    if !matches!(within(shared, stream.read_line(&mut line)).await, Some(Ok(n)) if n > 0) {
         return Attempt::Failed;
     }
     let wait = (turmoil::elapsed() - started).as_millis() as u64;
@@ -319,7 +372,8 @@ async fn session(spec: &ClientSpec, shared: &SharedRef) -> Attempt {
         return Attempt::Failed;
     }
     line.clear();
-    if !matches!(stream.read_line(&mut line).await, Ok(n) if n > 0) || !line.starts_with("+OK") {
+    let reply = within(shared, stream.read_line(&mut line)).await;
+    if !matches!(reply, Some(Ok(n)) if n > 0) || !line.starts_with("+OK") {
         return Attempt::Failed;
     }
     shared.borrow_mut().waits.push(wait);
@@ -633,6 +687,7 @@ impl Server {
             shutdown_clients: self.shutdown_clients,
             signals: rx,
             events: self.events.clone(),
+            shared: self.shared.clone(),
         }));
     }
 }
@@ -672,6 +727,7 @@ struct Process {
     shutdown_clients: bool,
     signals: UnboundedReceiver<ProcMsg>,
     events: UnboundedSender<KernelEvent>,
+    shared: SharedRef,
 }
 
 /// One connection of a process.
@@ -782,8 +838,13 @@ async fn process(mut p: Process) {
             let logged_in = Rc::new(Cell::new(false));
             let id = next_conn;
             next_conn += 1;
-            let task =
-                tokio::task::spawn_local(serve(stream, logged_in.clone(), done_tx.clone(), id));
+            let task = tokio::task::spawn_local(serve(
+                stream,
+                logged_in.clone(),
+                done_tx.clone(),
+                id,
+                p.shared.clone(),
+            ));
             conns.insert(
                 id,
                 Connection {
@@ -855,12 +916,21 @@ async fn process(mut p: Process) {
 }
 
 /// One connection: greeting, a login line, the session, and QUIT.
-async fn serve(stream: TcpStream, logged_in: Rc<Cell<bool>>, done: UnboundedSender<u64>, id: u64) {
+async fn serve(
+    stream: TcpStream,
+    logged_in: Rc<Cell<bool>>,
+    done: UnboundedSender<u64>,
+    id: u64,
+    shared: SharedRef,
+) {
     let mut stream = BufReader::new(stream);
     let _ = async {
         stream.get_mut().write_all(b"+OK roost ready\r\n").await?;
         let mut line = String::new();
         let read = tokio::time::timeout(PRE_AUTH_TIMEOUT, stream.read_line(&mut line)).await;
+        if read.is_err() {
+            shared.borrow_mut().summary.pre_auth_timeouts += 1;
+        }
         if !matches!(read, Ok(Ok(n)) if n > 0) {
             return Ok::<(), std::io::Error>(());
         }

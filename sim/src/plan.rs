@@ -58,6 +58,13 @@ pub struct ServiceReport {
     pub wait_p99_ms: u64,
     /// Longest wait, ms.
     pub wait_max_ms: u64,
+    /// Median time from a served client's first connect attempt to its login (login
+    /// services) or session start (others), ms: what a user waits for.
+    pub login_p50_ms: u64,
+    /// 99th percentile of that time, ms.
+    pub login_p99_ms: u64,
+    /// Longest such time, ms.
+    pub login_max_ms: u64,
     /// Clients served (logged in, or had their session).
     pub served: u64,
     /// Connections dropped: accepted and closed by the master, refused, or over the backlog.
@@ -96,13 +103,15 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<16} {:>6} {:>8} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7}",
+            "{:<16} {:>6} {:>8} {:>7} {:>8} {:>8} {:>9} {:>9} {:>7} {:>7} {:>7}",
             "service",
             "peak",
             "accepted",
             "queued",
             "wait p50",
             "wait p99",
+            "login p50",
+            "login p99",
             "served",
             "dropped",
             "killed"
@@ -110,13 +119,15 @@ impl fmt::Display for Report {
         for s in &self.services {
             writeln!(
                 f,
-                "{:<16} {:>6} {:>8} {:>7} {:>6}ms {:>6}ms {:>7} {:>7} {:>7}",
+                "{:<16} {:>6} {:>8} {:>7} {:>6}ms {:>6}ms {:>7}ms {:>7}ms {:>7} {:>7} {:>7}",
                 s.name,
                 s.peak_processes,
                 s.accepted,
                 s.queued,
                 s.wait_p50_ms,
                 s.wait_p99_ms,
+                s.login_p50_ms,
+                s.login_p99_ms,
                 s.served,
                 s.dropped,
                 s.login_killed

@@ -104,6 +104,12 @@ pub struct ServiceExpect {
     /// 99th percentile queue wait, ms.
     #[serde(default)]
     pub wait_p99_ms: Option<(u64, u64)>,
+    /// Median time from first connect attempt to login, ms (served clients).
+    #[serde(default)]
+    pub login_p50_ms: Option<(u64, u64)>,
+    /// 99th percentile time from first connect attempt to login, ms (served clients).
+    #[serde(default)]
+    pub login_p99_ms: Option<(u64, u64)>,
     /// Processes created.
     #[serde(default)]
     pub spawned: Option<(u64, u64)>,
@@ -251,6 +257,18 @@ pub fn check(expect: &Expect, world: &World, report: &Report) -> Vec<String> {
             &format!("{name} wait_p99_ms"),
             r.wait_p99_ms,
             s.wait_p99_ms,
+        );
+        within(
+            &mut failures,
+            &format!("{name} login_p50_ms"),
+            r.login_p50_ms,
+            s.login_p50_ms,
+        );
+        within(
+            &mut failures,
+            &format!("{name} login_p99_ms"),
+            r.login_p99_ms,
+            s.login_p99_ms,
         );
         within(
             &mut failures,

@@ -11,7 +11,8 @@ use roost_core::setup::ServiceType;
 
 use crate::des::{self, Options, World};
 use crate::load::{
-    Behaviour, ClientGroup, Event, Faults, LoadProfile, ServiceSpec, SimConfig, TimedEvent,
+    Behaviour, ClientGroup, Event, Faults, LoadProfile, PolicySpec, ServiceSpec, SimConfig,
+    TimedEvent,
 };
 
 /// Everything one seed drew.
@@ -108,6 +109,8 @@ pub fn draw(seed: u64) -> Drawn {
                 session_ms: (range(&mut rng, 0, session_hi), session_hi),
                 reconnect: range(&mut rng, 0, 3) as u32,
                 retry_ms: range(&mut rng, 100, 5_000),
+                syn_retries: range(&mut rng, 0, 2) as u32,
+                auth_ms: (0, range(&mut rng, 0, 50)),
             });
         }
     }
@@ -170,6 +173,21 @@ pub fn draw(seed: u64) -> Drawn {
         events,
         backlog: None,
         sample_ms: 1_000,
+        // Extra SIGUSR1s at every change: the login machine must take any number of them.
+        what_if_notify_at_once: rng.random_bool(0.2),
+        net_faults: Vec::new(),
+        overflow_policy: match range(&mut rng, 0, 2) {
+            0 => None,
+            1 => Some(PolicySpec::Original),
+            _ => Some(PolicySpec::Custom {
+                delay_max_ms: range(&mut rng, 0, 200),
+                age_window_ms: range(&mut rng, 0, 20_000),
+                jitter_span_ms: range(&mut rng, 0, 20) as u32,
+                delayed_kill_max_slots: range(&mut rng, 0, 2) as u32,
+                killable_only: rng.random_bool(0.5),
+                recheck_ms: range(&mut rng, 1, 2_000),
+            }),
+        },
     };
     Drawn {
         seed,

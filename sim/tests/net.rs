@@ -71,3 +71,37 @@ fn pre_auth_flood_over_tcp_lets_legitimate_clients_in() {
     assert_eq!(summary.served, 20, "{summary}");
     assert_eq!(summary.peak_processes, 4, "{summary}");
 }
+
+/// Issue 5's network faults: the only client host loses the server for 3 s while its clients
+/// are between greeting and login. Their login lines are lost; the server's side of those
+/// connections is closed by the pre-auth timeout (180 s), and the clients give up after their
+/// own timeout and reconnect, so every client logs in in the end.
+#[test]
+fn clients_cut_off_mid_login_reconnect_and_the_pre_auth_timeout_cleans_up() {
+    let w = world(
+        r#"(
+        config: SimConfig(services: [
+            ServiceSpec(name: "pop3-login", service_type: Login, process_limit: 50, service_count: 1, process_min_avail: 5, port: 110),
+        ]),
+        load: LoadProfile(
+            duration_ms: 200000,
+            seed: 7,
+            clients: [
+                ClientGroup(service: "pop3-login", count: 30, start_ms: 1000, spread_ms: 2000, login_delay_ms: (1500, 2500), session_ms: (100, 500), reconnect: 3, retry_ms: 1000),
+            ],
+            net_faults: [NetFault(at_ms: 2500, duration_ms: 3000)],
+        ),
+    )"#,
+    );
+    let summary =
+        net::run(&w.config, &w.load, NetOptions::default()).expect("the run breaks no rule");
+    assert_eq!(summary.served, 30, "{summary}");
+    assert!(
+        summary.client_timeouts > 0,
+        "some clients were cut off: {summary}"
+    );
+    assert!(
+        summary.pre_auth_timeouts > 0,
+        "the server cleaned up: {summary}"
+    );
+}

@@ -238,7 +238,9 @@ fn logged_in_clients_are_never_killed_and_nothing_dies_without_pre_login_clients
 
 #[test]
 fn security_mode_kills_after_the_age_delay_and_rechecks_full_section_2_8() {
-    let mut h = Harness::new(LoginConfig::new(1, 1));
+    let mut config = LoginConfig::new(1, 1);
+    config.overflow = ORIGINAL_OVERFLOW_POLICY;
+    let mut h = Harness::new(config);
     let a = h.accept();
     h.at(2_500);
     h.publish_full(true);
@@ -259,6 +261,42 @@ fn security_mode_kills_after_the_age_delay_and_rechecks_full_section_2_8() {
         Some(&Output::Exit(0)),
         "its one connection is used: it exits"
     );
+}
+
+#[test]
+fn roost_kills_after_the_jitter_alone_and_rechecks_fast_after_a_flip_issue_6() {
+    let mut h = Harness::new(LoginConfig::new(1, 1));
+    h.accept();
+    h.at(2_500);
+    h.publish_full(true);
+    h.input(Input::ListenerReadable { jitter: 7 });
+    assert_eq!(
+        h.login.poll_timeout(),
+        Some(ms(2_507)),
+        "no age-scaled delay"
+    );
+    // Another process's kill flipped the state; the master's SIGUSR1 is held back.
+    h.full = false;
+    let out = h.timeout();
+    assert_eq!(disconnects(&out), vec![], "re-read at expiry says not full");
+    assert_eq!(
+        h.login.poll_timeout(),
+        Some(ms(2_527)),
+        "a process with someone to kill re-reads after 20 ms"
+    );
+    h.full = true;
+    let out = h.timeout();
+    assert!(out.contains(&Output::SetListening {
+        mode: ListenMode::Overflow
+    }));
+}
+
+#[test]
+fn roost_rechecks_every_second_outside_a_flip_issue_6() {
+    let mut h = Harness::new(LoginConfig::new(1, 0));
+    h.at(100);
+    h.accept();
+    assert_eq!(h.login.poll_timeout(), Some(ms(1_100)));
 }
 
 #[test]
