@@ -91,6 +91,7 @@ def table(results, header):
         ref = cell(r.ref, r.fmt, r.unit, r.ref_note)
         if r.ref_name:
             ref = f"{r.ref_name}: {ref}"
+        ref = ref.replace("\n", " / ")
         lines.append(f"| {r.row} | {r.name} | {cell(r.roost, r.fmt, r.unit, r.roost_note)} | {ref} | {r.verdict()} |")
     return "\n".join(lines)
 
@@ -251,11 +252,11 @@ def interesting_line(path, fallback=""):
             lines = [l.strip() for l in f if l.strip()]
     except OSError:
         return fallback
-    for pattern in ("Fatal", "Error", "error", "Panic", "no program", "Warning"):
+    for pattern in ("Fatal", "Error", "error", "Panic", "pop3-login", "no program", "Warning"):
         for l in lines:
             if pattern in l:
-                return l[:160]
-    return (lines[0][:160] if lines else fallback)
+                return re.sub(r"^\w{3} [ \d]\d \d\d:\d\d:\d\d ", "", l)[:160]
+    return lines[0][:160] if lines else fallback
 
 
 def start_roost(config, workdir, port, cleanup, what):
@@ -277,7 +278,7 @@ def start_roost(config, workdir, port, cleanup, what):
     why = (interesting_line(os.path.join(workdir, "roost.log")) or interesting_line(os.path.join(workdir, "dovecot.log"))
            or interesting_line(out, "no log line"))
     stop_process(proc)
-    return None, f"nothing listens on 127.0.0.1:{port} after 10 s: {why}"
+    return None, f"no listener on :{port} after 10 s ({why})"
 
 
 # ---------------------------------------------------------------- load
@@ -389,18 +390,25 @@ def dovecot_conf_text(peers, d, mode, port=DOVECOT_PORT):
     return text
 
 
-def roost_pop3_dir(peers, mode):
-    """A temp dir laid out as start.sh lays out Dovecot's, with roost's config on port 11111."""
-    d = tempfile.mkdtemp(prefix=f"roost-bench-pop3-{mode}-")
+def lay_out_peer_dir(d):
+    """What start.sh makes for Dovecot: a passwd file with demo and load0000..load0999, a Maildir
+    holding one message for demo, all mail owned by vmail."""
+    ensure_vmail()
     os.chmod(d, 0o755)                    # the mail user must reach DIR/mail
     maildir = os.path.join(d, "mail", "demo", "Maildir")
     for sub in ("cur", "new", "tmp"):
-        os.makedirs(os.path.join(maildir, sub))
+        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
     with open(os.path.join(maildir, "new", "1700000000.M1P1.peer"), "w") as f:
         f.write("From: a@example.org\r\nTo: demo@example.org\r\nSubject: hello\r\n\r\nhello from the peer\r\n")
     subprocess.run(["chown", "-R", "vmail:vmail", os.path.join(d, "mail")], check=True)
     with open(os.path.join(d, "passwd"), "w") as f:
         f.write("demo:{PLAIN}demo\n" + "".join(f"load{i:04d}:{{PLAIN}}load\n" for i in range(1000)))
+
+
+def roost_pop3_dir(peers, mode):
+    """A temp dir laid out as start.sh lays out Dovecot's, with roost's config on port 11111."""
+    d = tempfile.mkdtemp(prefix=f"roost-bench-pop3-{mode}-")
+    lay_out_peer_dir(d)
     text = dovecot_conf_text(peers, d, mode, ROOST_PORT).replace("instance_name = dvpeer", "instance_name = roostbench")
     conf = os.path.join(d, "roost.conf")
     with open(conf, "w") as f:
@@ -421,7 +429,7 @@ class Dovecot:
         self.index = self.cleanup.push("dovecot", self.stop_quietly)
         code, text = run_logged(["bash", os.path.join(self.peers, "dovecot", "start.sh"), mode, DOVECOT_DIR], 600)
         if code != 0:
-            return f"start.sh failed: {text[:160]}"
+            return f"start.sh failed: {text[:160]}".replace("\n", " / ")
         return None
 
     def master_pid(self):
@@ -435,7 +443,7 @@ class Dovecot:
             pid = None
         run_logged(["bash", os.path.join(self.peers, "dovecot", "stop.sh"), DOVECOT_DIR], 60)
         end = time.time() + 15
-        while pid and time.time() < end and os.path.exists(f"/proc/{pid}"):
+        while time.time() < end and ((pid and os.path.exists(f"/proc/{pid}")) or port_open(DOVECOT_PORT)):
             time.sleep(0.1)
 
     def stop(self):
@@ -704,13 +712,10 @@ class Bench:
         """The peer's security configuration with pop3-login process_min_avail = process_limit = 1000,
         on a port of its own; Dovecot's master then holds 1000 login processes."""
         peers = self.args.peers
-        d = "/tmp/roost-bench-dovecot-rss"
-        index = self.cleanup.push("dovecot (setup)", lambda: run_logged(
-            ["bash", os.path.join(peers, "dovecot", "stop.sh"), d], 60))
-        code, text = run_logged(["bash", os.path.join(peers, "dovecot", "start.sh"), "security", d], 600)
-        self.cleanup.run_one(index)
-        if code != 0:
-            return None, f"start.sh failed: {text[:160]}"
+        if not shutil.which("dovecot"):
+            return None, "dovecot is not installed (the POP3 rows install it)"
+        d = tempfile.mkdtemp(prefix="roost-bench-dovecot-rss-")
+        lay_out_peer_dir(d)
         conf = os.path.join(d, "dovecot-rss.conf")
         text = dovecot_conf_text(peers, d, "security", HOLD_PORT).replace(
             "service pop3-login {\n", "service pop3-login {\n  process_min_avail = 1000\n  process_limit = 1000\n", 1)
@@ -719,7 +724,7 @@ class Bench:
         time.sleep(1)
         code, text = run_logged(["dovecot", "-c", conf], 60)
         if code != 0:
-            return None, f"dovecot failed: {text[:160]}"
+            return None, f"dovecot failed: {text[-160:]}".replace("\n", " / ")
         try:
             with open(os.path.join(d, "run", "master.pid")) as f:
                 pid = int(f.read().split()[0])
