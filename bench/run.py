@@ -259,6 +259,18 @@ def interesting_line(path, fallback=""):
     return lines[0][:160] if lines else fallback
 
 
+def inetd_config(program, port, **settings):
+    """A temp dir and a roost config in it: one inetd service running PROGRAM on 127.0.0.1:PORT."""
+    tmp = tempfile.mkdtemp(prefix="roost-bench-inetd-")
+    conf = os.path.join(tmp, "roost.conf")
+    lines = "".join(f"  {k} = {v}\n" for k, v in settings.items())
+    with open(conf, "w") as f:
+        f.write(f"base_dir = {tmp}/run\nlog_path = {tmp}/roost.log\nprotocols = none\n"
+                f"service bench {{\n  executable = inetd {program}\n{lines}"
+                f"  inet_listener bench {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n")
+    return tmp, conf
+
+
 def start_roost(config, workdir, port, cleanup, what):
     """Starts target/release/roost -F -c CONFIG and waits until PORT accepts. Returns (proc, None)
     or (None, why) with the log line that explains it."""
@@ -592,13 +604,7 @@ class Bench:
     def spawn_rows(self, rows):
         log("== per-connection process: posix_spawn, roost inetd, tcpserver")
         n = 1000 if self.quick else 2000
-        tmp = tempfile.mkdtemp(prefix="roost-bench-inetd-")
-        conf = os.path.join(tmp, "roost.conf")
-        with open(conf, "w") as f:
-            f.write(f"base_dir = {tmp}/run\nlog_path = {tmp}/roost.log\nprotocols = none\n"
-                    f"service true {{\n  executable = inetd /bin/true\n  service_count = 1\n"
-                    f"  process_min_avail = 4\n  process_limit = 200\n"
-                    f"  inet_listener true {{\n    address = 127.0.0.1\n    port = {INETD_PORT}\n  }}\n}}\n")
+        tmp, conf = inetd_config("/bin/true", INETD_PORT, service_count=1, process_min_avail=4, process_limit=200)
         proc, roost_why = start_roost(conf, tmp, INETD_PORT, self.cleanup, "inetd")
         tcpserver, tcp_why = shutil.which("tcpserver"), None
         if not tcpserver and os.geteuid() == 0:
@@ -668,13 +674,7 @@ class Bench:
         log("== master RSS with 1,000 live children")
         ours, theirs, ours_why, theirs_why = [], [], "", ""
         for run in range(self.runs):
-            tmp = tempfile.mkdtemp(prefix="roost-bench-rss-")
-            conf = os.path.join(tmp, "roost.conf")
-            with open(conf, "w") as f:
-                f.write(f"base_dir = {tmp}/run\nlog_path = {tmp}/roost.log\nprotocols = none\n"
-                        f"service hold {{\n  executable = inetd /bin/cat\n  process_min_avail = 1000\n"
-                        f"  process_limit = 1000\n  inet_listener hold {{\n    address = 127.0.0.1\n"
-                        f"    port = {HOLD_PORT}\n  }}\n}}\n")
+            tmp, conf = inetd_config("/bin/cat", HOLD_PORT, process_min_avail=1000, process_limit=1000)
             proc, why = start_roost(conf, tmp, HOLD_PORT, self.cleanup, "1000 children")
             if not proc:
                 ours_why = why
