@@ -198,7 +198,22 @@ def stop_process(proc, timeout=15):
             proc.wait()
 
 
+def read_pid(path, timeout=10):
+    """The pid in PATH, waiting up to TIMEOUT seconds for the file; None if it never comes."""
+    end = time.time() + timeout
+    while True:
+        try:
+            with open(path) as f:
+                return int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            if time.time() > end:
+                return None
+            time.sleep(0.1)
+
+
 def stop_pid(pid, timeout=15):
+    if pid is None:
+        return
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -452,14 +467,13 @@ class Dovecot:
         return None
 
     def master_pid(self):
-        with open(os.path.join(DOVECOT_DIR, "run", "master.pid")) as f:
-            return int(f.read().split()[0])
+        pid = read_pid(os.path.join(DOVECOT_DIR, "run", "master.pid"))
+        if pid is None:
+            raise OSError("no run/master.pid")
+        return pid
 
     def stop_quietly(self):
-        try:
-            pid = self.master_pid()
-        except (OSError, ValueError):
-            pid = None
+        pid = read_pid(os.path.join(DOVECOT_DIR, "run", "master.pid"), timeout=0)
         run_logged(["bash", os.path.join(self.peers, "dovecot", "stop.sh"), DOVECOT_DIR], 60)
         end = time.time() + 15
         while time.time() < end and ((pid and os.path.exists(f"/proc/{pid}")) or port_open(DOVECOT_PORT)):
@@ -739,17 +753,16 @@ class Bench:
             "service pop3-login {\n", "service pop3-login {\n  process_min_avail = 1000\n  process_limit = 1000\n", 1)
         with open(conf, "w") as f:
             f.write(text)
-        time.sleep(1)
-        code, text = run_logged(["dovecot", "-c", conf], 60)
-        if code != 0:
-            return None, f"dovecot failed: {text[-160:]}".replace("\n", " / ")
+        pidfile = os.path.join(d, "run", "master.pid")
+        # registered before the start: dovecot daemonizes and writes master.pid a moment later
+        index = self.cleanup.push("dovecot (1000 children)", lambda: stop_pid(read_pid(pidfile), timeout=30))
         try:
-            with open(os.path.join(d, "run", "master.pid")) as f:
-                pid = int(f.read().split()[0])
-        except (OSError, ValueError) as e:
-            return None, f"no master.pid: {e}"
-        index = self.cleanup.push("dovecot (1000 children)", lambda: stop_pid(pid, timeout=30))
-        try:
+            code, text = run_logged(["dovecot", "-c", conf], 60)
+            if code != 0:
+                return None, f"dovecot failed: {text[-160:]}".replace("\n", " / ")
+            pid = read_pid(pidfile)
+            if not pid:
+                return None, "no master.pid after 10 s"
             return self.hold_children(pid, 1000)
         finally:
             self.cleanup.run_one(index)
