@@ -261,6 +261,31 @@ def port_open(port):
         return False
 
 
+def port_owner(port):
+    """Who listens on 127.0.0.1:PORT, as ss says it, or ''."""
+    try:
+        out = subprocess.run(["ss", "-Htlnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+    except OSError:
+        return ""
+    m = re.search(r'users:\(\("([^"]+)",pid=(\d+)', out)
+    return f"{m.group(1)} pid {m.group(2)}" if m else ""
+
+
+def choose_ports():
+    """Each of our fixed ports that another program already listens on (another session's roost,
+    say) is replaced by a free one, so that we never measure someone else's server."""
+    notes = []
+    for name in ("ROOST_PORT", "INETD_PORT", "TCPSERVER_PORT", "HOLD_PORT"):
+        port = globals()[name]
+        if port_open(port):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                globals()[name] = s.getsockname()[1]
+            notes.append(f"port {port} is taken ({port_owner(port) or 'unknown program'}), used {globals()[name]}")
+            log("  " + notes[-1])
+    return notes
+
+
 def wait_port_free(port, timeout=30):
     end = time.time() + timeout
     while port_open(port) and time.time() < end:
@@ -297,6 +322,8 @@ def start_roost(config, workdir, port, cleanup, what):
     """Starts target/release/roost -F -c CONFIG and waits until PORT accepts. Returns (proc, None)
     or (None, why) with the log line that explains it."""
     out = os.path.join(workdir, "roost.out")
+    if port_open(port):
+        return None, f"port {port} is already taken by {port_owner(port) or 'another program'}"
     proc = subprocess.Popen([ROOST, "-F", "-c", config], stdin=subprocess.DEVNULL,
                             stdout=open(out, "w"), stderr=subprocess.STDOUT)
     cleanup.push(f"roost ({what})", lambda: stop_process(proc))
@@ -829,14 +856,16 @@ def main():
         ap.error(f"unknown rows {unknown}; choose from {','.join(ALL_ROWS)}")
     args.runs = args.runs or (1 if args.quick else 3)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # even when started with SIGINT ignored
     os.makedirs(OUT, exist_ok=True)
     started = time.time()
     cleanup = Cleanup()
     bench = Bench(args, cleanup)
-    interrupted = False
+    interrupted, port_notes = False, []
     try:
         log("== cargo build --release -p roost")
         subprocess.run(["cargo", "build", "-q", "--release", "-p", "roost"], cwd=ROOT, check=True)
+        port_notes = choose_ports()
         if "core" in rows:
             guard("core", bench.core_rows)
         if "spawn" in rows or "master" in rows:
@@ -856,7 +885,8 @@ def main():
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     header = (f"roost benchmarks, {when}: {os.cpu_count()} cores, Linux {os.uname().release}, "
               f"{args.runs} run(s) per measurement{' (--quick)' if args.quick else ''}, "
-              f"{time.time() - started:.0f} s" + (" — INTERRUPTED, partial" if interrupted else ""))
+              f"{time.time() - started:.0f} s" + "".join(f"; {n}" for n in port_notes)
+              + (" — INTERRUPTED, partial" if interrupted else ""))
     text = table(results, header)
     print(text)
     with open(os.path.join(OUT, "results.md"), "w") as f:
