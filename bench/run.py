@@ -530,7 +530,7 @@ class Bench:
         peers = self.args.peers
         log(f"== POP3, {mode} mode")
         sizes = {1: 100 if mode == "security" else 200, 50: 300, 200: 400} if self.quick else \
-                {1: 300 if mode == "security" else 600, 50: 1000, 200: 1000}
+                {1: 300 if mode == "security" else 600, 50: 600, 200: 600}
         dovecot = Dovecot(peers, self.cleanup)
         servers = {}                      # name -> (port, master pid) or a reason it is not measured
         why = dovecot.start(mode)
@@ -848,6 +848,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="one run, smaller loads (about 3 minutes)")
     ap.add_argument("--rows", default=",".join(ALL_ROWS), help=f"comma-separated subset of {','.join(ALL_ROWS)}")
     ap.add_argument("--runs", type=int, help="runs per measurement (default 3, 1 with --quick)")
+    ap.add_argument("--roost", help="measure this roost binary (copied first) instead of building this checkout's")
     ap.add_argument("--peers", default=os.path.normpath(os.path.join(ROOT, "..", "shared", "peers")),
                     help="the peers folder (default ../shared/peers beside the repository)")
     args = ap.parse_args()
@@ -863,9 +864,15 @@ def main():
     bench = Bench(args, cleanup)
     interrupted, port_notes = False, []
     try:
-        log("== cargo build --release -p roost")
-        subprocess.run(["cargo", "build", "-q", "--release", "-p", "roost"], cwd=ROOT, check=True)
-        port_notes = choose_ports()
+        if args.roost:
+            global ROOST                  # a copy: the original may be rebuilt while we measure
+            ROOST = os.path.join(tempfile.mkdtemp(prefix="roost-bench-bin-"), "roost")
+            shutil.copy2(args.roost, ROOST)
+            port_notes.append(f"roost binary: {args.roost}")
+        else:
+            log("== cargo build --release -p roost")
+            subprocess.run(["cargo", "build", "-q", "--release", "-p", "roost"], cwd=ROOT, check=True)
+        port_notes += choose_ports()
         if "core" in rows:
             guard("core", bench.core_rows)
         if "spawn" in rows or "master" in rows:
