@@ -261,6 +261,16 @@ def port_open(port):
         return False
 
 
+SCRATCH = []
+
+
+def scratch_dir(prefix):
+    """A temp dir that the end of the run removes (unless --keep)."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    SCRATCH.append(d)
+    return d
+
+
 def port_owner(port):
     """Who listens on 127.0.0.1:PORT, as ss says it, or ''."""
     try:
@@ -308,7 +318,7 @@ def interesting_line(path, fallback=""):
 
 def inetd_config(program, port, **settings):
     """A temp dir and a roost config in it: one inetd service running PROGRAM on 127.0.0.1:PORT."""
-    tmp = tempfile.mkdtemp(prefix="roost-bench-inetd-")
+    tmp = scratch_dir(prefix="roost-bench-inetd-")
     conf = os.path.join(tmp, "roost.conf")
     lines = "".join(f"  {k} = {v}\n" for k, v in settings.items())
     with open(conf, "w") as f:
@@ -468,7 +478,7 @@ def lay_out_peer_dir(d):
 
 def roost_pop3_dir(peers, mode):
     """A temp dir laid out as start.sh lays out Dovecot's, with roost's config on port 11111."""
-    d = tempfile.mkdtemp(prefix=f"roost-bench-pop3-{mode}-")
+    d = scratch_dir(prefix=f"roost-bench-pop3-{mode}-")
     lay_out_peer_dir(d)
     text = dovecot_conf_text(peers, d, mode, ROOST_PORT).replace("instance_name = dvpeer", "instance_name = roostbench")
     conf = os.path.join(d, "roost.conf")
@@ -773,7 +783,7 @@ class Bench:
         peers = self.args.peers
         if not shutil.which("dovecot"):
             return None, "dovecot is not installed (the POP3 rows install it)"
-        d = tempfile.mkdtemp(prefix="roost-bench-dovecot-rss-")
+        d = scratch_dir(prefix="roost-bench-dovecot-rss-")
         lay_out_peer_dir(d)
         conf = os.path.join(d, "dovecot-rss.conf")
         text = dovecot_conf_text(peers, d, "security", HOLD_PORT).replace(
@@ -848,6 +858,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="one run, smaller loads (about 3 minutes)")
     ap.add_argument("--rows", default=",".join(ALL_ROWS), help=f"comma-separated subset of {','.join(ALL_ROWS)}")
     ap.add_argument("--runs", type=int, help="runs per measurement (default 3, 1 with --quick)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dirs (configs, logs) under /tmp")
     ap.add_argument("--roost", help="measure this roost binary (copied first) instead of building this checkout's")
     ap.add_argument("--peers", default=os.path.normpath(os.path.join(ROOT, "..", "shared", "peers")),
                     help="the peers folder (default ../shared/peers beside the repository)")
@@ -866,7 +877,7 @@ def main():
     try:
         if args.roost:
             global ROOST                  # a copy: the original may be rebuilt while we measure
-            ROOST = os.path.join(tempfile.mkdtemp(prefix="roost-bench-bin-"), "roost")
+            ROOST = os.path.join(scratch_dir(prefix="roost-bench-bin-"), "roost")
             shutil.copy2(args.roost, ROOST)
             port_notes.append(f"roost binary: {args.roost}")
         else:
@@ -888,6 +899,11 @@ def main():
         log("interrupted: stopping every server started")
     finally:
         cleanup.run_all()
+        for d in SCRATCH:
+            if args.keep:
+                log(f"kept {d}")
+            else:
+                shutil.rmtree(d, ignore_errors=True)
     results = sorted(bench.results, key=lambda r: r.row)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     header = (f"roost benchmarks, {when}: {os.cpu_count()} cores, Linux {os.uname().release}, "
