@@ -9,8 +9,11 @@ use super::derive::{
     effective_process_limit, effective_vsz_limit, enabled_protocols, is_enabled, resolve_path,
 };
 use super::{Config, ConfigError, ListenerType, ParseWarning, RawService, System};
-use crate::settings::{ServiceSettings, Settings};
+use crate::settings::{ServiceSettings, Settings, VSZ_LIMIT_DEFAULT};
 use crate::setup::ServiceType;
+
+/// The lowest vsz_limit accepted (reference §3.4: non-zero and below 1 MiB is refused).
+const VSZ_LIMIT_MIN: u64 = 1024 * 1024;
 
 /// Services whose process_limit must be 1 (reference §3.4).
 const SINGLE_INSTANCE: &[&str] = &[
@@ -153,6 +156,9 @@ pub enum Refusal {
         /// The service.
         service: String,
     },
+    /// `default_vsz_limit is too low`: reported once, not once for every service that inherits
+    /// it (a single bad line gave twenty identical errors, one per catalogue service).
+    DefaultVszLimitTooLow,
     /// `service(X): vsz_limit is too low`.
     VszLimitTooLow {
         /// The service.
@@ -227,6 +233,7 @@ impl fmt::Display for Refusal {
                     "service({service}): process_min_avail is higher than process_limit"
                 )
             }
+            Refusal::DefaultVszLimitTooLow => f.write_str("default_vsz_limit is too low"),
             Refusal::VszLimitTooLow { service } => {
                 write!(f, "service({service}): vsz_limit is too low")
             }
@@ -295,6 +302,10 @@ pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<C
                 user: user.clone(),
             });
         }
+    }
+    let default_vsz = global.default_vsz_limit;
+    if default_vsz != 0 && default_vsz < VSZ_LIMIT_MIN {
+        error(Refusal::DefaultVszLimitTooLow);
     }
     if settings.services.is_empty() {
         error(Refusal::NoServices);
@@ -425,8 +436,9 @@ fn check_service(
             service: name.clone(),
         });
     }
+    // A service that inherits default_vsz_limit is covered by the global check.
     let vsz = effective_vsz_limit(settings, service);
-    if vsz != 0 && vsz < 1024 * 1024 {
+    if service.vsz_limit != VSZ_LIMIT_DEFAULT && vsz != 0 && vsz < VSZ_LIMIT_MIN {
         error(Refusal::VszLimitTooLow {
             service: name.clone(),
         });

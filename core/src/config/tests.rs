@@ -115,6 +115,15 @@ fn syntax_errors_name_file_and_line() {
         "/etc/roost/roost.conf:1: Expecting '{'"
     );
     assert_eq!(error_of("foo\n"), "/etc/roost/roost.conf:1: Expecting '='");
+    // Found by the bad-configuration suite: a bare `!include` said "Expecting '='".
+    assert_eq!(
+        error_of("!include\n"),
+        "/etc/roost/roost.conf:1: !include needs a file name"
+    );
+    assert_eq!(
+        error_of("!include_try   \n"),
+        "/etc/roost/roost.conf:1: !include needs a file name"
+    );
     assert_eq!(error_of("}\n"), "/etc/roost/roost.conf:1: Unexpected '}'");
     assert_eq!(
         error_of("service imap { x\n"),
@@ -347,6 +356,12 @@ fn checks_refuse_contradictions_with_the_originals_texts() {
     assert_eq!(
         check_errors("service x {\n  executable = x\n  vsz_limit = 512k\n}\n"),
         vec!["service(x): vsz_limit is too low"]
+    );
+    // Found by the bad-configuration suite: one low default_vsz_limit gave twenty errors,
+    // one for every catalogue service that inherits it. It is one error, said once.
+    assert_eq!(
+        check_errors("default_vsz_limit = 1000\nservice x {\n  executable = x\n}\n"),
+        vec!["default_vsz_limit is too low"]
     );
     assert_eq!(
         check_errors("service anvil {\n  process_limit = 2\n}\n"),
