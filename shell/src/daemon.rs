@@ -7,7 +7,7 @@
 //! re-registers the fd, so connections already waiting are reported again), every service's
 //! status and log pipes, the control socket, and the core's next timeout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -146,6 +146,25 @@ enum Source2 {
     Log(ServiceId),
 }
 
+/// Reads of one status pipe per turn of the loop. A child that writes faster than the master
+/// reads (a flood on its status pipe or its stderr) must not hold the loop in one handler: after
+/// this many reads the pipe waits in `Daemon::backlog` for the next turn, and signals, listeners
+/// and the control socket get theirs. 64 reads empty a full pipe (64 KiB) of status records.
+const STATUS_READS_PER_TURN: usize = 64;
+
+/// Reads of one log pipe per turn: every line is a write to the log, so fewer (16 KiB, some
+/// thousands of short lines).
+const LOG_READS_PER_TURN: usize = 4;
+
+/// A service pipe the master reads.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Pipe {
+    /// The status pipe.
+    Status,
+    /// The log pipe (the children's stderr).
+    Log,
+}
+
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
 
@@ -162,6 +181,9 @@ pub struct Daemon {
     next_token: usize,
     listeners: BTreeMap<ListenerId, ListenerIo>,
     services: BTreeMap<ServiceId, ServiceIo>,
+    /// Pipes left unread after their reads of one turn: mio is edge-triggered, so without
+    /// this list their rest would wait for the child's next write.
+    backlog: BTreeSet<(ServiceId, Pipe)>,
     generations: BTreeMap<Generation, Settings>,
     log: LogWriter,
     devnull: OwnedFd,
@@ -228,6 +250,7 @@ impl Daemon {
             next_token: 2,
             listeners: BTreeMap::new(),
             services: BTreeMap::new(),
+            backlog: BTreeSet::new(),
             generations,
             log,
             devnull,
@@ -255,11 +278,15 @@ impl Daemon {
         self.apply_outputs();
         let mut events = Events::with_capacity(256);
         while self.exit.is_none() {
-            let timeout = self.master.poll_timeout().map(|at| {
-                std::time::Duration::from_millis(
-                    at.as_millis().saturating_sub(self.now().as_millis()),
-                )
-            });
+            let timeout = if self.backlog.is_empty() {
+                self.master.poll_timeout().map(|at| {
+                    std::time::Duration::from_millis(
+                        at.as_millis().saturating_sub(self.now().as_millis()),
+                    )
+                })
+            } else {
+                Some(std::time::Duration::ZERO)
+            };
             if let Err(error) = self.poll.poll(&mut events, timeout) {
                 if error.kind() != io::ErrorKind::Interrupted {
                     self.log
@@ -285,6 +312,15 @@ impl Daemon {
                 }
                 if self.exit.is_some() {
                     break;
+                }
+            }
+            for (service, pipe) in std::mem::take(&mut self.backlog) {
+                if self.exit.is_some() {
+                    break;
+                }
+                match pipe {
+                    Pipe::Status => self.on_status_pipe(service),
+                    Pipe::Log => self.on_log_pipe(service),
                 }
             }
             if self
@@ -810,7 +846,7 @@ impl Daemon {
 
     fn on_status_pipe(&mut self, service: ServiceId) {
         let mut buffer = [0u8; STATUS_READ_CHUNK];
-        loop {
+        for _ in 0..STATUS_READS_PER_TURN {
             let Some(io) = self.services.get(&service) else {
                 return;
             };
@@ -836,6 +872,7 @@ impl Daemon {
                 }),
             }
         }
+        self.backlog.insert((service, Pipe::Status));
     }
 
     fn on_log_pipe(&mut self, service: ServiceId) {
@@ -843,12 +880,16 @@ impl Daemon {
             return;
         };
         let mut buffer = [0u8; 4096];
-        loop {
+        let mut drained = false;
+        for _ in 0..LOG_READS_PER_TURN {
             match nix::unistd::read(&io.log_r, &mut buffer) {
-                Ok(0) => break,
+                Ok(0) => drained = true,
                 Ok(n) => io.log_buf.extend_from_slice(&buffer[..n]),
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => break,
+                Err(_) => drained = true,
+            }
+            if drained {
+                break;
             }
             while let Some(end) = io.log_buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = io.log_buf.drain(..=end).collect();
@@ -858,6 +899,9 @@ impl Daemon {
             if io.log_buf.len() > 8192 {
                 self.flush_log(&mut io);
             }
+        }
+        if !drained {
+            self.backlog.insert((service, Pipe::Log));
         }
         self.services.insert(service, io);
     }

@@ -7,6 +7,8 @@ idle-kill request. One client at a time (client_limit 1), echoed line by line.
 
   aware.py echo      serve clients one after the other, for as long as the master lives
   aware.py garbage   first write garbage and partial records to the status pipe, then serve
+  aware.py flood-log     write to stderr as fast as the pipe takes it, forever
+  aware.py flood-status  write junk to the status pipe as fast as it takes it, forever
 """
 import os
 import select
@@ -52,6 +54,21 @@ def garbage():
     time.sleep(0.3)
 
 
+def flood(fd, chunk):
+    """Writes `chunk` to `fd` for as long as the master lives, waiting only on a full pipe."""
+    poll = select.poll()
+    poll.register(fd, select.POLLOUT)
+    poll.register(DEAD, 0)
+    while True:
+        for ready, _event in poll.poll():
+            if ready == DEAD:
+                sys.exit(0)
+        try:
+            os.write(fd, chunk)
+        except BlockingIOError:
+            pass
+
+
 client = None
 
 
@@ -65,6 +82,10 @@ def on_sigint(_signo, _frame):
 signal.signal(signal.SIGINT, on_sigint)
 if MODE == "garbage":
     garbage()
+elif MODE == "flood-log":
+    flood(2, b"flood\n" * 2000)
+elif MODE == "flood-status":
+    flood(STATUS, b"\x07" * 4097)
 listener = socket.socket(fileno=3)
 listener.setblocking(True)
 poll = select.poll()

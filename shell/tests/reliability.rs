@@ -298,6 +298,78 @@ fn a_child_writing_garbage_to_its_status_pipe_is_logged_and_the_master_serves_on
     assert!(roost.stop().success());
 }
 
+/// Story: a child that writes to its stderr or its status pipe faster than the master reads held
+/// the master in that pipe's handler for good: it read until EAGAIN, which never came. Other
+/// services timed out, `roost status` got no answer, and even SIGTERM went unheard (signals are
+/// one more event of the same loop). Found by this suite with `yes >&2` as a service. The
+/// property: with both floods running, another service answers, `roost status` answers, and
+/// `roost stop` stops the master.
+#[test]
+fn a_child_flooding_its_stderr_and_status_pipe_does_not_starve_the_master() {
+    let (log_port, status_port, echo_port) = (free_port(), free_port(), free_port());
+    let floods: Option<Vec<String>> = [
+        ("floodlog", log_port, "flood-log"),
+        ("floodstatus", status_port, "flood-status"),
+    ]
+    .into_iter()
+    .map(|(name, port, mode)| {
+        aware_service(
+            name,
+            port,
+            mode,
+            "  process_min_avail = 1\n  process_limit = 1",
+        )
+    })
+    .collect();
+    let Some(floods) = floods else {
+        return;
+    };
+    // The flood goes to /dev/null, not to the disk.
+    let mut roost = Roost::start(
+        "flood",
+        &format!(
+            "log_path = /dev/null\n{}{}",
+            floods.concat(),
+            echo_service(echo_port, "")
+        ),
+    );
+    roost.wait_for(
+        |r| {
+            let kids = r.children();
+            ["/floodlog", "/floodstatus"]
+                .iter()
+                .all(|name| kids.iter().any(|(_, t)| t.ends_with(name)))
+        },
+        "both flooding children",
+    );
+    // Let the pipes fill up.
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..3 {
+        let started = Instant::now();
+        assert_eq!(
+            echo(echo_port, &format!("f{i}\n")).expect("echo during the flood"),
+            format!("f{i}\n")
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "echo took {:?} during the flood",
+            started.elapsed()
+        );
+    }
+    let (status, finished) = run_bounded(
+        Command::new(ROOST)
+            .arg("status")
+            .arg("-c")
+            .arg(&roost.config),
+        10,
+    );
+    assert!(
+        finished && status.status.success(),
+        "roost status during the flood"
+    );
+    assert!(roost.stop().success());
+}
+
 // ---------------------------------------------------------------------------------------------
 // Resource limits
 
