@@ -793,3 +793,41 @@ fn idle_kill_shrinks_the_pool_back_to_process_min_avail_after_a_burst() {
     );
     assert!(roost.stop().success());
 }
+
+/// The inetd adapter closes everything of roost's before it execs the program (reference §4.4
+/// through the adapter): after a kill -9 of the master, a client of `cat` keeps its session,
+/// the idle adapters leave, and a new master binds the same port at once — the exec'd program
+/// holds no copy of the listener.
+#[test]
+fn master_killed_with_9_an_inetd_session_goes_on_and_holds_no_listener() {
+    let port = free_port();
+    let config = echo_service(port, "  process_min_avail = 2");
+    let mut roost = Roost::start("death-inetd", &config);
+    roost.wait_for(|r| r.children().len() == 2, "two inetd processes");
+    let mut client = Client::connect(port).expect("connect");
+    assert_eq!(client.round_trip("before").expect("echo"), "before\n");
+    roost.wait_for(|r| r.children().len() == 3, "the pool topped up");
+    let children: Vec<i32> = roost.children().iter().map(|(pid, _)| *pid).collect();
+    let mut master = roost.child.take().expect("running");
+    master.kill().expect("kill -9 the master");
+    master.wait().expect("reaped");
+    assert!(
+        poll_until(5, || children.iter().filter(|pid| alive(**pid)).count()
+            == 1),
+        "the idle inetd processes outlived their master"
+    );
+    roost.spawn();
+    roost.wait_for(
+        |r| String::from_utf8_lossy(&r.command(&["status"]).stdout).contains("\necho\t"),
+        "the new master",
+    );
+    assert_eq!(
+        echo(port, "new master\n").expect("the new master binds the port"),
+        "new master\n"
+    );
+    assert_eq!(
+        client.round_trip("old session").expect("cat goes on"),
+        "old session\n"
+    );
+    assert!(roost.stop().success());
+}
