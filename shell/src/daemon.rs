@@ -168,6 +168,17 @@ enum Pipe {
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
 
+/// Binds a unix socket that is mode 0600 from its creation: bound under umask 0177. A chmod
+/// after the bind alone leaves a window in which, under a umask of 0, any user can connect.
+fn bind_private(path: &str) -> io::Result<UnixListener> {
+    // SAFETY: umask only swaps the process's file creation mask, restored at once; the master
+    // creates no other file meanwhile (it is single-threaded).
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    bound
+}
+
 /// The running master.
 pub struct Daemon {
     master: Master,
@@ -217,7 +228,7 @@ impl Daemon {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
         let control_path = format!("{}/control", settings.global.base_dir);
         let _ = std::fs::remove_file(&control_path);
-        let mut control = UnixListener::bind(&control_path)?;
+        let mut control = bind_private(&control_path)?;
         std::fs::set_permissions(
             &control_path,
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
@@ -1217,5 +1228,33 @@ impl PidFile {
             return None;
         }
         std::fs::read_to_string(&path).ok()?.trim().parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Story: the control socket was bound, then chmod'ed to 0600. A master started under
+    /// umask 0 had a socket anyone could connect to until the chmod, and `stop` needs no more
+    /// than a connection. The property: the socket is 0600 the moment it exists.
+    #[test]
+    fn the_control_socket_is_private_from_its_creation_even_under_umask_0() {
+        let dir = std::env::temp_dir().join(format!("roost-bind-private-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("control");
+        let _ = std::fs::remove_file(&path);
+        // SAFETY: swaps the process's umask for the bind and restores it.
+        let old = unsafe { libc::umask(0) };
+        let bound = bind_private(&path.to_string_lossy());
+        unsafe { libc::umask(old) };
+        let _listener = bound.expect("bind");
+        let mode = std::fs::metadata(&path)
+            .expect("socket")
+            .permissions()
+            .mode();
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }
