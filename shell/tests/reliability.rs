@@ -1,7 +1,9 @@
 //! The reliability suite of issue 7 (the parts that need no mail host), with the real `roost`
-//! binary: malformed configurations, a child that writes garbage to its status pipe, resource
-//! limits (RLIMIT_NOFILE, RLIMIT_NPROC, an unwritable log), the master killed with -9, the
-//! control socket's and chroot's protection, and idle_kill shrinking a pool after a burst.
+//! binary: malformed configurations (tests/bad-configs), children that write garbage to their
+//! status pipe or flood it and their stderr, resource limits (RLIMIT_NOFILE, RLIMIT_NPROC, an
+//! unwritable log), the master killed with -9, the control socket's and chroot's protection,
+//! and idle_kill shrinking a pool after a burst (issue 4). The roost-aware children are
+//! tests/aware.py, which speaks the child protocol by hand.
 //!
 //! Tests that need root say so and return when they are not root (CI runs as root). Every wait
 //! polls a condition with a deadline; none sleeps for a fixed long time.
