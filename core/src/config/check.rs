@@ -139,8 +139,17 @@ pub enum Refusal {
     },
     /// `protocols: Unknown protocol: X`.
     UnknownProtocol(String),
-    /// `duplicate listener: X` (a resolved path, or `port:address` as written).
-    DuplicateListener(String),
+    /// `duplicate listener: X` (a resolved path, or `port:address` as written), followed by
+    /// the services that name it: the original's text alone left an operator to search every
+    /// service for the other one.
+    DuplicateListener {
+        /// The listener.
+        listener: String,
+        /// The service that named it first.
+        first: String,
+        /// The service that named it again (may be the same).
+        second: String,
+    },
     /// `service(X): path must not be empty`.
     PathEmpty {
         /// The service.
@@ -217,7 +226,18 @@ impl fmt::Display for Refusal {
             Refusal::UnknownProtocol(protocol) => {
                 write!(f, "protocols: Unknown protocol: {protocol}")
             }
-            Refusal::DuplicateListener(listener) => write!(f, "duplicate listener: {listener}"),
+            Refusal::DuplicateListener {
+                listener,
+                first,
+                second,
+            } => {
+                write!(f, "duplicate listener: {listener}")?;
+                if first == second {
+                    write!(f, " (twice in service {first})")
+                } else {
+                    write!(f, " (service {second}; also in service {first})")
+                }
+            }
             Refusal::PathEmpty { service } => {
                 write!(f, "service({service}): path must not be empty")
             }
@@ -376,20 +396,22 @@ pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<C
                 });
             }
             let path = resolve_path(settings, &listener.path);
-            if listeners
-                .insert(path.clone(), service.name.clone())
-                .is_some()
-            {
-                errors.push(ConfigError::Check(Refusal::DuplicateListener(path)));
+            if let Some(first) = listeners.insert(path.clone(), service.name.clone()) {
+                errors.push(ConfigError::Check(Refusal::DuplicateListener {
+                    listener: path,
+                    first,
+                    second: service.name.clone(),
+                }));
             }
         }
         for listener in service.inet_listeners.iter().filter(|l| l.port != 0) {
             let key = format!("{}:{}", listener.port, listener.address);
-            if listeners
-                .insert(key.clone(), service.name.clone())
-                .is_some()
-            {
-                errors.push(ConfigError::Check(Refusal::DuplicateListener(key)));
+            if let Some(first) = listeners.insert(key.clone(), service.name.clone()) {
+                errors.push(ConfigError::Check(Refusal::DuplicateListener {
+                    listener: key,
+                    first,
+                    second: service.name.clone(),
+                }));
             }
         }
     }

@@ -335,11 +335,11 @@ fn checks_refuse_contradictions_with_the_originals_texts() {
     );
     assert_eq!(
         check_errors("service a {\n  executable = a\n  inet_listener a {\n    port = 7\n    address = 127.0.0.1\n  }\n}\nservice b {\n  executable = b\n  inet_listener b {\n    port = 7\n    address = 127.0.0.1\n  }\n}\n"),
-        vec!["duplicate listener: 7:127.0.0.1"]
+        vec!["duplicate listener: 7:127.0.0.1 (service b; also in service a)"]
     );
     assert_eq!(
         check_errors("service x {\n  executable = x\n  unix_listener login/pop3 {\n  }\n}\n"),
-        vec!["duplicate listener: /run/roost/login/pop3"]
+        vec!["duplicate listener: /run/roost/login/pop3 (service x; also in service pop3)"]
     );
     assert_eq!(
         check_errors(
