@@ -84,7 +84,9 @@ impl Roost {
         self.run_master(wrapper);
     }
 
-    /// Runs `command` as the master and waits for its control socket.
+    /// Runs `command` as the master and waits until it answers `roost status`: the control
+    /// socket exists before the loop opens the listeners, the answer comes from the loop after
+    /// them. A master that exits at start fails the test with its stderr.
     fn run_master(&mut self, mut command: Command) {
         let child = command
             .stdin(Stdio::null())
@@ -93,7 +95,26 @@ impl Roost {
             .spawn()
             .expect("roost starts");
         self.child = Some(child);
-        self.wait_for(|r| r.dir.join("run/control").exists(), "the control socket");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let child = self.child.as_mut().expect("just started");
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                panic!("roost exited at start ({status}): {stderr}");
+            }
+            if self.dir.join("run/control").exists() && self.command(&["status"]).status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the master to answer roost status; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn master_pid(&self) -> i32 {
