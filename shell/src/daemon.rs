@@ -7,7 +7,7 @@
 //! re-registers the fd, so connections already waiting are reported again), every service's
 //! status and log pipes, the control socket, and the core's next timeout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -171,8 +171,38 @@ enum Source2 {
     Log(ServiceId),
 }
 
+/// Reads of one status pipe per turn of the loop. A child that writes faster than the master
+/// reads (a flood on its status pipe or its stderr) must not hold the loop in one handler: after
+/// this many reads the pipe waits in `Daemon::backlog` for the next turn, and signals, listeners
+/// and the control socket get theirs. 64 reads empty a full pipe (64 KiB) of status records.
+const STATUS_READS_PER_TURN: usize = 64;
+
+/// Reads of one log pipe per turn: every line is a write to the log, so fewer (16 KiB, some
+/// thousands of short lines).
+const LOG_READS_PER_TURN: usize = 4;
+
+/// A service pipe the master reads.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Pipe {
+    /// The status pipe.
+    Status,
+    /// The log pipe (the children's stderr).
+    Log,
+}
+
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
+
+/// Binds a unix socket that is mode 0600 from its creation: bound under umask 0177. A chmod
+/// after the bind alone leaves a window in which, under a umask of 0, any user can connect.
+fn bind_private(path: &str) -> io::Result<UnixListener> {
+    // SAFETY: umask only swaps the process's file creation mask, restored at once; the master
+    // creates no other file meanwhile (it is single-threaded).
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    bound
+}
 
 /// The running master.
 pub struct Daemon {
@@ -187,6 +217,9 @@ pub struct Daemon {
     next_token: usize,
     listeners: BTreeMap<ListenerId, ListenerIo>,
     services: BTreeMap<ServiceId, ServiceIo>,
+    /// Pipes left unread after their reads of one turn: mio is edge-triggered, so without
+    /// this list their rest would wait for the child's next write.
+    backlog: BTreeSet<(ServiceId, Pipe)>,
     generations: BTreeMap<Generation, Settings>,
     log: LogWriter,
     devnull: OwnedFd,
@@ -228,7 +261,7 @@ impl Daemon {
         // control socket that exists means a master that serves.
         let starting = starting_path(&control_path);
         let _ = std::fs::remove_file(&starting);
-        let mut control = UnixListener::bind(&starting)?;
+        let mut control = bind_private(&starting)?;
         std::fs::set_permissions(
             &starting,
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
@@ -261,6 +294,7 @@ impl Daemon {
             next_token: 2,
             listeners: BTreeMap::new(),
             services: BTreeMap::new(),
+            backlog: BTreeSet::new(),
             generations,
             log,
             devnull,
@@ -299,11 +333,15 @@ impl Daemon {
         }
         let mut events = Events::with_capacity(256);
         while self.exit.is_none() {
-            let timeout = self.master.poll_timeout().map(|at| {
-                std::time::Duration::from_millis(
-                    at.as_millis().saturating_sub(self.now().as_millis()),
-                )
-            });
+            let timeout = if self.backlog.is_empty() {
+                self.master.poll_timeout().map(|at| {
+                    std::time::Duration::from_millis(
+                        at.as_millis().saturating_sub(self.now().as_millis()),
+                    )
+                })
+            } else {
+                Some(std::time::Duration::ZERO)
+            };
             if let Err(error) = self.poll.poll(&mut events, timeout) {
                 if error.kind() != io::ErrorKind::Interrupted {
                     self.log
@@ -329,6 +367,15 @@ impl Daemon {
                 }
                 if self.exit.is_some() {
                     break;
+                }
+            }
+            for (service, pipe) in std::mem::take(&mut self.backlog) {
+                if self.exit.is_some() {
+                    break;
+                }
+                match pipe {
+                    Pipe::Status => self.on_status_pipe(service),
+                    Pipe::Log => self.on_log_pipe(service),
                 }
             }
             if self
@@ -891,7 +938,7 @@ impl Daemon {
 
     fn on_status_pipe(&mut self, service: ServiceId) {
         let mut buffer = [0u8; STATUS_READ_CHUNK];
-        loop {
+        for _ in 0..STATUS_READS_PER_TURN {
             let Some(io) = self.services.get(&service) else {
                 return;
             };
@@ -917,6 +964,7 @@ impl Daemon {
                 }),
             }
         }
+        self.backlog.insert((service, Pipe::Status));
     }
 
     fn on_log_pipe(&mut self, service: ServiceId) {
@@ -924,12 +972,16 @@ impl Daemon {
             return;
         };
         let mut buffer = [0u8; 4096];
-        loop {
+        let mut drained = false;
+        for _ in 0..LOG_READS_PER_TURN {
             match nix::unistd::read(&io.log_r, &mut buffer) {
-                Ok(0) => break,
+                Ok(0) => drained = true,
                 Ok(n) => io.log_buf.extend_from_slice(&buffer[..n]),
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => break,
+                Err(_) => drained = true,
+            }
+            if drained {
+                break;
             }
             while let Some(end) = io.log_buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = io.log_buf.drain(..=end).collect();
@@ -939,6 +991,9 @@ impl Daemon {
             if io.log_buf.len() > 8192 {
                 self.flush_log(&mut io);
             }
+        }
+        if !drained {
+            self.backlog.insert((service, Pipe::Log));
         }
         self.services.insert(service, io);
     }
@@ -1301,5 +1356,33 @@ impl PidFile {
             return None;
         }
         std::fs::read_to_string(&path).ok()?.trim().parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Story: the control socket was bound, then chmod'ed to 0600. A master started under
+    /// umask 0 had a socket anyone could connect to until the chmod, and `stop` needs no more
+    /// than a connection. The property: the socket is 0600 the moment it exists.
+    #[test]
+    fn the_control_socket_is_private_from_its_creation_even_under_umask_0() {
+        let dir = std::env::temp_dir().join(format!("roost-bind-private-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("control");
+        let _ = std::fs::remove_file(&path);
+        // SAFETY: swaps the process's umask for the bind and restores it.
+        let old = unsafe { libc::umask(0) };
+        let bound = bind_private(&path.to_string_lossy());
+        unsafe { libc::umask(old) };
+        let _listener = bound.expect("bind");
+        let mode = std::fs::metadata(&path)
+            .expect("socket")
+            .permissions()
+            .mode();
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

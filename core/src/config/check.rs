@@ -9,8 +9,11 @@ use super::derive::{
     effective_process_limit, effective_vsz_limit, enabled_protocols, is_enabled, resolve_path,
 };
 use super::{Config, ConfigError, ListenerType, ParseWarning, RawService, System};
-use crate::settings::{ServiceSettings, Settings};
+use crate::settings::{ServiceSettings, Settings, VSZ_LIMIT_DEFAULT};
 use crate::setup::ServiceType;
+
+/// The lowest vsz_limit accepted (reference §3.4: non-zero and below 1 MiB is refused).
+const VSZ_LIMIT_MIN: u64 = 1024 * 1024;
 
 /// Services whose process_limit must be 1 (reference §3.4).
 const SINGLE_INSTANCE: &[&str] = &[
@@ -136,8 +139,17 @@ pub enum Refusal {
     },
     /// `protocols: Unknown protocol: X`.
     UnknownProtocol(String),
-    /// `duplicate listener: X` (a resolved path, or `port:address` as written).
-    DuplicateListener(String),
+    /// `duplicate listener: X` (a resolved path, or `port:address` as written), followed by
+    /// the services that name it: the original's text alone left an operator to search every
+    /// service for the other one.
+    DuplicateListener {
+        /// The listener.
+        listener: String,
+        /// The service that named it first.
+        first: String,
+        /// The service that named it again (may be the same).
+        second: String,
+    },
     /// `service(X): path must not be empty`.
     PathEmpty {
         /// The service.
@@ -153,6 +165,9 @@ pub enum Refusal {
         /// The service.
         service: String,
     },
+    /// `default_vsz_limit is too low`: reported once, not once for every service that inherits
+    /// it (a single bad line gave twenty identical errors, one per catalogue service).
+    DefaultVszLimitTooLow,
     /// `service(X): vsz_limit is too low`.
     VszLimitTooLow {
         /// The service.
@@ -211,7 +226,18 @@ impl fmt::Display for Refusal {
             Refusal::UnknownProtocol(protocol) => {
                 write!(f, "protocols: Unknown protocol: {protocol}")
             }
-            Refusal::DuplicateListener(listener) => write!(f, "duplicate listener: {listener}"),
+            Refusal::DuplicateListener {
+                listener,
+                first,
+                second,
+            } => {
+                write!(f, "duplicate listener: {listener}")?;
+                if first == second {
+                    write!(f, " (twice in service {first})")
+                } else {
+                    write!(f, " (service {second}; also in service {first})")
+                }
+            }
             Refusal::PathEmpty { service } => {
                 write!(f, "service({service}): path must not be empty")
             }
@@ -227,6 +253,7 @@ impl fmt::Display for Refusal {
                     "service({service}): process_min_avail is higher than process_limit"
                 )
             }
+            Refusal::DefaultVszLimitTooLow => f.write_str("default_vsz_limit is too low"),
             Refusal::VszLimitTooLow { service } => {
                 write!(f, "service({service}): vsz_limit is too low")
             }
@@ -295,6 +322,10 @@ pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<C
                 user: user.clone(),
             });
         }
+    }
+    let default_vsz = global.default_vsz_limit;
+    if default_vsz != 0 && default_vsz < VSZ_LIMIT_MIN {
+        error(Refusal::DefaultVszLimitTooLow);
     }
     if settings.services.is_empty() {
         error(Refusal::NoServices);
@@ -365,20 +396,22 @@ pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<C
                 });
             }
             let path = resolve_path(settings, &listener.path);
-            if listeners
-                .insert(path.clone(), service.name.clone())
-                .is_some()
-            {
-                errors.push(ConfigError::Check(Refusal::DuplicateListener(path)));
+            if let Some(first) = listeners.insert(path.clone(), service.name.clone()) {
+                errors.push(ConfigError::Check(Refusal::DuplicateListener {
+                    listener: path,
+                    first,
+                    second: service.name.clone(),
+                }));
             }
         }
         for listener in service.inet_listeners.iter().filter(|l| l.port != 0) {
             let key = format!("{}:{}", listener.port, listener.address);
-            if listeners
-                .insert(key.clone(), service.name.clone())
-                .is_some()
-            {
-                errors.push(ConfigError::Check(Refusal::DuplicateListener(key)));
+            if let Some(first) = listeners.insert(key.clone(), service.name.clone()) {
+                errors.push(ConfigError::Check(Refusal::DuplicateListener {
+                    listener: key,
+                    first,
+                    second: service.name.clone(),
+                }));
             }
         }
     }
@@ -425,8 +458,9 @@ fn check_service(
             service: name.clone(),
         });
     }
+    // A service that inherits default_vsz_limit is covered by the global check.
     let vsz = effective_vsz_limit(settings, service);
-    if vsz != 0 && vsz < 1024 * 1024 {
+    if service.vsz_limit != VSZ_LIMIT_DEFAULT && vsz != 0 && vsz < VSZ_LIMIT_MIN {
         error(Refusal::VszLimitTooLow {
             service: name.clone(),
         });

@@ -112,6 +112,10 @@ impl<'a> Parser<'a> {
         if line.is_empty() {
             return Ok(());
         }
+        // A bare `!include` read as an unknown setting ("Expecting '='"), which hid the mistake.
+        if line == "!include" || line == "!include_try" {
+            return Err(ConfigError::syntax(&origin, "!include needs a file name"));
+        }
         if let Some(rest) = line.strip_prefix("!include_try") {
             if rest.starts_with(char::is_whitespace) {
                 return self.include(rest.trim(), true, &origin);

@@ -115,6 +115,15 @@ fn syntax_errors_name_file_and_line() {
         "/etc/roost/roost.conf:1: Expecting '{'"
     );
     assert_eq!(error_of("foo\n"), "/etc/roost/roost.conf:1: Expecting '='");
+    // Found by the bad-configuration suite: a bare `!include` said "Expecting '='".
+    assert_eq!(
+        error_of("!include\n"),
+        "/etc/roost/roost.conf:1: !include needs a file name"
+    );
+    assert_eq!(
+        error_of("!include_try   \n"),
+        "/etc/roost/roost.conf:1: !include needs a file name"
+    );
     assert_eq!(error_of("}\n"), "/etc/roost/roost.conf:1: Unexpected '}'");
     assert_eq!(
         error_of("service imap { x\n"),
@@ -326,11 +335,11 @@ fn checks_refuse_contradictions_with_the_originals_texts() {
     );
     assert_eq!(
         check_errors("service a {\n  executable = a\n  inet_listener a {\n    port = 7\n    address = 127.0.0.1\n  }\n}\nservice b {\n  executable = b\n  inet_listener b {\n    port = 7\n    address = 127.0.0.1\n  }\n}\n"),
-        vec!["duplicate listener: 7:127.0.0.1"]
+        vec!["duplicate listener: 7:127.0.0.1 (service b; also in service a)"]
     );
     assert_eq!(
         check_errors("service x {\n  executable = x\n  unix_listener login/pop3 {\n  }\n}\n"),
-        vec!["duplicate listener: /run/roost/login/pop3"]
+        vec!["duplicate listener: /run/roost/login/pop3 (service x; also in service pop3)"]
     );
     assert_eq!(
         check_errors(
@@ -347,6 +356,12 @@ fn checks_refuse_contradictions_with_the_originals_texts() {
     assert_eq!(
         check_errors("service x {\n  executable = x\n  vsz_limit = 512k\n}\n"),
         vec!["service(x): vsz_limit is too low"]
+    );
+    // Found by the bad-configuration suite: one low default_vsz_limit gave twenty errors,
+    // one for every catalogue service that inherits it. It is one error, said once.
+    assert_eq!(
+        check_errors("default_vsz_limit = 1000\nservice x {\n  executable = x\n}\n"),
+        vec!["default_vsz_limit is too low"]
     );
     assert_eq!(
         check_errors("service anvil {\n  process_limit = 2\n}\n"),
