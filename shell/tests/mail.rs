@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,11 @@ impl Host {
     /// `login` goes inside `service pop3-login { }`, `extra` at the top level before the
     /// passdb and userdb (`{dir}` in it is the host's directory).
     fn start(name: &str, login: &str, extra: &str) -> Host {
+        Host::start_with(name, login, extra, |_| {})
+    }
+
+    /// As `start`, with `prepare` run on the directory before roost starts.
+    fn start_with(name: &str, login: &str, extra: &str, prepare: impl FnOnce(&Path)) -> Host {
         let dir = std::env::temp_dir().join(format!("roost-mail-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
@@ -83,6 +88,7 @@ impl Host {
         );
         let path = dir.join("roost.conf");
         std::fs::write(&path, config).expect("config");
+        prepare(&dir);
         let child = Command::new(ROOST)
             .args(["-F", "-c"])
             .arg(&path)
@@ -641,29 +647,30 @@ fn a_post_login_process_never_serves_two_uids() {
         return;
     }
     // demo's mail is served as nobody, other's as daemon; pop3 processes live on.
-    let host = Host::start(
+    let host = Host::start_with(
         "uids",
         "  service_count = 0",
         "userdb {\n  driver = passwd-file\n  args = {dir}/userdb\n}\n\
          service pop3 {\n  service_count = 0\n  process_limit = 4\n}\n",
+        |dir| {
+            std::fs::write(
+                dir.join("userdb"),
+                format!(
+                    "demo::65534:65534::{d}/mail/demo::\nother::1:1::{d}/mail/other::\n",
+                    d = dir.display()
+                ),
+            )
+            .expect("userdb");
+            for (user, uid) in [("demo", 65534), ("other", 1)] {
+                let status = Command::new("chown")
+                    .args(["-R", &format!("{uid}:{uid}")])
+                    .arg(dir.join(format!("mail/{user}")))
+                    .status()
+                    .expect("chown");
+                assert!(status.success());
+            }
+        },
     );
-    // auth starts at the first login and reads the file then.
-    std::fs::write(
-        host.dir.join("userdb"),
-        format!(
-            "demo::65534:65534::{d}/mail/demo::\nother::1:1::{d}/mail/other::\n",
-            d = host.dir.display()
-        ),
-    )
-    .expect("userdb");
-    for (user, uid) in [("demo", 65534), ("other", 1)] {
-        let status = Command::new("chown")
-            .args(["-R", &format!("{uid}:{uid}")])
-            .arg(host.dir.join(format!("mail/{user}")))
-            .status()
-            .expect("chown");
-        assert!(status.success());
-    }
     for round in 0..8 {
         let user = if round % 2 == 0 { "demo" } else { "other" };
         let mut pop3 = Pop3::login(host.pop3, user);
@@ -938,18 +945,17 @@ fn kill_9_of_every_service_during_a_login_storm_loses_nothing() {
 
 #[test]
 fn when_auth_cannot_start_clients_are_told_to_try_again_and_the_log_says_why() {
-    let host = Host::start(
-        "noauth",
-        "  service_count = 0",
-        "passdb {\n  driver = passwd-file\n  args = scheme=PLAIN {dir}/missing-passwd\n}\n",
-    );
+    // The start refuses a passwd-file that is missing; one that goes missing later (auth
+    // starts at the first login and reads it then) is found by auth, at runtime.
+    let host = Host::start("noauth", "  service_count = 0", "");
+    std::fs::remove_file(host.dir.join("passwd")).expect("remove the passwd-file");
     let mut pop3 = Pop3::connect(host.pop3);
     assert!(pop3.line().starts_with("+OK"));
     assert!(pop3.send("USER demo").starts_with("+OK"));
     let reply = pop3.send("PASS demo");
     assert_eq!(reply.trim_end(), roost::mail::pop3::AUTH_UNAVAILABLE);
     host.wait_for(
-        |h| h.log_text().contains("auth: Fatal: auth: ") && h.log_text().contains("missing-passwd"),
+        |h| h.log_text().contains("auth: Fatal: auth: ") && h.log_text().contains("/passwd"),
         "auth's reason in the log",
     );
     // The connection goes on: the client may try again later.

@@ -125,6 +125,11 @@ const GLOBAL_REFUSALS: &[&str] = &[
     "protocols: Unknown protocol",
     "duplicate listener: ",
     "Multiple log services specified",
+    // The mail host's settings (shell/src/builtin/check.rs) name the section or setting.
+    "passdb ",
+    "userdb ",
+    "mail_location",
+    "ssl = ",
 ];
 
 /// Whether `line` holds `NAME.conf:N` (or `.inc`, `.ron`).
