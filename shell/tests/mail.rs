@@ -585,7 +585,8 @@ fn two_instances_behind_haproxy_see_the_real_client_addresses() {
     std::fs::write(
         &config,
         format!(
-            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+            "global\n  nbthread 1\n\
+             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
              frontend pop3\n  bind 127.0.0.1:{front}\n  default_backend roost\n\
              backend roost\n  balance roundrobin\n\
              server a 127.0.0.1:{} send-proxy-v2\n  server b 127.0.0.1:{} send-proxy-v2\n",
@@ -604,9 +605,9 @@ fn two_instances_behind_haproxy_see_the_real_client_addresses() {
         |_| TcpStream::connect(("127.0.0.1", front)).is_ok(),
         "haproxy's frontend",
     );
-    // Two clients from 127.0.0.9: round robin gives one to each instance.
+    // Clients from 127.0.0.9: round robin spreads them over both instances.
     let mut sessions = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..4 {
         let mut pop3 = Pop3::over(connect_from("127.0.0.9", front));
         assert!(pop3.line().starts_with("+OK"));
         assert!(pop3.send("USER demo").starts_with("+OK"));
