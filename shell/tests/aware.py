@@ -87,7 +87,9 @@ elif MODE == "flood-log":
 elif MODE == "flood-status":
     flood(STATUS, b"\x07" * 4097)
 listener = socket.socket(fileno=3)
-listener.setblocking(True)
+# Non-blocking: every idle process wakes for a connection and only one gets it; a blocking
+# accept() in the others would wait there, deaf to the master-dead pipe.
+listener.setblocking(False)
 poll = select.poll()
 poll.register(listener, select.POLLIN)
 # No events asked: poll still reports POLLERR when the master's read end is closed.
@@ -110,7 +112,11 @@ while True:
             if DIE_WITH_MASTER:
                 sys.exit(0)
         elif client is None and fd == listener.fileno():
-            client, _ = listener.accept()
+            try:
+                client, _ = listener.accept()
+            except BlockingIOError:
+                continue  # another process took it
+            client.setblocking(True)
             report(0)
             poll.unregister(listener)
             poll.register(client, select.POLLIN)
