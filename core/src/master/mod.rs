@@ -811,6 +811,7 @@ impl Master {
                 last_status_update: None,
                 last_kill_sent: None,
                 initialised: false,
+                told_login_state: false,
             },
         );
         if !foreign {
@@ -995,8 +996,13 @@ impl Master {
         if service.config.service_type == ServiceType::Login
             && service.process_avail == 0
             && service.process_count >= service.config.process_limit
+            && self.set_login_full(service_id, true) == Some(false)
         {
-            self.set_login_full(service_id, true);
+            // Done better than the original (§10: under a flood, with service_count = 1 the
+            // state flips at every exit and fork, and the 2 s rate left each new process to
+            // find out by its 1 s re-check, one round of kills a second). Processes started
+            // since the last burst cannot know yet: they alone are told at once.
+            self.login_notify_untold(service_id);
         }
         self.top_up(service_id);
         self.listen_start(service_id);
@@ -1341,13 +1347,15 @@ impl Master {
     // ---------------------------------------------------------------------------------------
     // The login "all processes full" state (§2.8).
 
-    fn set_login_full(&mut self, id: ServiceId, full: bool) {
+    /// Publishes the state; `Some(sent)` when it changed, with whether the SIGUSR1 burst went
+    /// out now (`false`: it waits for the 2 s rate).
+    fn set_login_full(&mut self, id: ServiceId, full: bool) -> Option<bool> {
         if !self.is_monitored(id) {
-            return;
+            return None;
         }
         let service = self.service_mut(id);
         if service.config.service_type != ServiceType::Login || service.login_full == full {
-            return;
+            return None;
         }
         service.login_full = full;
         let last = service.login_notify_sent;
@@ -1358,8 +1366,12 @@ impl Master {
                 // needs no second burst.
                 self.timers
                     .arm_if_idle(Timer::LoginNotify(id), last + LOGIN_NOTIFY_INTERVAL);
+                Some(false)
             }
-            _ => self.login_notify_send(id),
+            _ => {
+                self.login_notify_send(id);
+                Some(true)
+            }
         }
     }
 
@@ -1368,12 +1380,24 @@ impl Master {
             return;
         };
         service.login_notify_sent = Some(self.now);
-        let pids: Vec<Pid> = self
-            .processes
-            .values()
-            .filter(|p| p.service == id && p.initialised)
-            .filter_map(|p| p.pid)
-            .collect();
+        self.login_signal(id, false);
+    }
+
+    /// Signals the initialised processes of a login service that were never told the state.
+    fn login_notify_untold(&mut self, id: ServiceId) {
+        self.login_signal(id, true);
+    }
+
+    fn login_signal(&mut self, id: ServiceId, only_untold: bool) {
+        let mut pids = Vec::new();
+        for p in self.processes.values_mut() {
+            if p.service == id && p.initialised && !(only_untold && p.told_login_state) {
+                if let Some(pid) = p.pid {
+                    p.told_login_state = true;
+                    pids.push(pid);
+                }
+            }
+        }
         for pid in pids {
             self.emit(Output::Kill {
                 pid,

@@ -123,4 +123,7 @@ pub(crate) struct Process {
     pub(crate) last_kill_sent: Option<Instant>,
     /// It sent its first status (foreign processes count as initialised once spawned).
     pub(crate) initialised: bool,
+    /// A login process that has been signalled to read the "all processes full" state since
+    /// it started (§2.8): one that has not may believe the service is not full.
+    pub(crate) told_login_state: bool,
 }

@@ -1223,3 +1223,54 @@ fn after_a_throttle_one_probe_process_starts_before_any_burst() {
         "the probe reported: bursts are allowed again"
     );
 }
+
+#[test]
+fn the_process_that_fills_a_login_service_is_told_at_once_within_the_two_second_rate() {
+    // §2.8 done better (§10): with service_count = 1 under a flood the state flips at every
+    // exit and fork; the original's 2 s rate left each new process to learn it by its 1 s
+    // re-check, one kill per second. The process whose status fills the service is the only
+    // one that cannot know: it is signalled at once, alone.
+    let mut w = World::new(vec![ServiceConfig {
+        process_limit: 2,
+        service_count: 1,
+        ..service("pop3-login", ServiceType::Login)
+    }]);
+    w.readable(L1, 2);
+    let pids = w.pids_of(S1);
+    w.status(pids[0], 0);
+    w.status(pids[1], 0);
+    assert_eq!(w.kills(Signal::Usr1).len(), 2, "the first burst");
+    w.clear();
+    w.advance(100);
+    w.exit(pids[0], ExitStatus::Exited(0));
+    w.readable(L1, 1);
+    let fresh: Vec<_> = w
+        .pids_of(S1)
+        .into_iter()
+        .filter(|p| !pids.contains(p))
+        .collect();
+    assert_eq!(fresh.len(), 1, "a new process for the queued connection");
+    w.clear();
+    w.status(fresh[0], 0);
+    assert_eq!(
+        w.kills(Signal::Usr1),
+        vec![fresh[0]],
+        "only the new process, and before the 2 s rate allows a burst"
+    );
+    // Two new processes: the first took its client while the service was not full yet; when
+    // the second fills it, both are told, and nobody who was told already.
+    w.exit(pids[1], ExitStatus::Exited(0));
+    w.exit(fresh[0], ExitStatus::Exited(0));
+    w.readable(L1, 2);
+    let newer: Vec<_> = w.pids_of(S1);
+    assert_eq!(newer.len(), 2);
+    w.clear();
+    w.status(newer[0], 0);
+    assert!(w.kills(Signal::Usr1).is_empty(), "not full yet");
+    w.status(newer[1], 0);
+    let mut told = w.kills(Signal::Usr1);
+    told.sort();
+    let mut expected = newer.clone();
+    expected.sort();
+    assert_eq!(told, expected);
+}
