@@ -1544,13 +1544,17 @@ impl Master {
             .map(|p| p.id)
             .collect();
         for id in anvils {
+            // A new anvil service already at its limit keeps none: this one stays in the old
+            // generation's books and leaves with it. (It used to be taken off the books first,
+            // a live process the master no longer knew: master_model's seed 772da17e.)
+            let new_service = self.service(new_anvil);
+            if new_service.process_count >= new_service.config.process_limit {
+                continue;
+            }
             let process = self.processes[&id].clone();
             // Take it out of the old service's books and put it, as it is, into the new one's.
             self.destroy_process(id);
             let new_service = self.service_mut(new_anvil);
-            if new_service.process_count >= new_service.config.process_limit {
-                continue;
-            }
             new_service.process_count += 1;
             new_service.total_created += 1;
             if !process.initialised {
