@@ -93,24 +93,25 @@ pub const ORIGINAL_OVERFLOW_POLICY: OverflowPolicy = OverflowPolicy {
     victim_recheck_interval: FULL_RECHECK_INTERVAL,
 };
 
-/// The policy roost uses unless configured otherwise (issue 6): a one-slot process kills after
-/// the jitter alone (0–9 ms, no age-scaled 0–100 ms delay), and for the 2 s after the state
-/// flipped to "not full" a process holding a killable client re-reads it every 20 ms instead
-/// of every second; the victim is chosen as the original does.
+/// The policy roost uses unless configured otherwise (issue 6): the original's kill (a one-slot
+/// process waits 0–100 ms scaled down by its client's age, so older clients die first, plus
+/// 0–9 ms of jitter), and for the 2 s after the state flipped to "not full" a process holding a
+/// killable client re-reads it every 20 ms instead of every second.
 ///
 /// Evidence (`cargo run -p sim --release -- policies`, sim/scenarios/19_preauth_flood_security.ron:
 /// 1,000 idle pre-auth connections against service_count = 1, process_limit 100, backlog 100,
-/// then 20 logins; 10 seeds pooled): the original serves 200/200 with p50 3,985 ms, p99
-/// 6,854 ms; this policy 200/200 with p50 10 ms, p99 1,276 ms (the rest is mostly a SYN
-/// retransmitted after the full accept queue dropped it, 1 s). Each change alone is worse
-/// than the original: without the fast re-check, the jitter-only kill flips the state after
-/// one kill and the others wait out the master's 2 s SIGUSR1 (p50 22,980 ms). Killing at once
-/// in every full process (`delayed_kill_max_slots` 0) is as fast (p99 1,175 ms) but a herd:
-/// with 100 slow pre-login users holding every slot, one newcomer kills all 100 (200/1,200
-/// served against 1,180/1,200). Under slower logins (200–300 ms with a 50–200 ms auth lookup)
-/// the original gives p99 7,073 ms, this policy 1,572 ms, both 200/200.
+/// then 20 logins; 10 seeds pooled). With the original's master (SIGUSR1 at most every 2 s):
+/// the original policy serves 200/200 with p50 3,985 ms, p99 6,854 ms. roost's master also
+/// tells the processes started since its last burst at once when the service fills; with it
+/// the original policy gives p99 1,818 ms and this one 200/200, p50 10 ms, p99 1,007 ms (the
+/// rest is a SYN retransmitted after the full accept queue dropped it, 1 s). Faster policies
+/// lose legitimate users: the jitter alone (no age-scaled delay) kills a young client before
+/// it can log in (190/200; 19/20 in scenario 19 even with the 20 ms re-check), and killing at
+/// once in every full process (`delayed_kill_max_slots` 0, p99 15 ms) is a herd: with 100 slow
+/// pre-login users holding every slot, one newcomer kills all 100 (200/1,200 served against
+/// 1,180/1,200).
 pub const DEFAULT_OVERFLOW_POLICY: OverflowPolicy = OverflowPolicy {
-    delay_max: Duration::ZERO,
+    delay_max: Duration::from_millis(100),
     age_window: Duration::from_secs(10),
     jitter_span_ms: 10,
     delayed_kill_max_slots: 1,

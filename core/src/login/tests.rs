@@ -264,7 +264,7 @@ fn security_mode_kills_after_the_age_delay_and_rechecks_full_section_2_8() {
 }
 
 #[test]
-fn roost_kills_after_the_jitter_alone_and_rechecks_fast_after_a_flip_issue_6() {
+fn roost_keeps_the_age_scaled_delay_and_rechecks_fast_after_a_flip_issue_6() {
     let mut h = Harness::new(LoginConfig::new(1, 1));
     h.accept();
     h.at(2_500);
@@ -272,8 +272,8 @@ fn roost_kills_after_the_jitter_alone_and_rechecks_fast_after_a_flip_issue_6() {
     h.input(Input::ListenerReadable { jitter: 7 });
     assert_eq!(
         h.login.poll_timeout(),
-        Some(ms(2_507)),
-        "no age-scaled delay"
+        Some(ms(2_582)),
+        "100 ms scaled down by the client's age (2.5 s of 10 s: 75 ms), plus the jitter"
     );
     // Another process's kill flipped the state; the master's SIGUSR1 is held back.
     h.full = false;
@@ -281,7 +281,7 @@ fn roost_kills_after_the_jitter_alone_and_rechecks_fast_after_a_flip_issue_6() {
     assert_eq!(disconnects(&out), vec![], "re-read at expiry says not full");
     assert_eq!(
         h.login.poll_timeout(),
-        Some(ms(2_527)),
+        Some(ms(2_602)),
         "a process with someone to kill re-reads after 20 ms"
     );
     h.full = true;
