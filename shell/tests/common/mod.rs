@@ -1,5 +1,5 @@
 //! Helpers shared by the end-to-end tests of the real `roost` binary (`daemon.rs`,
-//! `reliability.rs`): a free port, one running master with its own base_dir and log, the echo
+//! `reliability.rs`, `mail.rs`): a free port, one running master with its own base_dir and log, the echo
 //! client, and a chroot installer. Each test binary uses only some of them.
 #![allow(dead_code)]
 
@@ -12,6 +12,36 @@ use std::time::{Duration, Instant};
 pub const ROOST: &str = env!("CARGO_BIN_EXE_roost");
 
 /// A free TCP port on loopback.
+/// The live (not zombie) children of `master`: (pid, title).
+pub fn children_of(master: i32) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest.to_owned()) else {
+            continue;
+        };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) != Some(master)
+            || fields.first() == Some(&"Z")
+        {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let title = cmdline
+            .split(|b| *b == 0)
+            .next()
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .unwrap_or_default();
+        found.push((pid, title));
+    }
+    found
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -156,33 +186,7 @@ impl Roost {
 
     /// The children of the master: (pid, title).
     pub fn children(&self) -> Vec<(i32, String)> {
-        let master = self.master_pid();
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest.to_owned()) else {
-                continue;
-            };
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            if fields.get(1).and_then(|p| p.parse::<i32>().ok()) != Some(master)
-                || fields.first() == Some(&"Z")
-            {
-                continue;
-            }
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let title = cmdline
-                .split(|b| *b == 0)
-                .next()
-                .map(|t| String::from_utf8_lossy(t).into_owned())
-                .unwrap_or_default();
-            found.push((pid, title));
-        }
-        found
+        children_of(self.master_pid())
     }
 
     pub fn fd_count(&self) -> usize {
