@@ -123,6 +123,8 @@ pub enum Refusal {
     },
     /// `No services defined`.
     NoServices,
+    /// `Service #N is missing name` (N counts from 1, in doveconf's order).
+    MissingName(usize),
     /// `Duplicate service name: X`.
     DuplicateServiceName(String),
     /// `service(X): Unknown service type: T`.
@@ -212,6 +214,7 @@ impl fmt::Display for Refusal {
                 write!(f, "{setting} doesn't exist: {user}")
             }
             Refusal::NoServices => f.write_str("No services defined"),
+            Refusal::MissingName(index) => write!(f, "Service #{index} is missing name"),
             Refusal::DuplicateServiceName(name) => write!(f, "Duplicate service name: {name}"),
             Refusal::UnknownServiceType {
                 service,
@@ -332,7 +335,11 @@ pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<C
     }
     let mut names = BTreeMap::new();
     let mut type_counts: BTreeMap<&str, u32> = BTreeMap::new();
-    for service in &settings.services {
+    for (index, service) in settings.services.iter().enumerate() {
+        if service.name.is_empty() {
+            error(Refusal::MissingName(index + 1));
+            continue;
+        }
         if names.insert(service.name.as_str(), ()).is_some() {
             error(Refusal::DuplicateServiceName(service.name.clone()));
         }

@@ -569,3 +569,26 @@ fn every_unnamed_passdb_and_userdb_section_is_an_entry_of_its_own() {
         "uid=vmail home=/var/mail/%u"
     );
 }
+
+#[test]
+fn a_service_without_a_name_is_refused_by_its_number() {
+    // The text syntax cannot write one; RON can.
+    let mut config = load_text("service echo {\n  executable = /bin/cat\n}\n").expect("parses");
+    let index = config
+        .settings
+        .services
+        .iter()
+        .position(|s| s.name == "echo")
+        .expect("echo");
+    config.settings.services[index].name.clear();
+    let ron_text = to_ron(&config.settings);
+    let config = load_str("x.ron", &ron_text, &MemoryFiles::default(), &NoEnv).expect("RON parses");
+    let errors = match check(&config, &SYSTEM) {
+        Ok(warnings) => panic!("accepted, warnings {warnings:?}"),
+        Err(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    };
+    assert!(
+        errors.contains(&format!("Service #{} is missing name", index + 1)),
+        "{errors:?}"
+    );
+}
