@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::Instant as StdInstant;
 
 use mio::unix::SourceFd;
@@ -385,9 +385,4 @@ pub fn unix_conn(stream: std::os::unix::net::UnixStream) -> Option<Conn> {
         Stream::Unix(mio::net::UnixStream::from_std(stream)),
         Vec::new(),
     ))
-}
-
-/// The raw fd of a connection, for log lines.
-pub fn fd_of(conn: &Conn) -> i32 {
-    conn.stream.as_raw_fd()
 }
