@@ -927,3 +927,45 @@ fn when_auth_cannot_start_clients_are_told_to_try_again_and_the_log_says_why() {
     // The connection goes on: the client may try again later.
     assert!(pop3.send("NOOP").starts_with("+OK"));
 }
+
+#[test]
+fn an_auth_that_does_not_answer_is_given_up_after_30_seconds() {
+    let host = Host::start("auth-hangs", "  service_count = 0", "");
+    // auth starts at the first login; then it is stopped (SIGSTOP), alive but silent.
+    let mut first = Pop3::login(host.pop3, "demo");
+    assert!(first.send("QUIT").starts_with("+OK"));
+    let master = host.child.as_ref().expect("running").id() as i32;
+    let auth = children_of(master)
+        .into_iter()
+        .find(|(_, title)| title.ends_with("/auth"))
+        .map(|(pid, _)| pid)
+        .expect("auth runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(auth), nix::sys::signal::SIGSTOP)
+        .expect("SIGSTOP auth");
+    let mut pop3 = Pop3::connect(host.pop3);
+    pop3.reader
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_secs(40)))
+        .expect("timeout");
+    assert!(pop3.line().starts_with("+OK"));
+    assert!(pop3.send("USER demo").starts_with("+OK"));
+    let started = Instant::now();
+    let reply = pop3.send("PASS demo");
+    let waited = started.elapsed();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(auth), nix::sys::signal::SIGCONT);
+    assert_eq!(reply.trim_end(), roost::mail::pop3::AUTH_UNAVAILABLE);
+    assert!(
+        waited >= Duration::from_secs(29) && waited < Duration::from_secs(35),
+        "given up after {waited:?}"
+    );
+    host.wait_for(
+        |h| {
+            h.log_text()
+                .contains("auth did not answer 1 request(s) within 30 s")
+        },
+        "the reason in the log",
+    );
+    // auth answers again: the next login goes through a new connection.
+    assert!(pop3.send("USER demo").starts_with("+OK"));
+    assert!(pop3.send("PASS demo").starts_with("+OK Logged in."));
+}

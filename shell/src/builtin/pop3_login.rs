@@ -45,6 +45,9 @@ const ANVIL: Token = Token(usize::MAX - 5);
 /// both above this.
 const CLIENT_BASE: usize = 1 << 20;
 
+/// How long auth may take to answer a login before the client hears a temporary failure.
+const AUTH_TIMEOUT: StdDuration = StdDuration::from_secs(30);
+
 /// A listener's flags from `ROOST_LISTENERS`.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 struct ListenerFlags {
@@ -118,7 +121,7 @@ struct Driver {
     next_client: u64,
     auth: Option<(Conn, LineReader)>,
     /// Auth requests in flight: request id → client.
-    auth_pending: BTreeMap<u32, ClientId>,
+    auth_pending: BTreeMap<u32, (ClientId, StdInstant)>,
     next_auth_id: u32,
     /// The anvil link and its replies' reader; PENALTY-GET answers come in request order.
     anvil: Option<(Conn, LineReader)>,
@@ -411,7 +414,7 @@ impl Driver {
             }
             _ => {}
         }
-        self.auth_pending.retain(|_, c| *c != id);
+        self.auth_pending.retain(|_, (c, _)| *c != id);
         self.handle(Input::ClientClosed { client: id });
     }
 
@@ -628,7 +631,8 @@ impl Driver {
             None => false,
         };
         if sent {
-            self.auth_pending.insert(self.next_auth_id, id);
+            self.auth_pending
+                .insert(self.next_auth_id, (id, StdInstant::now()));
         } else {
             error("auth is not reachable: the client is told to try again");
             self.auth = None;
@@ -709,9 +713,9 @@ impl Driver {
         } else {
             error("auth closed the connection");
             let _ = self.poll.registry().deregister(&mut conn.stream);
-            let pending: Vec<(u32, ClientId)> =
+            let pending: Vec<(u32, (ClientId, StdInstant))> =
                 std::mem::take(&mut self.auth_pending).into_iter().collect();
-            for (_, id) in pending {
+            for (_, (id, _)) in pending {
                 self.with_client(id, |driver, id, client| {
                     driver.auth_unavailable(id, client);
                     driver.run_login_outputs(id, client)
@@ -724,7 +728,7 @@ impl Driver {
                 AuthReply::Fail { id, .. } => (*id, false),
                 _ => continue,
             };
-            let Some(id) = self.auth_pending.remove(&request) else {
+            let Some((id, _)) = self.auth_pending.remove(&request) else {
                 continue;
             };
             self.with_client(id, |driver, id, client| {
@@ -962,6 +966,34 @@ impl Driver {
 
     fn timers(&mut self) {
         let now = StdInstant::now();
+        // An auth that does not answer: its clients hear a temporary failure instead of
+        // waiting for the pre-auth timeout, and the connection is made anew for the next.
+        let late = self
+            .auth_pending
+            .values()
+            .filter(|(_, sent)| now.duration_since(*sent) >= AUTH_TIMEOUT)
+            .count();
+        let mut abandoned = Vec::new();
+        if late > 0 {
+            error(&format!(
+                "auth did not answer {late} request(s) within {} s: clients told to try again",
+                AUTH_TIMEOUT.as_secs()
+            ));
+            // Every request on that connection goes with it.
+            if let Some((mut conn, _)) = self.auth.take() {
+                let _ = self.poll.registry().deregister(&mut conn.stream);
+            }
+            abandoned = std::mem::take(&mut self.auth_pending)
+                .into_iter()
+                .map(|(request, (id, _))| (request, id))
+                .collect();
+        }
+        for (_, id) in abandoned {
+            self.with_client(id, |driver, id, client| {
+                driver.auth_unavailable(id, client);
+                driver.run_login_outputs(id, client)
+            });
+        }
         let due: Vec<ClientId> = self
             .clients
             .iter()
@@ -981,6 +1013,10 @@ impl Driver {
 
     fn next_timeout(&self) -> StdDuration {
         let mut timeout = StdDuration::from_secs(1);
+        let now = StdInstant::now();
+        for (_, sent) in self.auth_pending.values() {
+            timeout = timeout.min((*sent + AUTH_TIMEOUT).saturating_duration_since(now));
+        }
         if let Some(at) = self.table.poll_timeout() {
             timeout = timeout.min(StdDuration::from_millis(
                 at.as_millis().saturating_sub(self.now().as_millis()),
