@@ -969,3 +969,66 @@ fn an_auth_that_does_not_answer_is_given_up_after_30_seconds() {
     assert!(pop3.send("USER demo").starts_with("+OK"));
     assert!(pop3.send("PASS demo").starts_with("+OK Logged in."));
 }
+
+#[test]
+fn bad_peers_are_answered_and_closed_and_nothing_is_lost() {
+    let host = Host::start("bad-peers", "  service_count = 0", "");
+    // A big message to be cut in the middle of its RETR.
+    let big = host.dir.join("mail/demo/Maildir/new/1700000003.M3P1.big");
+    let mut body = String::from("Subject: big\r\n\r\n");
+    while body.len() < 4 << 20 {
+        body.push_str("a line of the big message, long enough to fill the socket buffers\r\n");
+    }
+    std::fs::write(&big, &body).expect("big message");
+
+    // A 1 MB line before login: refused as too long, the connection is still answered.
+    let mut pop3 = Pop3::connect(host.pop3);
+    assert!(pop3.line().starts_with("+OK"));
+    let long = vec![b'x'; 1 << 20];
+    pop3.reader.get_mut().write_all(&long).expect("write");
+    let reply = pop3.send("");
+    assert!(reply.starts_with("-ERR"), "{reply}");
+    assert!(
+        pop3.send("NOOP").starts_with("+OK"),
+        "the connection goes on"
+    );
+
+    // A TLS handshake that is not one: closed at once, and the listener serves on.
+    let mut broken = TcpStream::connect(("127.0.0.1", host.pop3s)).expect("connect");
+    broken
+        .write_all(b"\x16\x03\x01\x00\x05hello this is not TLS\r\n")
+        .expect("write");
+    assert!(
+        read_until_closed(&mut broken).is_some(),
+        "the broken handshake is closed"
+    );
+
+    // DELE, then a RETR cut by the client: no QUIT, so nothing is deleted.
+    let mut session = Pop3::login(host.pop3, "demo");
+    assert!(session.send("STAT").starts_with("+OK 3 "));
+    assert!(session.send("DELE 1").starts_with("+OK"));
+    let header = session.send("RETR 3");
+    assert!(header.starts_with("+OK"), "{header}");
+    let mut some = vec![0u8; 64 * 1024];
+    session
+        .reader
+        .read_exact(&mut some)
+        .expect("part of the message");
+    drop(session);
+    host.wait_for(
+        |h| !who(h).contains("demo "),
+        "anvil to forget the cut session",
+    );
+    assert_eq!(host.maildir_files("demo"), 3, "no DELE without QUIT");
+
+    // Everything still works for the next client.
+    let mut after = Pop3::login(host.pop3, "demo");
+    assert!(after.send("STAT").starts_with("+OK 3 "));
+    assert!(after.send("QUIT").starts_with("+OK"));
+    let log = host.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        log.contains("pop3-login: Info: Disconnected (received corrupt message"),
+        "the broken handshake is logged: {log}"
+    );
+}
