@@ -25,7 +25,7 @@ use roost_core::master::Master;
 use roost_core::notice::Level;
 use roost_core::output::{Lifecycle, Output, SpawnRequest};
 use roost_core::settings::{ServiceSettings, Settings};
-use roost_core::setup::{ListenerKind, MasterConfig};
+use roost_core::setup::{ListenerKind, MasterConfig, ServiceType};
 use roost_core::signal::{ExitStatus, Signal};
 use roost_core::time::Instant;
 use roost_core::wire::control::{
@@ -232,6 +232,8 @@ pub struct Daemon {
     anvil_link: Option<std::os::unix::net::UnixStream>,
     /// The settings memfd of each service of each generation, made at its first spawn.
     settings_fds: BTreeMap<(Generation, String), OwnedFd>,
+    /// The master-dead pipe of the anvil process a reload adopted (its generation is gone).
+    anvil_dead_pipe: Option<OwnedFd>,
 }
 
 impl Daemon {
@@ -305,6 +307,7 @@ impl Daemon {
             warned_non_root: false,
             anvil_link: None,
             settings_fds: BTreeMap::new(),
+            anvil_dead_pipe: None,
         })
     }
 
@@ -479,11 +482,23 @@ impl Daemon {
                 }
             }
             Output::RetireGeneration { generation } => {
-                for io in self
+                for (id, io) in self
                     .services
-                    .values_mut()
-                    .filter(|s| s.generation == generation)
+                    .iter_mut()
+                    .filter(|(_, s)| s.generation == generation)
                 {
+                    // anvil never dies (reference §4.3 step 7): the core moves its process to
+                    // the new generation, so it must not hear that its master is gone. Its
+                    // end of the pipe stays open for as long as the master runs.
+                    let anvil = self
+                        .master
+                        .service_config(*id)
+                        .is_some_and(|c| c.service_type == ServiceType::Anvil);
+                    if anvil {
+                        if let Some(fd) = io.dead_r.take() {
+                            self.anvil_dead_pipe = Some(fd);
+                        }
+                    }
                     // Closing the read end tells every child of the generation (reference §4.4).
                     io.dead_r = None;
                     io.dead_w = None;

@@ -1107,6 +1107,10 @@ fn drive(start: Start) -> io::Result<i32> {
     let mut signals = watch_runtime(&poll, &env, true)?;
     let mut config = LoginConfig::new(env.client_limit, env.service_count);
     config.die_with_master = env.die_with_master;
+    // As the original's login processes (§4.4): when the master or the generation goes, the
+    // clients still logging in get up to 30 s to finish instead of being cut at once; the
+    // callback itself has nothing to do for POP3.
+    config.has_die_callback = true;
     let clock = StdInstant::now();
     let anvil = start.anvil_fd.and_then(|fd| {
         // SAFETY: the master connected this socket for us.

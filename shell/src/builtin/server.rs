@@ -180,6 +180,11 @@ pub fn run<S: Service>(env: &ChildEnv, config: ChildConfig, service: &mut S) -> 
                     for signal in signals.pending() {
                         child.handle(ChildInput::Signal(signal_of(signal)), now());
                     }
+                    // At once: a listener event later in this batch must see the listeners
+                    // closed (a process that exits now must not take one more client first).
+                    if let Some(code) = drain(&mut child, env, &poll, &mut listening, now())? {
+                        return Ok(code);
+                    }
                 }
                 MASTER_DEAD => {
                     if event.is_error() || event.is_write_closed() {
@@ -187,6 +192,9 @@ pub fn run<S: Service>(env: &ChildEnv, config: ChildConfig, service: &mut S) -> 
                             .registry()
                             .deregister(&mut SourceFd(&env.master_dead_fd));
                         child.handle(ChildInput::MasterDead, now());
+                        if let Some(code) = drain(&mut child, env, &poll, &mut listening, now())? {
+                            return Ok(code);
+                        }
                     }
                 }
                 STATUS => child.handle(ChildInput::StatusWritable, now()),
