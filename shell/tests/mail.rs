@@ -818,31 +818,33 @@ fn kill_9_of_every_service_during_a_login_storm_loses_nothing() {
         }));
     }
     let mut killed = std::collections::BTreeMap::<String, usize>::new();
-    let deadline = Instant::now() + Duration::from_secs(12);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut round = 0usize;
+    // Each round aims at the next service in turn (a pop3 process lives for one session only,
+    // so it is looked for a little while), and kills one of its processes.
+    let services = ["pop3-login", "pop3", "auth", "anvil"];
     while Instant::now() < deadline {
-        let victims: Vec<(i32, String)> = children_of(master)
-            .into_iter()
-            .filter(|(_, t)| t.contains("roost/"))
-            .collect();
-        if !victims.is_empty() {
-            let (pid, title) = &victims[round % victims.len()];
-            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::SIGKILL)
+        let target = services[round % services.len()];
+        let looking = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < looking {
+            let victim = children_of(master)
+                .into_iter()
+                .find(|(_, title)| title.ends_with(&format!("/{target}")));
+            if let Some((pid, _)) = victim {
+                if nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::SIGKILL,
+                )
                 .is_ok()
-            {
-                let service = title
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or("")
-                    .split(' ')
-                    .next()
-                    .unwrap_or("")
-                    .to_owned();
-                *killed.entry(service).or_default() += 1;
+                {
+                    *killed.entry(target.to_owned()).or_default() += 1;
+                }
+                break;
             }
+            std::thread::sleep(Duration::from_millis(2));
         }
         round += 1;
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(100));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for thread in storm {
