@@ -1144,3 +1144,48 @@ fn a_hundred_reloads_during_a_login_storm_lose_no_session() {
         fds()
     );
 }
+
+#[test]
+fn as_root_a_login_process_runs_as_default_login_user_inside_its_chroot() {
+    if !is_root() {
+        println!("skipped: the identity and chroot of a login process need root (CI runs as root)");
+        return;
+    }
+    let host = Host::start(
+        "login-identity",
+        "  service_count = 0\n  process_min_avail = 1",
+        "",
+    );
+    let master = host.child.as_ref().expect("running").id() as i32;
+    let login_pid = || {
+        children_of(master)
+            .into_iter()
+            .find(|(_, title)| title.ends_with("/pop3-login"))
+            .map(|(pid, _)| pid)
+    };
+    host.wait_for(|_| login_pid().is_some(), "a pop3-login process");
+    let pid = login_pid().expect("found");
+    // It restricts itself right after exec; a session proves it is past that point.
+    let mut pop3 = Pop3::login(host.pop3, "demo");
+    assert!(pop3.send("QUIT").starts_with("+OK"));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+    let nobody = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
+        .expect("nobody exists");
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == nobody.to_string()),
+        "real, effective, saved and fs uid are default_login_user's: {uid_line}"
+    );
+    let root = std::fs::read_link(format!("/proc/{pid}/root")).expect("root");
+    assert_eq!(
+        root,
+        host.dir.join("run/login"),
+        "chrooted to base_dir/login"
+    );
+}
