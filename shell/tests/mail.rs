@@ -589,13 +589,16 @@ fn two_instances_behind_haproxy_see_the_real_client_addresses() {
         ),
     )
     .expect("haproxy.cfg");
-    let mut haproxy = Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haproxy runs");
+    // Stopped by the guard even when an assertion fails.
+    let _haproxy = KillOnDrop(
+        Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy runs"),
+    );
     a.wait_for(
         |_| TcpStream::connect(("127.0.0.1", front)).is_ok(),
         "haproxy's frontend",
@@ -622,8 +625,16 @@ fn two_instances_behind_haproxy_see_the_real_client_addresses() {
     for mut pop3 in sessions {
         assert!(pop3.send("QUIT").starts_with("+OK"));
     }
-    let _ = haproxy.kill();
-    let _ = haproxy.wait();
+}
+
+/// A helper process (HAProxy) that must not outlive its test.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn who(host: &Host) -> String {
