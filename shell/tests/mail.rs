@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{children_of, free_port, ROOST};
+use common::{children_of, free_port, poll_until, ROOST};
 
 const MESSAGE_1: &str = "From: a@example.org\r\nSubject: first\r\n\r\nthe first message\r\n";
 const MESSAGE_2: &str =
@@ -113,14 +113,9 @@ impl Host {
     }
 
     fn wait_for(&self, ready: impl Fn(&Host) -> bool, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if ready(self) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !poll_until(15, || ready(self)) {
+            panic!("timed out waiting for {what}; log:\n{}", self.log_text());
         }
-        panic!("timed out waiting for {what}; log:\n{}", self.log_text());
     }
 
     fn command(&self, args: &[&str]) -> Output {
@@ -872,29 +867,19 @@ fn kill_9_of_every_service_during_a_login_storm_loses_nothing() {
         "no session got through the storm"
     );
     // The master is up and every service is back within its throttle window.
-    let deadline = Instant::now() + Duration::from_secs(65);
-    loop {
-        let back = TcpStream::connect(("127.0.0.1", host.pop3))
+    let back = poll_until(65, || {
+        TcpStream::connect(("127.0.0.1", host.pop3))
             .ok()
-            .and_then(|stream| {
+            .is_some_and(|stream| {
                 let mut pop3 = Pop3::over(stream);
-                (pop3.line().starts_with("+OK")
+                pop3.line().starts_with("+OK")
                     && pop3.send("USER demo").starts_with("+OK")
                     && pop3.send("PASS demo").starts_with("+OK")
-                    && pop3.send("STAT").starts_with("+OK 2 "))
-                .then_some(pop3)
-            });
-        if let Some(mut pop3) = back {
-            assert!(pop3.send("QUIT").starts_with("+OK"));
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "logins did not come back; log:\n{}",
-            host.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+                    && pop3.send("STAT").starts_with("+OK 2 ")
+                    && pop3.send("QUIT").starts_with("+OK")
+            })
+    });
+    assert!(back, "logins did not come back; log:\n{}", host.log_text());
     // No mail lost or duplicated, anvil's table empty again, no zombie, no fd leak.
     assert_eq!(host.maildir_files("demo"), 2);
     host.wait_for(

@@ -48,20 +48,6 @@ fn alive(pid: i32) -> bool {
         .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
 }
 
-/// Polls `ready` every 20 ms for at most `secs` seconds.
-fn poll_until(secs: u64, mut ready: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if ready() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Runs a command, killing it after `secs` seconds (a refused configuration must not start a
 /// master that runs on).
 fn run_bounded(command: &mut Command, secs: u64) -> (Output, bool) {

@@ -611,30 +611,24 @@ impl Login {
     /// Auth refused the credentials (after any penalty delay the driver applied); lines the
     /// client pipelined meanwhile are then handled in order.
     pub fn auth_failed(&mut self) {
-        if self.state != LoginState::AuthPending {
-            return;
-        }
-        self.pending_user = None;
-        self.state = LoginState::Commands;
-        self.bad_command(AUTH_FAILED);
-        while let Some(line) = self.pipelined.pop_front() {
-            if self.state == LoginState::AuthPending || self.state == LoginState::Done {
-                self.pipelined.push_front(line);
-                break;
-            }
-            self.handle_line(&line);
-        }
+        self.auth_ended(|login| login.bad_command(AUTH_FAILED));
     }
 
     /// auth could not be asked (not running, connection lost): the client is told to try again
     /// later. Not a failed login: no bad-command count, no penalty.
     pub fn auth_unavailable(&mut self) {
+        self.auth_ended(|login| login.send(AUTH_UNAVAILABLE));
+    }
+
+    /// Auth's lookup ended without a login: `answer` tells the client, then the lines it
+    /// pipelined meanwhile are handled in order (until one starts another lookup).
+    fn auth_ended(&mut self, answer: impl FnOnce(&mut Login)) {
         if self.state != LoginState::AuthPending {
             return;
         }
         self.pending_user = None;
         self.state = LoginState::Commands;
-        self.send(AUTH_UNAVAILABLE);
+        answer(self);
         while let Some(line) = self.pipelined.pop_front() {
             if self.state == LoginState::AuthPending || self.state == LoginState::Done {
                 self.pipelined.push_front(line);

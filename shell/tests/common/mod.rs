@@ -12,6 +12,20 @@ use std::time::{Duration, Instant};
 pub const ROOST: &str = env!("CARGO_BIN_EXE_roost");
 
 /// A free TCP port on loopback.
+/// Polls `ready` every 20 ms for at most `secs` seconds; true once it held.
+pub fn poll_until(secs: u64, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if ready() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The live (not zombie) children of `master`: (pid, title).
 pub fn children_of(master: i32) -> Vec<(i32, String)> {
     let mut found = Vec::new();
@@ -167,14 +181,9 @@ impl Roost {
 
     /// Waits (at most 10 s) until `ready` holds.
     pub fn wait_for(&self, ready: impl Fn(&Roost) -> bool, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if ready(self) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !poll_until(10, || ready(self)) {
+            panic!("timed out waiting for {what}; log:\n{}", self.log_text());
         }
-        panic!("timed out waiting for {what}; log:\n{}", self.log_text());
     }
 
     pub fn wait_for_log(&self, text: &str) {
