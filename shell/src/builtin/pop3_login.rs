@@ -32,12 +32,12 @@ use roost_core::time::Instant;
 
 use super::conn::{Conn, Stream};
 use super::handoff::{self, Handoff};
-use super::server::{signal_of, watch_runtime, MASTER_DEAD, SIGNALS, STATUS};
+use super::server::{signal_of, watch_runtime, write_status_watched, MASTER_DEAD, SIGNALS, STATUS};
 use super::{error, info, Start};
 use crate::mail::authwire::{AuthReply, AuthRequest, MAX_LINE as AUTH_MAX_LINE};
 use crate::mail::pop3::{self, LineReader, LoginOutput, LoginSettings};
 use crate::mail::proxy::{ProxyDecoder, TrustedNetworks};
-use crate::runtime::{write_status, ChildEnv};
+use crate::runtime::ChildEnv;
 
 const AUTH: Token = Token(usize::MAX - 4);
 const ANVIL: Token = Token(usize::MAX - 5);
@@ -164,20 +164,15 @@ impl Driver {
         let now = self.now();
         match output {
             Output::WriteStatus { available_count } => {
-                let result = write_status(&self.env, available_count);
+                let result = write_status_watched(
+                    &self.env,
+                    available_count,
+                    &self.poll,
+                    &mut self.status_registered,
+                );
                 let input = match result {
                     roost_core::child::Input::StatusWritten => Input::StatusWritten,
-                    roost_core::child::Input::StatusWouldBlock => {
-                        if !self.status_registered {
-                            let _ = self.poll.registry().register(
-                                &mut SourceFd(&self.env.status_fd),
-                                STATUS,
-                                Interest::WRITABLE,
-                            );
-                            self.status_registered = true;
-                        }
-                        Input::StatusWouldBlock
-                    }
+                    roost_core::child::Input::StatusWouldBlock => Input::StatusWouldBlock,
                     _ => Input::StatusWriteFailed,
                 };
                 self.table.handle(input, now);

@@ -104,6 +104,28 @@ pub fn watch_runtime(
     Ok(signals)
 }
 
+/// Writes one status record; when the pipe is full, the status fd is watched for
+/// writability (registered once, `registered` remembers it) so the machine hears
+/// `StatusWritable`.
+pub fn write_status_watched(
+    env: &ChildEnv,
+    available_count: u32,
+    poll: &Poll,
+    registered: &mut bool,
+) -> ChildInput {
+    let result = write_status(env, available_count);
+    if result == ChildInput::StatusWouldBlock
+        && !*registered
+        && poll
+            .registry()
+            .register(&mut SourceFd(&env.status_fd), STATUS, Interest::WRITABLE)
+            .is_ok()
+    {
+        *registered = true;
+    }
+    result
+}
+
 /// The child-protocol signal as core names it.
 pub fn signal_of(number: i32) -> Signal {
     match number {
@@ -298,15 +320,12 @@ fn drain(
     while let Some(output) = child.poll_output() {
         match output {
             ChildOutput::WriteStatus { available_count } => {
-                let result = write_status(env, available_count);
-                if result == ChildInput::StatusWouldBlock && !listening.status_registered {
-                    poll.registry().register(
-                        &mut SourceFd(&env.status_fd),
-                        STATUS,
-                        Interest::WRITABLE,
-                    )?;
-                    listening.status_registered = true;
-                }
+                let result = write_status_watched(
+                    env,
+                    available_count,
+                    poll,
+                    &mut listening.status_registered,
+                );
                 child.handle(result, now);
             }
             ChildOutput::SetAccepting { on } if !listening.closed && on != listening.accepting => {
