@@ -4,7 +4,7 @@
 //! 2. process_avail equals the number of its processes with available_count > 0.
 //! 3. A process is in the idle list exactly when available_count == client_limit, and
 //!    process_idling is the length of that list.
-//! 4. Each process is in exactly one of the idle list and the busy set of its own service.
+//! 4. Each service's member set holds exactly its live processes.
 //! 5. process_idling <= process_avail <= process_count.
 //! 6. process_count <= process_limit.
 //! 7. The idle low-water mark never exceeds process_idling.
@@ -67,8 +67,8 @@ impl Master {
                 let idle = process.available_count == service.config.client_limit;
                 let listed = process
                     .idle_key
-                    .is_some_and(|key| service.idle.get(&key) == Some(&process.id));
-                let in_busy = service.busy.contains(&process.id);
+                    .is_some_and(|key| service.idle.get(key) == Some(process.id));
+                let member = service.members.contains(&process.id);
                 if idle != listed {
                     return fail(
                         3,
@@ -78,26 +78,29 @@ impl Master {
                         ),
                     );
                 }
-                if listed == in_busy {
+                if !member {
                     return fail(
                         4,
-                        format!(
-                            "service({name}): {} idle={listed} busy={in_busy}",
-                            process.id
-                        ),
+                        format!("service({name}): {} is not among its members", process.id),
                     );
                 }
             }
-            if service.idle.len() as u32 != service.process_idling
-                || service.busy.len() + service.idle.len() != processes.len()
-            {
+            if service.idle.len() as u32 != service.process_idling {
                 return fail(
                     3,
                     format!(
-                        "service({name}): process_idling {} idle list {} busy {} processes {}",
+                        "service({name}): process_idling {} but the idle list holds {}",
                         service.process_idling,
-                        service.idle.len(),
-                        service.busy.len(),
+                        service.idle.len()
+                    ),
+                );
+            }
+            if service.members.len() != processes.len() {
+                return fail(
+                    4,
+                    format!(
+                        "service({name}): {} members but {} live processes",
+                        service.members.len(),
                         processes.len()
                     ),
                 );

@@ -17,6 +17,8 @@ mod timer;
 
 use std::collections::{BTreeMap, VecDeque};
 
+use rustc_hash::FxHashMap;
+
 pub use invariants::Violation;
 
 use crate::ids::{Generation, ListenerId, Pid, ProcessId, ProcessUid, ServiceId};
@@ -186,11 +188,13 @@ pub struct Master {
     current: Generation,
     /// Services of every live generation.
     services: BTreeMap<ServiceId, Service>,
-    /// Every process the master created that has not exited.
-    /// Boxed: the tree's nodes stay small (a search touches fewer cache lines at 10,000).
-    processes: BTreeMap<ProcessId, Box<Process>>,
+    /// Every process the master created that has not exited. Hashed, so that an event costs
+    /// the same with 100 processes or 10,000 (issue 8); never iterated in its own order, which
+    /// is an accident of hashing: `process_ids` gives creation order. The hasher is fixed, so
+    /// the core stays deterministic.
+    processes: FxHashMap<ProcessId, Process>,
     /// Live pids.
-    pids: BTreeMap<Pid, ProcessId>,
+    pids: FxHashMap<Pid, ProcessId>,
     /// Listeners of every live generation.
     listeners: BTreeMap<ListenerId, Listener>,
     /// The next ids.
@@ -223,8 +227,8 @@ impl Master {
             generations: BTreeMap::new(),
             current: Generation(0),
             services: BTreeMap::new(),
-            processes: BTreeMap::new(),
-            pids: BTreeMap::new(),
+            processes: FxHashMap::default(),
+            pids: FxHashMap::default(),
             listeners: BTreeMap::new(),
             next_service: 1,
             next_listener: 1,
@@ -330,14 +334,17 @@ impl Master {
 
     /// The status of every live process, in creation order.
     pub fn processes(&self) -> impl Iterator<Item = ProcessStatus> + '_ {
-        self.processes.values().map(|process| ProcessStatus {
-            service: self.service(process.service).config.name.clone(),
-            pid: process.pid,
-            available_count: process.available_count,
-            total_count: process.total_count,
-            idle_start: process.idle_start,
-            last_status_update: process.last_status_update,
-            last_kill_sent: process.last_kill_sent,
+        self.process_ids().into_iter().map(|id| {
+            let process = self.process(id);
+            ProcessStatus {
+                service: self.service(process.service).config.name.clone(),
+                pid: process.pid,
+                available_count: process.available_count,
+                total_count: process.total_count,
+                idle_start: process.idle_start,
+                last_status_update: process.last_status_update,
+                last_kill_sent: process.last_kill_sent,
+            }
         })
     }
 
@@ -437,6 +444,21 @@ impl Master {
 
     /// Whether a service may fork and listen: it belongs to the current generation, which has
     /// started and is not being torn down.
+    /// Every live process, in creation order.
+    fn process_ids(&self) -> Vec<ProcessId> {
+        let mut ids: Vec<ProcessId> = self.processes.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The live processes of one service, in creation order.
+    fn service_process_ids(&self, id: ServiceId) -> Vec<ProcessId> {
+        let service = self.service(id);
+        let mut ids: Vec<ProcessId> = service.members.iter().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     fn is_monitored(&self, id: ServiceId) -> bool {
         let service = self.service(id);
         self.phase == Phase::Running
@@ -798,9 +820,10 @@ impl Master {
         service.total_created += 1;
         service.uninitialised += 1;
         service.idle.insert(idle_key, process_id);
+        service.members.insert(process_id);
         self.processes.insert(
             process_id,
-            Box::new(Process {
+            Process {
                 id: process_id,
                 service: id,
                 uid,
@@ -813,7 +836,7 @@ impl Master {
                 last_kill_sent: None,
                 initialised: false,
                 told_login_state: false,
-            }),
+            },
         );
         if !foreign {
             self.timers
@@ -1036,8 +1059,7 @@ impl Master {
         process.idle_start = None;
         let service_id = process.service;
         let service = self.service_mut(service_id);
-        service.idle.remove(&key);
-        service.busy.insert(id);
+        service.idle.remove(key);
         service.process_idling -= 1;
         service.idle_low_water = service.idle_low_water.min(service.process_idling);
     }
@@ -1058,13 +1080,8 @@ impl Master {
             .expect("live process, live service");
         if available == service.config.client_limit {
             match old_key {
-                Some(old) => {
-                    service.idle.remove(&old);
-                }
-                None => {
-                    service.busy.remove(&id);
-                    service.process_idling += 1;
-                }
+                Some(old) => service.idle.remove(old),
+                None => service.process_idling += 1,
             }
             service.idle.insert(key, id);
             let process = self.processes.get_mut(&id).expect("live process");
@@ -1108,7 +1125,7 @@ impl Master {
         let mut to_kill = low_water - min_avail;
         while to_kill > 0 {
             let service = self.service(id);
-            let Some((_, &head)) = service.idle.first_key_value() else {
+            let Some(head) = service.idle.first() else {
                 break;
             };
             if self.timers.is_armed(Timer::IdleKillConfirm(head)) {
@@ -1132,7 +1149,7 @@ impl Master {
                 .replace(key)
                 .expect("the idle list holds idle processes");
             let service = self.service_mut(id);
-            service.idle.remove(&old_key);
+            service.idle.remove(old_key);
             service.idle.insert(key, head);
             // One-shot, unlike 2.3.21's repeating timer (reference §2.6): it can fire once.
             self.timers
@@ -1312,15 +1329,11 @@ impl Master {
         self.timers.disarm(Timer::FirstStatus(id));
         self.timers.disarm(Timer::IdleKillConfirm(id));
         let service = self.service_mut(process.service);
-        match process.idle_key {
-            Some(key) => {
-                service.idle.remove(&key);
-                service.process_idling -= 1;
-                service.idle_low_water = service.idle_low_water.min(service.process_idling);
-            }
-            None => {
-                service.busy.remove(&id);
-            }
+        service.members.remove(&id);
+        if let Some(key) = process.idle_key {
+            service.idle.remove(key);
+            service.process_idling -= 1;
+            service.idle_low_water = service.idle_low_water.min(service.process_idling);
         }
         if process.available_count > 0 {
             service.process_avail -= 1;
@@ -1391,8 +1404,9 @@ impl Master {
 
     fn login_signal(&mut self, id: ServiceId, only_untold: bool) {
         let mut pids = Vec::new();
-        for p in self.processes.values_mut() {
-            if p.service == id && p.initialised && !(only_untold && p.told_login_state) {
+        for process in self.service_process_ids(id) {
+            let p = self.process_mut(process);
+            if p.initialised && !(only_untold && p.told_login_state) {
                 if let Some(pid) = p.pid {
                     p.told_login_state = true;
                     pids.push(pid);
@@ -1417,8 +1431,9 @@ impl Master {
             Signal::Usr1 => {
                 self.log(Notice::LogReopen);
                 let pids: Vec<Pid> = self
-                    .processes
-                    .values()
+                    .process_ids()
+                    .into_iter()
+                    .map(|id| self.process(id))
                     .filter(|p| {
                         p.initialised
                             && self.service(p.service).config.service_type == ServiceType::Log
@@ -1538,13 +1553,7 @@ impl Master {
         else {
             return;
         };
-        let anvils: Vec<ProcessId> = self
-            .processes
-            .values()
-            .filter(|p| p.service == old_anvil)
-            .map(|p| p.id)
-            .collect();
-        for id in anvils {
+        for id in self.service_process_ids(old_anvil) {
             // A new anvil service already at its limit keeps none: this one stays in the old
             // generation's books and leaves with it. (It used to be taken off the books first,
             // a live process the master no longer knew: master_model's seed 772da17e.)
@@ -1563,6 +1572,7 @@ impl Master {
             }
             let client_limit = new_service.config.client_limit;
             let available_count = process.available_count.min(client_limit);
+            new_service.members.insert(id);
             if available_count > 0 {
                 new_service.process_avail += 1;
             }
@@ -1574,7 +1584,6 @@ impl Master {
                 service.process_idling += 1;
                 Some(key)
             } else {
-                self.service_mut(new_anvil).busy.insert(id);
                 None
             };
             if let Some(pid) = process.pid {
@@ -1582,13 +1591,13 @@ impl Master {
             }
             self.processes.insert(
                 id,
-                Box::new(Process {
+                Process {
                     service: new_anvil,
                     available_count,
                     idle_key,
                     idle_start: idle_key.map(|_| process.idle_start.unwrap_or(self.now)),
-                    ..*process
-                }),
+                    ..process
+                },
             );
         }
     }
@@ -1677,7 +1686,8 @@ impl Master {
     fn reload_kill_service(&mut self, id: ServiceId, signal: Signal) -> (u32, u32) {
         let mut targets = Vec::new();
         let mut skipped = 0;
-        for process in self.processes.values().filter(|p| p.service == id) {
+        for process in self.service_process_ids(id) {
+            let process = self.process(process);
             match process.pid {
                 Some(pid) if process.initialised || signal == Signal::Kill => targets.push(pid),
                 _ => skipped += 1,
@@ -1741,7 +1751,11 @@ impl Master {
 
     fn shutdown_quit(&mut self) {
         self.timers.disarm(Timer::ShutdownPoll);
-        let pids: Vec<Pid> = self.processes.values().filter_map(|p| p.pid).collect();
+        let pids: Vec<Pid> = self
+            .process_ids()
+            .into_iter()
+            .filter_map(|id| self.process(id).pid)
+            .collect();
         if pids.is_empty() {
             self.finish(0);
             return;
