@@ -1,5 +1,6 @@
-//! Creating a child: everything planned before `fork`, and a child side that only carries out the
-//! plan with async-signal-safe calls and `execve`s.
+//! Creating a child: everything planned before the clone, and a child side that only carries out
+//! the plan with raw syscalls and async-signal-safe calls and `execve`s. The child is a vfork-style
+//! clone (shared memory, the master suspended until the exec), as posix_spawn makes them.
 //!
 //! The fd layout is DESIGN.md's "Child fds": 0 and 1 are /dev/null (1 is the terminal with -F),
 //! 2 is the service's log pipe, listeners start at 3 (unix, fifo, inet, each in configuration
@@ -15,6 +16,9 @@ use roost_core::ids::{Pid, ProcessUid};
 use roost_core::settings::ServiceSettings;
 use roost_core::setup::{ListenerConfig, ListenerKind, ServiceConfig};
 
+use nix::sched::CloneFlags;
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+
 use crate::fdplan::{self, FdOp};
 
 /// The programs built into the roost binary, run by re-executing it in that mode.
@@ -22,6 +26,10 @@ pub use crate::builtin::BUILTINS;
 
 /// The exit status of a child that could not exec (reference §2.4: "exec() failed").
 pub const EXIT_EXEC_FAILED: i32 = 84;
+
+/// The stack the child runs on between the clone and the exec: a few frames of
+/// `child_after_fork` and of libc's syscall wrappers.
+const CHILD_STACK: usize = 64 * 1024;
 
 /// Where a service's executable is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -367,34 +375,53 @@ impl SpawnPlan {
             None => None,
         };
         let identity = self.identity_before_exec.clone();
-        // SAFETY: the master is single-threaded; the child only calls async-signal-safe
-        // functions on memory prepared above, then execve or _exit.
-        let pid = unsafe { libc::fork() };
-        if pid < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if pid > 0 {
-            drop(err_write);
-            return Ok((Pid(pid), read_exec_errno(err_read)));
-        }
-        // The child.
-        unsafe {
-            child_after_fork(
-                ExecErrorPipe {
-                    fd: std::os::fd::AsRawFd::as_raw_fd(&err_write),
-                    floor: err_floor,
-                },
-                &self.fd_ops,
-                self.highest_fd,
-                listen_pid,
-                self.vsz_limit,
-                identity.as_ref(),
-                chroot.as_ref(),
-                &self.path,
-                &argv_ptrs,
-                &mut env_ptrs,
+        let err = ExecErrorPipe {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&err_write),
+            floor: err_floor,
+        };
+        let (fd_ops, highest_fd, vsz_limit, path) =
+            (&self.fd_ops, self.highest_fd, self.vsz_limit, &self.path);
+        let mut stack = vec![0u8; CHILD_STACK];
+        // The child shares the master's memory until it execs (CLONE_VM), and the master waits
+        // for that (CLONE_VFORK): no page table is copied and no page of the master's is
+        // copied on write, which a fork paid for every child (issue 8: the master's CPU per
+        // connection). So no handler of the master's may run on the child's side: every
+        // signal is blocked across the clone, and the child resets the dispositions before
+        // it unblocks them.
+        let mut old_mask = SigSet::empty();
+        pthread_sigmask(
+            SigmaskHow::SIG_SETMASK,
+            Some(&SigSet::all()),
+            Some(&mut old_mask),
+        )?;
+        // SAFETY: the child runs only `child_after_fork`, which calls raw syscalls and
+        // async-signal-safe functions on memory prepared above (writing only the LISTEN_PID
+        // buffer, its own) and ends in execve or _exit; the parent is suspended meanwhile.
+        let cloned = unsafe {
+            nix::sched::clone(
+                Box::new(|| {
+                    child_after_fork(
+                        err,
+                        fd_ops,
+                        highest_fd,
+                        listen_pid,
+                        vsz_limit,
+                        identity.as_ref(),
+                        chroot.as_ref(),
+                        path,
+                        &argv_ptrs,
+                        &mut env_ptrs,
+                    )
+                }),
+                &mut stack,
+                CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK,
+                Some(libc::SIGCHLD),
             )
-        }
+        };
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None)?;
+        let pid = cloned?;
+        drop(err_write);
+        Ok((Pid(pid.as_raw()), read_exec_errno(err_read)))
     }
 }
 
@@ -456,15 +483,16 @@ unsafe fn child_after_fork(
         let pipe = libc::fcntl(err.fd, libc::F_DUPFD_CLOEXEC, err.floor);
         // Its own process group: a terminal's Ctrl-C under -F is not an idle-kill request.
         libc::setsid();
-        // Signal mask and dispositions reset (SIGPIPE too: mask and SIG_IGN survive exec).
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        // Dispositions reset (SIGPIPE too: SIG_IGN survives exec), and only then the mask
+        // (everything is blocked since the clone): the master's handlers never run here.
         for signal in 1..32 {
             if signal != libc::SIGKILL && signal != libc::SIGSTOP {
                 libc::signal(signal, libc::SIG_DFL);
             }
         }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         if fdplan::execute(fd_ops).is_err() {
             fail_before_exec(pipe);
         }
@@ -495,14 +523,18 @@ unsafe fn child_after_fork(
                     fail_before_exec(pipe);
                 }
             }
+            // Raw syscalls, not libc's wrappers: those broadcast the change to every thread
+            // of the process, and in a CLONE_VM child "the process" would be the master's.
             if let Some(gid) = identity.gid {
                 let groups: &[u32] = &identity.groups;
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 {
+                if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+                    || libc::syscall(libc::SYS_setgid, gid) != 0
+                {
                     fail_before_exec(pipe);
                 }
             }
             if let Some(uid) = identity.uid {
-                if libc::setuid(uid) != 0 {
+                if libc::syscall(libc::SYS_setuid, uid) != 0 {
                     fail_before_exec(pipe);
                 }
             }
