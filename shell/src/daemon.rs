@@ -230,10 +230,30 @@ pub struct Daemon {
     warned_non_root: bool,
     /// The master's own connection to anvil (KILL of dead processes).
     anvil_link: Option<std::os::unix::net::UnixStream>,
-    /// The settings memfd of each service of each generation, made at its first spawn.
-    settings_fds: BTreeMap<(Generation, String), OwnedFd>,
+    /// What every child of a service of a generation shares, made at its first spawn.
+    templates: BTreeMap<(Generation, String), SpawnTemplate>,
     /// The master-dead pipe of the anvil process a reload adopted (its generation is gone).
     anvil_dead_pipe: Option<OwnedFd>,
+}
+
+/// What every child of one service of one generation shares (`Daemon::template`).
+struct SpawnTemplate {
+    /// The service as written.
+    service: ServiceSettings,
+    /// Its program.
+    program: spawn::Program,
+    /// The user, groups and chroot its children take.
+    identity: Option<Identity>,
+    /// The sealed settings memfd.
+    settings_fd: OwnedFd,
+    /// import_environment, resolved.
+    imported: Vec<(String, String)>,
+    /// The process title.
+    title: String,
+    /// anvil's socket, for a protocol service.
+    anvil: Option<String>,
+    /// shutdown_clients.
+    shutdown_clients: bool,
 }
 
 impl Daemon {
@@ -306,7 +326,7 @@ impl Daemon {
             exit: None,
             warned_non_root: false,
             anvil_link: None,
-            settings_fds: BTreeMap::new(),
+            templates: BTreeMap::new(),
             anvil_dead_pipe: None,
         })
     }
@@ -481,20 +501,28 @@ impl Daemon {
                     unsafe { libc::lseek(file.as_raw_fd(), i64::from(full), libc::SEEK_SET) };
                 }
             }
-            Output::RetireGeneration { generation } => {
+            Output::RetireGeneration {
+                generation,
+                keep_anvil,
+            } => {
+                if !keep_anvil {
+                    // Shutdown: anvil goes too, and so do the master's own ties to it.
+                    self.anvil_dead_pipe = None;
+                    self.anvil_link = None;
+                }
                 for (id, io) in self
                     .services
                     .iter_mut()
                     .filter(|(_, s)| s.generation == generation)
                 {
-                    // anvil never dies (reference §4.3 step 7): the core moves its process to
-                    // the new generation, so it must not hear that its master is gone. Its
-                    // end of the pipe stays open for as long as the master runs.
+                    // anvil outlives a reload (reference §4.3 step 7): the core moves its
+                    // process to the new generation, so it must not hear that its master is
+                    // gone. Its end of the pipe stays open until the master shuts down.
                     let anvil = self
                         .master
                         .service_config(*id)
                         .is_some_and(|c| c.service_type == ServiceType::Anvil);
-                    if anvil {
+                    if anvil && keep_anvil {
                         if let Some(fd) = io.dead_r.take() {
                             self.anvil_dead_pipe = Some(fd);
                         }
@@ -529,7 +557,7 @@ impl Daemon {
                     }
                 }
                 self.generations.remove(&generation);
-                self.settings_fds.retain(|(g, _), _| *g != generation);
+                self.templates.retain(|(g, _), _| *g != generation);
             }
             Output::AnvilKill { pid } => self.anvil_kill(pid),
             Output::Log(notice) => self.log.master(notice.level(), &notice.to_string()),
@@ -697,55 +725,78 @@ impl Daemon {
         }
     }
 
+    /// What the children of one service of one generation share, made at its first spawn:
+    /// settings do not change within a generation, so neither do the program, the identity
+    /// (users and groups are resolved once per generation, as the original resolves them when
+    /// it reads the configuration) nor the settings memfd.
+    fn make_template(&mut self, key: &(Generation, String)) -> io::Result<()> {
+        if self.templates.contains_key(key) {
+            return Ok(());
+        }
+        let (generation, name) = (key.0, key.1.as_str());
+        let settings = self
+            .generations
+            .get(&generation)
+            .ok_or_else(|| io::Error::other("the core asked for a generation that is gone"))?;
+        let service = settings
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| io::Error::other(format!("service {name} has no settings")))?;
+        let program = spawn::resolve_program(&service.executable, &libexec_dir(settings))
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "no program for executable '{}'",
+                    service.executable
+                ))
+            })?;
+        // One sealed memfd serves every child (they pread it).
+        let settings_fd = settings_memfd(&service, settings)?;
+        let anvil = if service.protocol.is_empty() {
+            None
+        } else {
+            anvil_path(settings)
+        };
+        let global = settings.global.clone();
+        let identity = self.identity(&service, &global)?;
+        let template = SpawnTemplate {
+            program,
+            identity,
+            settings_fd,
+            imported: imported_environment(&global.import_environment),
+            title: spawn::process_title(&global.instance_name, name),
+            anvil,
+            shutdown_clients: global.shutdown_clients,
+            service,
+        };
+        self.templates.insert(key.clone(), template);
+        Ok(())
+    }
+
     fn try_spawn(&mut self, request: &SpawnRequest) -> io::Result<Pid> {
         let config = self
             .master
             .service_config(request.service)
             .cloned()
             .ok_or_else(|| io::Error::other("the core asked for a service it does not know"))?;
-        let settings = self
-            .generations
-            .get(&request.generation)
-            .ok_or_else(|| io::Error::other("the core asked for a generation that is gone"))?;
-        let service_settings = settings
-            .services
-            .iter()
-            .find(|s| s.name == config.name)
-            .cloned()
-            .ok_or_else(|| io::Error::other(format!("service {} has no settings", config.name)))?;
-        let global = settings.global.clone();
-        let program = spawn::resolve_program(&service_settings.executable, &libexec_dir(settings))
-            .ok_or_else(|| {
-                io::Error::other(format!(
-                    "no program for executable '{}'",
-                    service_settings.executable
-                ))
-            })?;
-        // One sealed memfd per service and generation serves every child (they pread it).
+        let login = config.service_type == roost_core::setup::ServiceType::Login;
+        self.service_io(request.service, request.generation, &config.name, login)?;
         let key = (request.generation, config.name.clone());
-        if !self.settings_fds.contains_key(&key) {
-            let fd = settings_memfd(&service_settings, settings)?;
-            self.settings_fds.insert(key.clone(), fd);
-        }
+        self.make_template(&key)?;
+        let template = &self.templates[&key];
         // Each child gets a file description of its own (its own offset) on the shared memfd,
         // so a program that read()s it cannot move the offset under its siblings.
         let settings_fd: OwnedFd = match File::open(format!(
             "/proc/self/fd/{}",
-            self.settings_fds[&key].as_raw_fd()
+            template.settings_fd.as_raw_fd()
         )) {
             Ok(file) => file.into(),
-            Err(_) => settings_memfd(&service_settings, settings)?, // no /proc here
+            Err(_) => settings_memfd(&template.service, &self.generations[&request.generation])?, // no /proc here
         };
         // Login and post-login processes talk to anvil over a socket the master connects for
         // them: a chrooted, unprivileged login process could not reach anvil's listener.
-        let anvil_fd = if service_settings.protocol.is_empty() {
-            None
-        } else {
-            anvil_path(settings).and_then(|path| connect_unix_nonblocking(&path))
-        };
-        let login = config.service_type == roost_core::setup::ServiceType::Login;
-        self.service_io(request.service, request.generation, &config.name, login)?;
-        let identity = self.identity(&service_settings, &global)?;
+        let anvil_fd = template.anvil.as_deref().and_then(connect_unix_nonblocking);
         let io = &self.services[&request.service];
         let mut listeners = Vec::new();
         for id in self.master.service_listeners(request.service) {
@@ -777,19 +828,17 @@ impl Daemon {
             anvil: anvil_fd.as_ref().map(|f| f.as_raw_fd()),
             settings: Some(settings_fd.as_raw_fd()),
         };
-        let imported = imported_environment(&global.import_environment);
-        let title = spawn::process_title(&global.instance_name, &config.name);
         let mut plan = SpawnPlan::new(PlanInput {
             roost_binary: &self.roost_binary,
-            program: &program,
-            title: &title,
-            settings: &service_settings,
+            program: &template.program,
+            title: &template.title,
+            settings: &template.service,
             config: &config,
             uid: request.uid,
-            imported,
+            imported: template.imported.clone(),
             fds,
-            identity,
-            shutdown_clients: global.shutdown_clients,
+            identity: template.identity.clone(),
+            shutdown_clients: template.shutdown_clients,
         })
         .map_err(io::Error::other)?;
         let spawned = plan.spawn();
