@@ -69,6 +69,10 @@ pub enum Output {
     RetireGeneration {
         /// The old generation.
         generation: Generation,
+        /// A reload: anvil's process moved to the new generation and must not hear that its
+        /// master is gone (reference §4.3 step 7), so its pipe stays open. At shutdown it is
+        /// closed like every other: anvil stops accepting and the master need not wait 5 s.
+        keep_anvil: bool,
     },
     /// The last process of a retired generation is gone: close everything left of it (status
     /// and log pipes).

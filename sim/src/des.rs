@@ -1089,7 +1089,7 @@ impl World {
                     }
                 }
             }
-            Output::RetireGeneration { generation } => {
+            Output::RetireGeneration { generation, .. } => {
                 let pids: Vec<Pid> = self
                     .procs
                     .iter()

@@ -620,7 +620,7 @@ impl Server {
                     .or_insert_with(|| Rc::new(Cell::new(false)))
                     .set(full);
             }
-            Output::RetireGeneration { generation } => {
+            Output::RetireGeneration { generation, .. } => {
                 let services: Vec<ServiceId> = view::services(&self.master)
                     .into_iter()
                     .filter(|s| s.generation == generation)

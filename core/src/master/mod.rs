@@ -1280,7 +1280,10 @@ impl Master {
                 pid,
                 reason,
             });
-            self.emit(Output::AnvilKill { pid });
+            if !matches!(self.phase, Phase::ShuttingDown { .. }) {
+                // (At shutdown anvil is leaving too: a link to it would only keep it.)
+                self.emit(Output::AnvilKill { pid });
+            }
             let second = self.now.as_secs();
             let service = self.service_mut(service_id);
             if !initialised {
@@ -1534,7 +1537,11 @@ impl Master {
                 self.timers.disarm(timer);
             }
         }
-        self.emit(Output::RetireGeneration { generation });
+        let keep_anvil = !matches!(self.phase, Phase::ShuttingDown { .. });
+        self.emit(Output::RetireGeneration {
+            generation,
+            keep_anvil,
+        });
     }
 
     fn adopt_anvil(&mut self, old: Generation, new: Generation) {

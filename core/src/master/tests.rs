@@ -938,7 +938,8 @@ fn a_reload_keeps_unchanged_listeners_and_kills_old_processes_at_6_and_12_second
     let outputs: Vec<Output> = w.seen.iter().map(|(_, o)| o.clone()).collect();
     assert!(outputs.contains(&Output::Lifecycle(Lifecycle::Reloading)));
     assert!(outputs.contains(&Output::RetireGeneration {
-        generation: Generation(1)
+        generation: Generation(1),
+        keep_anvil: true,
     }));
     assert!(outputs.contains(&Output::TakeOverListener {
         from: L1,
@@ -1078,7 +1079,8 @@ fn shutdown_waits_for_children_to_stop_accepting_then_quits() {
         .any(|(_, o)| *o == Output::Lifecycle(Lifecycle::Stopping)));
     assert!(w.seen.iter().any(|(_, o)| *o
         == Output::RetireGeneration {
-            generation: Generation(1)
+            generation: Generation(1),
+            keep_anvil: false,
         }));
     // The children see the master gone and report that they no longer accept.
     w.advance(300);

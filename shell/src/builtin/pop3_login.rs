@@ -32,7 +32,9 @@ use roost_core::time::Instant;
 
 use super::conn::{Conn, Stream};
 use super::handoff::{self, Handoff};
-use super::server::{signal_of, watch_runtime, write_status_watched, MASTER_DEAD, SIGNALS, STATUS};
+use super::server::{
+    master_gone, signal_of, watch_runtime, write_status_watched, MASTER_DEAD, SIGNALS, STATUS,
+};
 use super::{error, info, Start};
 use crate::mail::authwire::{AuthReply, AuthRequest, MAX_LINE as AUTH_MAX_LINE};
 use crate::mail::pop3::{self, LineReader, LoginOutput, LoginSettings};
@@ -706,7 +708,9 @@ impl Driver {
         if alive {
             self.auth = Some((conn, lines));
         } else {
-            error("auth closed the connection");
+            if !master_gone(self.env.master_dead_fd) {
+                error("auth closed the connection");
+            }
             let _ = self.poll.registry().deregister(&mut conn.stream);
             let pending: Vec<(u32, (ClientId, StdInstant))> =
                 std::mem::take(&mut self.auth_pending).into_iter().collect();
@@ -750,7 +754,9 @@ impl Driver {
         if alive {
             self.anvil = Some((conn, lines));
         } else {
-            error("anvil closed the connection; going on without penalties");
+            if !master_gone(self.env.master_dead_fd) {
+                error("anvil closed the connection; going on without penalties");
+            }
             let _ = self.poll.registry().deregister(&mut conn.stream);
             delays.extend(self.penalty_queue.drain(..).map(|id| (id, 0)));
         }

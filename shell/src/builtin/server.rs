@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Instant as StdInstant;
 
 use mio::unix::SourceFd;
@@ -124,6 +124,20 @@ pub fn write_status_watched(
         *registered = true;
     }
     result
+}
+
+/// Whether the master (or this process's generation) is gone: the read end of the master-dead
+/// pipe is closed. Asked when a peer such as auth or anvil hangs up, which at a shutdown is no
+/// error worth a line: everyone is leaving.
+pub fn master_gone(master_dead_fd: RawFd) -> bool {
+    let mut fds = [libc::pollfd {
+        fd: master_dead_fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    }];
+    // SAFETY: one pollfd on our stack, no timeout.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+    ready > 0 && fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
 /// The child-protocol signal as core names it.
