@@ -1221,8 +1221,6 @@ impl Daemon {
                         .collect(),
                 )
             }
-            // No anvil process runs yet (the mail-host issue): nobody is connected.
-            Request::Who => Reply::Table(Vec::new()),
         }
     }
 

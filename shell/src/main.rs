@@ -301,7 +301,6 @@ fn print_table(rows: &[Row]) {
                 p.last_status_update,
                 p.last_kill_sent
             ),
-            Row::Who(w) => println!("{w:?}"),
         }
     }
 }

@@ -1,16 +1,17 @@
-//! The control protocol between `roost stop|reload|log reopen|status|who` and the master's
-//! control socket (after the master admin socket of reference §1.5).
+//! The control protocol between `roost stop|reload|log reopen|status` and the master's control
+//! socket (after the master admin socket of reference §1.5). (`roost who` asks anvil, as
+//! `doveadm who` does: the master does not count users.)
 //!
 //! Line based, one message per `\n`-terminated line, fields separated by tabs. Both ends first
 //! send the handshake [`HANDSHAKE`] (`VERSION\troost-control\t1\t0`); a peer whose major version
 //! differs is refused, a newer minor version is accepted.
 //!
 //! Requests (client to master): `STOP`, `RELOAD`, `LOG-REOPEN`, `STATUS`,
-//! `PROCESS-STATUS[\tservice...]`, `WHO`.
+//! `PROCESS-STATUS[\tservice...]`.
 //!
 //! Replies (master to client): `+` or `+text` (done), `-text` (refused; one line, which may name
 //! a `file:line`), or a table: rows, each a tab-separated line whose first field names its kind
-//! (`SERVICE`, `PROCESS`, `WHO`), ended by an empty line. Tagging the rows keeps a table apart
+//! (`SERVICE`, `PROCESS`), ended by an empty line. Tagging the rows keeps a table apart
 //! from a one-line reply whatever a service is called, so a client needs no memory of what it
 //! asked to decode what it gets.
 //!
@@ -25,7 +26,6 @@
 //! drain plus one line. On the master's side a malformed request is not fatal, so the master can
 //! answer `-...` and go on; on the client's side any error is.
 
-use core::net::IpAddr;
 use core::str::FromStr;
 
 use thiserror::Error;
@@ -212,8 +212,6 @@ pub enum Request {
         /// Service names; none = all.
         services: Vec<String>,
     },
-    /// `roost who`: one `WHO` row per user and service with connections.
-    Who,
 }
 
 impl Request {
@@ -225,7 +223,6 @@ impl Request {
             Request::LogReopen => "LOG-REOPEN",
             Request::Status => "STATUS",
             Request::ProcessStatus { .. } => "PROCESS-STATUS",
-            Request::Who => "WHO",
         }
     }
 
@@ -260,7 +257,6 @@ impl Request {
             "RELOAD" => simple(Request::Reload),
             "LOG-REOPEN" => simple(Request::LogReopen),
             "STATUS" => simple(Request::Status),
-            "WHO" => simple(Request::Who),
             "PROCESS-STATUS" => {
                 if args.iter().any(String::is_empty) {
                     return Err(ControlError::BadArguments {
@@ -329,22 +325,6 @@ pub struct ProcessRow {
     pub last_kill_sent: u64,
 }
 
-/// One row of `WHO`: a user's connections to one service, as anvil counts them (issue 6).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
-pub struct WhoRow {
-    /// The user name.
-    pub user: String,
-    /// The service (protocol) the connections belong to.
-    pub service: String,
-    /// Connections.
-    pub connections: u32,
-    /// The processes holding them.
-    pub pids: Vec<Pid>,
-    /// The remote addresses they come from.
-    pub ips: Vec<IpAddr>,
-}
-
 /// One row of a table reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -353,8 +333,6 @@ pub enum Row {
     Service(ServiceRow),
     /// A `PROCESS` row.
     Process(ProcessRow),
-    /// A `WHO` row.
-    Who(WhoRow),
 }
 
 /// One reply from the master.
@@ -377,21 +355,12 @@ fn yes_no(value: bool) -> &'static str {
     }
 }
 
-fn join<T: ToString>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 impl Row {
     /// The row kind, its first field.
     fn kind(&self) -> &'static str {
         match self {
             Row::Service(_) => "SERVICE",
             Row::Process(_) => "PROCESS",
-            Row::Who(_) => "WHO",
         }
     }
 
@@ -423,13 +392,6 @@ impl Row {
                 p.last_status_update.to_string(),
                 p.last_kill_sent.to_string(),
             ],
-            Row::Who(w) => vec![
-                w.user.clone(),
-                w.service.clone(),
-                w.connections.to_string(),
-                join(&w.pids.iter().map(|p| p.0).collect::<Vec<_>>()),
-                join(&w.ips),
-            ],
         };
         write_line(
             core::iter::once(self.kind()).chain(fields.iter().map(String::as_str)),
@@ -442,7 +404,6 @@ impl Row {
         let kind: &'static str = match fields.first()?.as_str() {
             "SERVICE" => "SERVICE",
             "PROCESS" => "PROCESS",
-            "WHO" => "WHO",
             _ => return None,
         };
         Some(Row::parse_kind(kind, fields))
@@ -451,8 +412,7 @@ impl Row {
     fn parse_kind(kind: &'static str, fields: Vec<String>) -> Result<Row, ControlError> {
         let expected = match kind {
             "SERVICE" => 15,
-            "PROCESS" => 8,
-            _ => 6,
+            _ => 8,
         };
         if fields.len() != expected {
             return Err(ControlError::RowFieldCount {
@@ -505,7 +465,7 @@ impl Row {
                 total_created: num(kind, "total_created", next())?,
                 generation: num(kind, "generation", next())?,
             }),
-            "PROCESS" => Row::Process(ProcessRow {
+            _ => Row::Process(ProcessRow {
                 service: next(),
                 pid: Pid(num(kind, "pid", next())?),
                 available_count: num(kind, "available_count", next())?,
@@ -514,42 +474,6 @@ impl Row {
                 last_status_update: num(kind, "last_status_update", next())?,
                 last_kill_sent: num(kind, "last_kill_sent", next())?,
             }),
-            _ => {
-                let user = next();
-                let service = next();
-                let connections = num(kind, "connections", next())?;
-                let pids_text = next();
-                let pids = if pids_text.is_empty() {
-                    Vec::new()
-                } else {
-                    pids_text
-                        .split(',')
-                        .map(|p| num(kind, "pids", p.to_owned()).map(Pid))
-                        .collect::<Result<_, _>>()?
-                };
-                let ips_text = next();
-                let ips = if ips_text.is_empty() {
-                    Vec::new()
-                } else {
-                    ips_text
-                        .split(',')
-                        .map(|ip| {
-                            IpAddr::from_str(ip).map_err(|_| ControlError::BadField {
-                                kind,
-                                field: "ips",
-                                value: ip.to_owned(),
-                            })
-                        })
-                        .collect::<Result<_, _>>()?
-                };
-                Row::Who(WhoRow {
-                    user,
-                    service,
-                    connections,
-                    pids,
-                    ips,
-                })
-            }
         })
     }
 }

@@ -20,9 +20,8 @@ fn greeted_replies(bytes: &[u8]) -> Vec<Result<Reply, ControlError>> {
 
 #[test]
 fn requests_are_words_and_tab_separated_service_names() {
-    let got = greeted_requests(
-        b"STOP\nRELOAD\nLOG-REOPEN\nSTATUS\nPROCESS-STATUS\tpop3\timap-login\nWHO\n",
-    );
+    let got =
+        greeted_requests(b"STOP\nRELOAD\nLOG-REOPEN\nSTATUS\nPROCESS-STATUS\tpop3\timap-login\n");
     assert_eq!(
         got,
         vec![
@@ -33,7 +32,6 @@ fn requests_are_words_and_tab_separated_service_names() {
             Ok(Request::ProcessStatus {
                 services: vec!["pop3".into(), "imap-login".into()]
             }),
-            Ok(Request::Who),
         ]
     );
 }
@@ -229,7 +227,6 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::Reload),
         Just(Request::LogReopen),
         Just(Request::Status),
-        Just(Request::Who),
         proptest::collection::vec(nonempty_name(), 0..4)
             .prop_map(|services| Request::ProcessStatus { services }),
     ]
@@ -276,27 +273,7 @@ fn row() -> impl Strategy<Value = Row> {
             })
         },
     );
-    let ip = prop_oneof![
-        any::<[u8; 4]>().prop_map(IpAddr::from),
-        any::<[u16; 8]>().prop_map(IpAddr::from),
-    ];
-    let who = (
-        name(),
-        name(),
-        any::<u32>(),
-        proptest::collection::vec(any::<i32>(), 0..4),
-        proptest::collection::vec(ip, 0..4),
-    )
-        .prop_map(|(user, service, connections, pids, ips)| {
-            Row::Who(WhoRow {
-                user,
-                service,
-                connections,
-                pids: pids.into_iter().map(Pid).collect(),
-                ips,
-            })
-        });
-    prop_oneof![service, process, who]
+    prop_oneof![service, process]
 }
 
 fn reply() -> impl Strategy<Value = Reply> {
