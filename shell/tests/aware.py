@@ -9,6 +9,7 @@ idle-kill request. One client at a time (client_limit 1), echoed line by line.
   aware.py garbage   first write garbage and partial records to the status pipe, then serve
   aware.py flood-log     write to stderr as fast as the pipe takes it, forever
   aware.py flood-status  write junk to the status pipe as fast as it takes it, forever
+  aware.py silent    never send a status record: wait, for as long as the master lives
 """
 import os
 import select
@@ -86,6 +87,10 @@ elif MODE == "flood-log":
     flood(2, b"flood\n" * 2000)
 elif MODE == "flood-status":
     flood(STATUS, b"\x07" * 4097)
+elif MODE == "silent":
+    print("silent: started", file=sys.stderr, flush=True)
+    select.select([], [], [DEAD])
+    sys.exit(0)
 listener = socket.socket(fileno=3)
 # Non-blocking: every idle process wakes for a connection and only one gets it; a blocking
 # accept() in the others would wait there, deaf to the master-dead pipe.

@@ -210,8 +210,7 @@ fn every_bad_configuration_is_refused_with_one_clear_line() {
 /// A child that writes garbage to its status pipe (a partial record, a record with another
 /// process uid, a record for a pid the master does not know, a record split over two writes,
 /// then 50 KB of random bytes): the master logs what reference §1.4 says, stays up, and keeps
-/// serving another service. (The 30 s first-status kill is a fixed timer; it is proven in
-/// core's tests against a virtual clock, not here.)
+/// serving another service.
 #[test]
 fn a_child_writing_garbage_to_its_status_pipe_is_logged_and_the_master_serves_on() {
     let (bad_port, echo_port) = (free_port(), free_port());
@@ -289,6 +288,68 @@ fn a_child_writing_garbage_to_its_status_pipe_is_logged_and_the_master_serves_on
         "the garbage child busy (available 0) in roost status",
     );
     assert!(roost.stop().success());
+}
+
+/// A roost-aware child that never sends its first status (hung in its start-up) is killed after
+/// the 30 s of reference §1.4 with the original's message, reaped as killed by signal 9, and
+/// replaced; the master serves another service all along. Core's tests prove the timer against
+/// a virtual clock; this proves the real master arms it, kills the real process, and goes on.
+#[test]
+fn a_child_that_never_reports_is_killed_after_30_s_and_replaced() {
+    let (silent_port, echo_port) = (free_port(), free_port());
+    let Some(silent) = aware_service(
+        "silent",
+        silent_port,
+        "silent",
+        "  process_min_avail = 1\n  process_limit = 1",
+    ) else {
+        return;
+    };
+    let roost = Roost::start(
+        "silent",
+        &format!(
+            "{silent}{}",
+            echo_service(echo_port, "  process_min_avail = 1")
+        ),
+    );
+    roost.wait_for_log("silent: silent: started");
+    let first = roost
+        .children()
+        .into_iter()
+        .find(|(_, title)| title.ends_with("/silent"))
+        .map(|(pid, _)| pid)
+        .expect("the silent child runs");
+    let started = Instant::now();
+    let killed = format!(
+        "service(silent): Initial status notification not received in 30 seconds, killing the process (pid {first})"
+    );
+    assert!(
+        poll_until(45, || roost.log_text().contains(&killed)),
+        "no first-status kill; log:\n{}",
+        roost.log_text()
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(25),
+        "killed after {waited:?}, before its 30 s"
+    );
+    roost.wait_for_log(&format!(
+        "service(silent): child {first} killed with signal 9"
+    ));
+    assert!(!alive(first), "the silent child {first} still runs");
+    assert_eq!(
+        echo(echo_port, "still here\n").expect("the other service serves"),
+        "still here\n"
+    );
+    // process_min_avail brings a new one (after the throttle of a failed start).
+    roost.wait_for(
+        |r| {
+            r.children()
+                .iter()
+                .any(|(pid, title)| title.ends_with("/silent") && *pid != first)
+        },
+        "a new silent child",
+    );
 }
 
 /// Story: a child that writes to its stderr or its status pipe faster than the master reads held
