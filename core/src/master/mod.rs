@@ -442,8 +442,6 @@ impl Master {
             .expect("the pid table only names live processes")
     }
 
-    /// Whether a service may fork and listen: it belongs to the current generation, which has
-    /// started and is not being torn down.
     /// Every live process, in creation order.
     fn process_ids(&self) -> Vec<ProcessId> {
         let mut ids: Vec<ProcessId> = self.processes.keys().copied().collect();
@@ -459,6 +457,8 @@ impl Master {
         ids
     }
 
+    /// Whether a service may fork and listen: it belongs to the current generation, which has
+    /// started and is not being torn down.
     fn is_monitored(&self, id: ServiceId) -> bool {
         let service = self.service(id);
         self.phase == Phase::Running

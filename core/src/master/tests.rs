@@ -1115,11 +1115,23 @@ fn shutdown_gives_up_waiting_after_five_seconds_and_exits_early_when_all_are_gon
     );
     w.advance(1);
     assert_eq!(w.kills(Signal::Quit), vec![pid]);
-    w.exit(pid, ExitStatus::Exited(0));
+    w.exit(
+        pid,
+        ExitStatus::Signaled {
+            signal: 3,
+            core_dumped: false,
+        },
+    );
     assert_eq!(
         w.seen.last().map(|(_, o)| o.clone()),
         Some(Output::Exit(0)),
         "all gone: exit now"
+    );
+    assert!(
+        !w.seen
+            .iter()
+            .any(|(_, o)| matches!(o, Output::AnvilKill { .. })),
+        "anvil leaves too: nothing to tell it at shutdown"
     );
 }
 
