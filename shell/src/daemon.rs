@@ -262,7 +262,7 @@ impl Daemon {
         settings: Settings,
         config: MasterConfig,
         source: Source,
-        log: LogWriter,
+        mut log: LogWriter,
         foreground: bool,
     ) -> io::Result<Daemon> {
         let poll = Poll::new()?;
@@ -298,6 +298,7 @@ impl Daemon {
             .into();
         let roost_binary = std::env::current_exe()?;
         let epoch = StdInstant::now();
+        raise_process_limit(&mut log, &config);
         let master = Master::new(config, Instant::ZERO);
         let mut generations = BTreeMap::new();
         generations.insert(master.current_generation(), settings);
@@ -993,6 +994,7 @@ impl Daemon {
             self.log.master(Level::Warning, &warning.to_string());
         }
         let (master_config, _) = derive(&config.settings);
+        raise_process_limit(&mut self.log, &master_config);
         let settings = config.settings.clone();
         self.feed(Input::Reload(Box::new(master_config)));
         self.generations
@@ -1263,6 +1265,19 @@ fn anvil_path(settings: &Settings) -> Option<String> {
     } else {
         format!("{}/{}", settings.global.base_dir, listener.path)
     })
+}
+
+/// Raises RLIMIT_NPROC for the services of `config` (reference §3.3), warning when the hard limit
+/// of an unprivileged master stands in the way.
+fn raise_process_limit(log: &mut LogWriter, config: &MasterConfig) {
+    if let Err((hard, wanted)) = system::raise_process_limit(&config.services) {
+        log.master(
+            Level::Warning,
+            &format!(
+                "process limit (ulimit -u) is lower than the services' process_limit total ({hard} < {wanted}): forks beyond it fail and are throttled"
+            ),
+        );
+    }
 }
 
 /// Connects to a unix stream listener without waiting: a listener whose backlog is full (its

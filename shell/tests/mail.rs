@@ -1157,7 +1157,7 @@ fn a_hundred_reloads_during_a_login_storm_lose_no_session() {
 }
 
 #[test]
-fn as_root_a_login_process_runs_as_default_login_user_inside_its_chroot() {
+fn as_root_a_login_process_runs_as_default_login_user_inside_its_chroot_and_cannot_fork() {
     if !is_root() {
         println!("skipped: the identity and chroot of a login process need root (CI runs as root)");
         return;
@@ -1199,4 +1199,12 @@ fn as_root_a_login_process_runs_as_default_login_user_inside_its_chroot() {
         host.dir.join("run/login"),
         "chrooted to base_dir/login"
     );
+    // And it cannot fork (reference §3.3): RLIMIT_NPROC 1, soft and hard.
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let nproc: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max processes"))
+        .map(|l| l.split_whitespace().skip(2).take(2).collect())
+        .unwrap_or_default();
+    assert_eq!(nproc, ["1", "1"], "{limits}");
 }

@@ -429,14 +429,19 @@ fn a_child_flooding_its_stderr_and_status_pipe_does_not_starve_the_master() {
 
 /// A wrapper (`env`, which execs the rest) that starts with `limit` set to `value`.
 fn with_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> Command {
+    with_rlimits(resource, value, value)
+}
+
+/// `with_rlimit` with a soft limit below the hard one.
+fn with_rlimits(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> Command {
     use std::os::unix::process::CommandExt;
     let mut wrapper = Command::new("env");
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
         wrapper.pre_exec(move || {
             let limit = libc::rlimit {
-                rlim_cur: value,
-                rlim_max: value,
+                rlim_cur: soft,
+                rlim_max: hard,
             };
             if libc::setrlimit(resource, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -486,40 +491,92 @@ fn cpu_seconds(pid: i32) -> f64 {
     ticks as f64 / per_sec
 }
 
-/// Fork failing under RLIMIT_NPROC (as an unprivileged user: root is exempt) throttles the
-/// service instead of spinning: the fork error and the throttle are logged, the throttle doubles
-/// while connections keep arriving, and the master's CPU time stays low.
-#[test]
-fn fork_failing_under_rlimit_nproc_throttles_rather_than_spins() {
+/// Whether roost can be started as another user here (root, with setpriv); says why not.
+fn can_run_unprivileged() -> bool {
     if !is_root() {
         println!("skipped: needs root to start roost as an unprivileged user with setpriv");
-        return;
+        return false;
     }
     if Command::new("setpriv").arg("--version").output().is_err() {
         println!("skipped: setpriv (util-linux) is not installed");
-        return;
+        return false;
     }
-    let port = free_port();
-    let mut roost = Roost::prepare("nproc", &echo_service(port, "  process_min_avail = 1"));
+    true
+}
+
+/// Starts a prepared roost as `uid` with RLIMIT_NPROC (soft, hard).
+fn launch_unprivileged(roost: &mut Roost, uid: u32, (soft, hard): (u64, u64)) {
     std::fs::set_permissions(
         &roost.dir,
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     )
     .expect("chmod");
-    // A uid of its own, so no other process counts against its RLIMIT_NPROC of 1: the master
-    // is that one process, and every fork fails with EAGAIN.
-    let mut wrapper = with_rlimit(libc::RLIMIT_NPROC, 1);
+    let mut wrapper = with_rlimits(libc::RLIMIT_NPROC, soft, hard);
     wrapper.args([
         "setpriv",
-        "--reuid=64123",
-        "--regid=64123",
+        &format!("--reuid={uid}"),
+        &format!("--regid={uid}"),
         "--clear-groups",
         "--",
     ]);
     roost.launch_through(wrapper);
+}
+
+/// Reference §3.3: the master raises RLIMIT_NPROC to the sum of its services' process_limit.
+/// Unprivileged, it can raise the soft limit up to the hard one: with a soft limit of 1 it would
+/// fail every fork; raised, its pool starts.
+#[test]
+fn an_unprivileged_master_raises_its_soft_process_limit_to_the_services_total() {
+    if !can_run_unprivileged() {
+        return;
+    }
+    let port = free_port();
+    let mut roost = Roost::prepare(
+        "nproc-raise",
+        &echo_service(port, "  process_min_avail = 2\n  process_limit = 7"),
+    );
+    launch_unprivileged(&mut roost, 64124, (1, 5000));
+    let master = roost.master_pid();
+    let limits = std::fs::read_to_string(format!("/proc/{master}/limits")).expect("limits");
+    let nproc: Vec<u64> = limits
+        .lines()
+        .find(|l| l.starts_with("Max processes"))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(2)
+                .take(2)
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(nproc.len(), 2, "{limits}");
+    assert!(nproc[0] >= 7 && nproc[0] <= 5000, "soft limit {limits}");
+    assert_eq!(nproc[1], 5000, "the hard limit is left alone: {limits}");
+    assert_eq!(echo(port, "forks\n").expect("the pool serves"), "forks\n");
+    assert!(!roost.log_text().contains("process limit (ulimit -u)"));
+    assert!(roost.stop().success());
+}
+
+/// Fork failing under RLIMIT_NPROC (as an unprivileged user: root is exempt) throttles the
+/// service instead of spinning: the fork error and the throttle are logged, the throttle doubles
+/// while connections keep arriving, and the master's CPU time stays low.
+#[test]
+fn fork_failing_under_rlimit_nproc_throttles_rather_than_spins() {
+    if !can_run_unprivileged() {
+        return;
+    }
+    let port = free_port();
+    let mut roost = Roost::prepare("nproc", &echo_service(port, "  process_min_avail = 1"));
+    // A uid of its own, so no other process counts against its RLIMIT_NPROC of 1: the master
+    // is that one process, and every fork fails with EAGAIN.
+    launch_unprivileged(&mut roost, 64123, (1, 1));
     let master = roost.master_pid();
     let started = Instant::now();
     let cpu_before = cpu_seconds(master);
+    // The hard limit keeps the master from raising it to the services' total (§3.3); it says so.
+    roost.wait_for_log(
+        "process limit (ulimit -u) is lower than the services' process_limit total (1 < ",
+    );
     roost.wait_for_log(
         "service(echo): fork() failed: Resource temporarily unavailable (os error 11) (ulimit -u reached?)",
     );

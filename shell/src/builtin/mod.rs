@@ -143,10 +143,17 @@ impl Start {
         }
     }
 
-    /// Drops to the identity the master asked for (`ROOST_RESTRICT_*`).
+    /// Drops to the identity the master asked for (`ROOST_RESTRICT_*`). A login process also
+    /// gives up forking for good (reference §3.3: RLIMIT_NPROC 1), so that whoever takes over
+    /// one through a hostile client cannot start anything from it.
     pub fn restrict(&self, builtin: &str) -> Result<(), String> {
         ChildEnv::restrict_privileges()
-            .map_err(|e| format!("{builtin}: dropping privileges failed: {e}"))
+            .map_err(|e| format!("{builtin}: dropping privileges failed: {e}"))?;
+        if self.env.is_login {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, 1, 1)
+                .map_err(|e| format!("{builtin}: setrlimit(RLIMIT_NPROC, 1) failed: {e}"))?;
+        }
+        Ok(())
     }
 }
 
