@@ -49,38 +49,35 @@ pub fn print(config: &Config, mode: PrintMode) -> String {
     );
     let raw = normalised(&config.raw);
     let defaults = global_defaults();
-    let mut items: BTreeMap<String, Item<'_>> = BTreeMap::new();
+    // Keyed by the sort key and, for the sections, their place in the file: unnamed passdb and
+    // userdb sections are a list whose entries share a key, printed in the file's order as
+    // doveconf prints them.
+    let mut items: BTreeMap<(String, usize), Item<'_>> = BTreeMap::new();
     if mode.non_default {
         for (key, value) in &raw.globals {
             if defaults.get(key.as_str()) != Some(&value.text.as_str()) {
-                items.insert(key.clone(), Item::Setting(key, value.clone()));
+                items.insert((key.clone(), 0), Item::Setting(key, value.clone()));
             }
         }
     } else {
         for (key, value) in &defaults {
-            items.insert(
-                (*key).to_owned(),
-                Item::Setting(key, RawValue::default(value)),
-            );
+            let value = RawValue::default(value);
+            items.insert(((*key).to_owned(), 0), Item::Setting(key, value));
         }
         for (key, value) in &raw.globals {
-            items.insert(key.clone(), Item::Setting(key, value.clone()));
+            items.insert((key.clone(), 0), Item::Setting(key, value.clone()));
         }
     }
-    for section in &raw.sections {
+    for (place, section) in raw.sections.iter().enumerate() {
         if !mode.non_default || !is_empty(section) {
-            items.insert(
-                section_key(&section.kind, &section.name),
-                Item::Generic(section),
-            );
+            let key = (section_key(&section.kind, &section.name), place);
+            items.insert(key, Item::Generic(section));
         }
     }
     if !mode.non_default {
         for service in &raw.services {
-            items.insert(
-                section_key("service", &service.name),
-                Item::Service(service, false),
-            );
+            let key = (section_key("service", &service.name), 0);
+            items.insert(key, Item::Service(service, false));
         }
     }
     for item in items.values() {

@@ -649,20 +649,25 @@ fn typed_values_print_in_doveconfs_form() {
 fn values_that_are_not_typed_or_do_not_parse_print_as_written() {
     // A `$variable` in a typed setting is expanded only when the settings are derived, and an
     // unknown global or a setting of a section roost does not interpret has no type to it.
-    let config = load_text(
+    assert_both_print(
         "mail_max_userip_connections = 010\nauth_cache_ttl = 3600s\nprotocol imap {\n  imap_idle_notify_interval = 120 secs\n}\nservice imap {\n  vsz_limit = $default_vsz_limit\n  user = 0600\n}\n",
-    )
-    .expect("parses");
-    for non_default in [true, false] {
-        let out = printed(&config, non_default);
-        for line in [
+        &[
             "mail_max_userip_connections = 010\n",
             "auth_cache_ttl = 3600s\n",
             "protocol imap {\n  imap_idle_notify_interval = 120 secs\n}\n",
             "  user = 0600\n",
             "  vsz_limit = $default_vsz_limit\n",
-        ] {
-            assert!(out.contains(line), "{line:?} not kept in:\n{out}");
+        ],
+    );
+}
+
+/// Reads the text and checks that both `roost config -n` and `-a` print every line.
+fn assert_both_print(text: &str, lines: &[&str]) {
+    let config = load_text(text).expect("parses");
+    for non_default in [true, false] {
+        let out = printed(&config, non_default);
+        for line in lines {
+            assert!(out.contains(line), "no {line:?} in:\n{out}");
         }
     }
 }
@@ -685,4 +690,18 @@ fn a_ron_configuration_prints_in_doveconfs_form() {
     let imap = &out[out.find("service imap {\n").expect("imap")..];
     assert!(imap.contains("  vsz_limit = 0\n"), "{imap}");
     assert!(imap.contains("  idle_kill = 90 secs\n"), "{imap}");
+}
+
+#[test]
+fn every_unnamed_passdb_and_userdb_section_is_printed_in_the_files_order() {
+    // Found by the round-trip property: the sections of a list share one sort key, so
+    // `roost config` printed only the last passdb, and its output read back without the others
+    // (they are tried in order: a lost passdb is a lost way to log in). doveconf prints each.
+    assert_both_print(
+        "passdb {\n  driver = pam\n}\nuserdb {\n  driver = passwd\n}\npassdb {\n  driver = passwd-file\n  args = /etc/b\n}\nuserdb {\n  driver = passwd\n}\n",
+        &[
+            "passdb {\n  driver = pam\n}\npassdb {\n  args = /etc/b\n  driver = passwd-file\n}\n",
+            "userdb {\n  driver = passwd\n}\nuserdb {\n  driver = passwd\n}\n",
+        ],
+    );
 }
