@@ -187,14 +187,23 @@ fn quoted(text: &str) -> String {
     format!("\"{escaped}\"")
 }
 
-/// Whether a value would read back as something else without quotes: white space at either
-/// end (trimmed) or a line break.
+/// Whether a text would read back as something else without quotes: white space at either end
+/// (trimmed), `#` (a comment), a line break, a quote at the start (taken for quotes), or a
+/// backslash at the end (which joins the next line).
 fn needs_quotes(text: &str) -> bool {
-    text != text.trim() || text.contains('\n')
+    text != text.trim()
+        || text.contains(['#', '\n'])
+        || text.starts_with(['"', '\''])
+        || text.ends_with('\\')
 }
 
 fn quote_name(name: &str) -> String {
-    if name.is_empty() || name.contains(char::is_whitespace) || name.contains('"') {
+    // A name with white space inside is quoted too, as doveconf does (`mailbox "Sent Messages"`).
+    if name.is_empty()
+        || name.contains(char::is_whitespace)
+        || name.contains('"')
+        || needs_quotes(name)
+    {
         quoted(name)
     } else {
         name.to_owned()
@@ -210,6 +219,11 @@ fn header(out: &mut String, indent: usize, kind: &str, name: &str) {
     }
 }
 
+/// Prints `key = value`. doveconf quotes a value with `#` or white space at either end; roost
+/// quotes every value that would otherwise read back as something else (see [`needs_quotes`]),
+/// and a value that was quoted and holds `$` or starts with `<`, which unquoted would be a
+/// variable or a file to read. (doveconf prints `user = "$x"` as `user = $x`, which reads back
+/// as a variable; the output of `roost config` reads back to the same configuration.)
 fn setting(out: &mut String, indent: usize, key: &str, value: &RawValue, mode: PrintMode) {
     let pad = "  ".repeat(indent);
     let text = value.text.as_str();
@@ -220,7 +234,8 @@ fn setting(out: &mut String, indent: usize, key: &str, value: &RawValue, mode: P
             .any(|s| key == *s || key.ends_with("_password"))
     {
         let _ = writeln!(out, "{pad}{key} = # hidden, use -P to show it");
-    } else if needs_quotes(text) {
+    } else if needs_quotes(text) || (value.literal && (text.contains('$') || text.starts_with('<')))
+    {
         let _ = writeln!(out, "{pad}{key} = {}", quoted(text));
     } else {
         let _ = writeln!(out, "{pad}{key} = {text}");

@@ -598,6 +598,12 @@ fn a_service_without_a_name_is_refused_by_its_number() {
 const WRITTEN_AS_OPERATORS_WRITE: &str = "default_vsz_limit = 256M\ndefault_idle_kill = 60 secs\ndefault_process_limit = 0100\nshutdown_clients = YES\nverbose_proctitle = Y\nfirst_valid_uid = 01000\nservice imap {\n  idle_kill = 120s\n  vsz_limit = 1024M\n  process_limit = 0012\n  drop_priv_before_exec = y\n  unix_listener foo {\n    mode = 00666\n  }\n  unix_listener imap-master {\n    mode = 0\n  }\n}\nservice pop3-login {\n  inet_listener pop3 {\n    port = 0110\n    ssl = YES\n  }\n}\nservice newsvc {\n  executable = /bin/true\n  vsz_limit = 0\n  idle_kill = 7200s\n  client_limit = 0050\n}\n";
 const DOVECONF_N_OF_IT: &str = "first_valid_uid = 1000\nservice imap {\n  drop_priv_before_exec = yes\n  idle_kill = 2 mins\n  process_limit = 12\n  unix_listener foo {\n    mode = 0666\n  }\n  unix_listener imap-master {\n    mode = 00\n  }\n  vsz_limit = 1 G\n}\nservice newsvc {\n  client_limit = 50\n  executable = /bin/true\n  idle_kill = 2 hours\n  vsz_limit = 0\n}\nservice pop3-login {\n  inet_listener pop3 {\n    port = 110\n    ssl = yes\n  }\n}\nverbose_proctitle = yes\n";
 
+/// `roost config -n -P`.
+const N_WITH_SECRETS: PrintMode = PrintMode {
+    non_default: true,
+    show_secrets: true,
+};
+
 fn printed(config: &Config, non_default: bool) -> String {
     print(
         config,
@@ -704,4 +710,54 @@ fn every_unnamed_passdb_and_userdb_section_is_printed_in_the_files_order() {
             "userdb {\n  driver = passwd\n}\nuserdb {\n  driver = passwd\n}\n",
         ],
     );
+}
+
+#[test]
+fn values_and_names_that_would_read_back_as_something_else_are_quoted() {
+    // Found by the round-trip property: `roost config` quoted a value only for white space at
+    // its ends, so a value that was written quoted could print as a comment (`"#"`), a
+    // variable (`"$"`), an unclosed quote (`"'"`), or a backslash that joins the next line
+    // (`"\\"`), and the output no longer read back. Each must print quoted, with the exact text
+    // below, and read back to the same value; what needs no quotes stays bare, as doveconf
+    // prints it.
+    let config = load_text(
+        "service anvil {\n  group = \"'\"\n  extra_groups = \"#\"\n  user = \"\\\\\"\n  chroot = \"$\"\n  privileged_group = a\"b\n  inet_listener \"'\" {\n  }\n  unix_listener \"a#b\" {\n  }\n  unix_listener a {\n    group = \"$default_internal_group\"\n    user = $default_internal_user\n  }\n  unix_listener \"x\\\\\" {\n  }\n}\nssl_cert = \"<not a file\"\nssl_key = </etc/roost/key.pem\nmail_location = \"maildir:~/Maildir # mine\"\n",
+    )
+    .expect("parses");
+    let out = print(&config, N_WITH_SECRETS);
+    for line in [
+        "  group = \"'\"\n",
+        "  extra_groups = \"#\"\n",
+        "  user = \"\\\\\"\n",
+        "  chroot = \"$\"\n",
+        "  privileged_group = a\"b\n",
+        "    group = \"$default_internal_group\"\n",
+        "    user = $default_internal_user\n",
+        "  inet_listener \"'\" {\n",
+        "  unix_listener \"a#b\" {\n",
+        "  unix_listener \"x\\\\\" {\n",
+        "ssl_cert = \"<not a file\"\n",
+        "ssl_key = </etc/roost/key.pem\n",
+        "mail_location = \"maildir:~/Maildir # mine\"\n",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    }
+    let again = load_str(
+        "/etc/roost/roost.conf",
+        &out,
+        &MemoryFiles::default(),
+        &NoEnv,
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{out}"));
+    assert_eq!(again.settings, config.settings, "{out}");
+    let anvil = service(&again, "anvil");
+    assert_eq!(
+        (
+            anvil.group.as_str(),
+            anvil.extra_groups.as_str(),
+            anvil.user.as_str()
+        ),
+        ("'", "#", "\\")
+    );
+    assert_eq!(anvil.chroot, "$");
 }
