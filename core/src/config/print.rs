@@ -198,10 +198,12 @@ fn needs_quotes(text: &str) -> bool {
 }
 
 fn quote_name(name: &str) -> String {
-    // A name with white space inside is quoted too, as doveconf does (`mailbox "Sent Messages"`).
+    // A name with white space inside is quoted too, as doveconf does (`mailbox "Sent Messages"`),
+    // and one that starts with `=`, which would make the line a setting.
     if name.is_empty()
         || name.contains(char::is_whitespace)
         || name.contains('"')
+        || name.starts_with('=')
         || needs_quotes(name)
     {
         quoted(name)

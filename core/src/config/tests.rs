@@ -761,3 +761,42 @@ fn values_and_names_that_would_read_back_as_something_else_are_quoted() {
     );
     assert_eq!(anvil.chroot, "$");
 }
+
+#[test]
+fn a_section_name_may_hold_equals_signs_and_braces() {
+    // Found by widening the round-trip property: roost looked for the first `=` and `{`
+    // anywhere in a line, so `unix_listener e=f {` read as a setting ("Invalid setting name
+    // before '='") and `unix_listener "a{b" {` as garbage after '{', where the original
+    // (doveconf 2.3.19.1 on these lines) reads listeners named `e=f` and `a{b`: the key is the
+    // first word, and `=` must follow it. A name that starts with `=` prints quoted; bare, both
+    // read that line as a setting.
+    let config = load_text(
+        "service foo {\n  unix_listener \"a{b\" {\n  }\n  unix_listener e=f {\n    mode = 0666\n  }\n  inet_listener \"=x\" {\n  }\n  inet_listener a{ {\n  }\n}\n",
+    )
+    .expect("parses");
+    let foo = service(&config, "foo");
+    let paths: Vec<&str> = foo.unix_listeners.iter().map(|l| l.path.as_str()).collect();
+    assert_eq!(paths, ["a{b", "e=f"]);
+    let names: Vec<&str> = foo.inet_listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["=x", "a{"]);
+    let out = printed(&config, true);
+    for line in [
+        "  unix_listener e=f {\n    mode = 0666\n  }\n",
+        "  unix_listener a{b {\n",
+        "  inet_listener a{ {\n",
+        "  inet_listener \"=x\" {\n",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    }
+    let again = load_text(&out).unwrap_or_else(|e| panic!("{e}:\n{out}"));
+    assert_eq!(again.settings, config.settings);
+    // What is no name keeps its error.
+    for (text, error) in [
+        ("a b = c\n", "Invalid setting name before '='"),
+        ("= c\n", "Invalid setting name before '='"),
+        ("service imap { x\n", "Garbage after '{'"),
+        ("{\n", "Expecting a section name before '{'"),
+    ] {
+        assert_eq!(error_of(text), format!("/etc/roost/roost.conf:1: {error}"));
+    }
+}
