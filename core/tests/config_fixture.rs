@@ -13,6 +13,53 @@ fn fixture() -> PathBuf {
 /// fixture's copy (the two protocol packages that were installed when doveconf ran).
 struct FixtureFiles {
     root: PathBuf,
+    /// Uncomment the defaults the stock files show as comments (see [`uncommented_defaults`]).
+    uncomment_defaults: bool,
+}
+
+/// The typed settings whose defaults the stock files show as comments, written as an operator
+/// writes them (`#default_vsz_limit = 256M`, `#mode = 0666`).
+const TYPED_KEYS: &[&str] = &[
+    "default_client_limit",
+    "default_process_limit",
+    "default_vsz_limit",
+    "mode",
+    "port",
+    "process_limit",
+    "process_min_avail",
+    "service_count",
+    "shutdown_clients",
+    "ssl",
+    "verbose_proctitle",
+];
+
+/// The text with every `#key = value` line of a typed setting uncommented in the two files that
+/// document the master's defaults, dovecot.conf and 10-master.conf, except where the comment is
+/// an example rather than the default: `#mode = 0600` for dict (whose default is 0660), and the
+/// `$default_vsz_limit` lines, which doveconf itself refuses ("Invalid size"). Other files'
+/// comments are examples (10-director.conf's `#mode = 0666` enables a disabled listener).
+fn uncommented_defaults(path: &str, text: &str) -> String {
+    if !path.ends_with("/dovecot.conf") && !path.ends_with("/10-master.conf") {
+        return text.to_owned();
+    }
+    let mut out = String::new();
+    let mut service = "";
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        if let Some(name) = trimmed.strip_prefix("service ") {
+            service = name.trim_end_matches('{').trim();
+        }
+        let uncommented = trimmed.strip_prefix('#').and_then(|rest| {
+            let (key, value) = rest.split_once(" = ")?;
+            let example =
+                value.is_empty() || value.starts_with('$') || (service == "dict" && key == "mode");
+            (TYPED_KEYS.contains(&key) && !example).then(|| format!("{indent}{key} = {value}"))
+        });
+        out.push_str(uncommented.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 impl FixtureFiles {
@@ -31,7 +78,12 @@ impl FixtureFiles {
 
 impl Files for FixtureFiles {
     fn read_to_string(&self, path: &str) -> Result<String, String> {
-        std::fs::read_to_string(self.map(path)).map_err(|e| e.to_string())
+        let text = std::fs::read_to_string(self.map(path)).map_err(|e| e.to_string())?;
+        Ok(if self.uncomment_defaults {
+            uncommented_defaults(path, &text)
+        } else {
+            text
+        })
     }
 
     fn list_dir(&self, path: &str) -> Result<Vec<String>, String> {
@@ -61,27 +113,82 @@ fn service_blocks(text: &str) -> Vec<String> {
     blocks
 }
 
+fn fixture_files() -> FixtureFiles {
+    FixtureFiles {
+        root: fixture(),
+        uncomment_defaults: false,
+    }
+}
+
 fn load_fixture() -> roost_core::config::Config {
-    let root = fixture();
+    load_with(&fixture_files())
+}
+
+fn load_with(files: &FixtureFiles) -> roost_core::config::Config {
     assert!(
-        root.is_dir(),
+        files.root.is_dir(),
         "the fixtures must sit beside the repository: {}",
-        root.display()
+        files.root.display()
     );
-    load("/etc/dovecot/dovecot.conf", &FixtureFiles { root }, &NoEnv)
-        .unwrap_or_else(|e| panic!("{e}"))
+    load("/etc/dovecot/dovecot.conf", files, &NoEnv).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
 fn debians_stock_tree_reads_without_error_and_prints_every_service_as_doveconf_did() {
-    let config = load_fixture();
-    let printed = print(
-        &config,
-        PrintMode {
-            non_default: false,
-            show_secrets: false,
-        },
+    assert_services_as_doveconf_printed(&load_fixture());
+}
+
+#[test]
+fn debians_commented_defaults_written_as_operators_write_them_change_nothing() {
+    // The stock files show most defaults as comments in an operator's spelling
+    // (`#default_vsz_limit = 256M`). doveconf prints the values it parsed: on this tree with
+    // those lines uncommented, the real doveconf -a printed the same service blocks as the
+    // fixture's, its -a printed `default_vsz_limit = 256 M`, and its -n left the global
+    // defaults out (it compares parsed values). Its -n did show the services' settings, as it
+    // shows whatever a service block writes; roost's -n leaves out what only repeats the
+    // catalogue, so here it prints exactly what it prints for the stock tree.
+    let files = FixtureFiles {
+        uncomment_defaults: true,
+        ..fixture_files()
+    };
+    let master = files.read_to_string("/etc/dovecot/conf.d/10-master.conf");
+    let master = master.expect("10-master.conf");
+    for line in [
+        "default_vsz_limit = 256M",
+        "  process_limit = 1024",
+        "    mode = 0666",
+        "    port = 993",
+        "    ssl = yes",
+    ] {
+        assert!(master.contains(line), "not uncommented: {line:?}");
+    }
+    let config = load_with(&files);
+    assert_services_as_doveconf_printed(&config);
+    let stock = print(&load_fixture(), NON_DEFAULT);
+    assert_eq!(print(&config, NON_DEFAULT), stock);
+    let all = print(&config, ALL);
+    assert!(all.contains("\ndefault_vsz_limit = 256 M\n"), "{all}");
+    assert_eq!(
+        config.settings,
+        load_fixture().settings,
+        "the uncommented defaults are the defaults"
     );
+}
+
+const ALL: PrintMode = PrintMode {
+    non_default: false,
+    show_secrets: false,
+};
+
+const NON_DEFAULT: PrintMode = PrintMode {
+    non_default: true,
+    show_secrets: false,
+};
+
+/// `roost config -a` prints the same services, in the same order and with the same text, as
+/// the fixture's doveconf -a.
+fn assert_services_as_doveconf_printed(config: &roost_core::config::Config) {
+    let printed = print(config, ALL);
     let ours = service_blocks(&printed);
     let expected_text =
         std::fs::read_to_string(fixture().join("doveconf-a-services.txt")).expect("fixture");
@@ -121,13 +228,7 @@ fn doveconf_n_shows_the_same_services_and_modelled_settings() {
     // at all; roost prints director with those two listeners, because they exist only because
     // of the file and `roost config -n` must read back to the same configuration (tested below).
     let config = load_fixture();
-    let printed = print(
-        &config,
-        PrintMode {
-            non_default: true,
-            show_secrets: false,
-        },
-    );
+    let printed = print(&config, NON_DEFAULT);
     let ours = service_blocks(&printed);
     let expected_text = std::fs::read_to_string(fixture().join("doveconf-n.txt")).expect("fixture");
     assert!(service_blocks(&expected_text).is_empty());
@@ -172,7 +273,7 @@ fn what_roost_config_prints_reads_back_to_the_same_settings() {
         let again = roost_core::config::load_str(
             "/etc/roost/printed.conf",
             &printed,
-            &FixtureFiles { root: fixture() },
+            &fixture_files(),
             &NoEnv,
         )
         .unwrap_or_else(|e| {

@@ -246,7 +246,11 @@ pub fn print_effective(config: &MasterConfig) -> String {
                     user,
                     group,
                 } => {
-                    let _ = writeln!(out, "  unix_listener {path} {{ mode = 0{mode:o} user = {user} group = {group} }}");
+                    let _ = writeln!(
+                        out,
+                        "  unix_listener {path} {{ mode = {} user = {user} group = {group} }}",
+                        super::value::format_mode(*mode)
+                    );
                 }
                 ListenerKind::Fifo {
                     path,
@@ -254,7 +258,11 @@ pub fn print_effective(config: &MasterConfig) -> String {
                     user,
                     group,
                 } => {
-                    let _ = writeln!(out, "  fifo_listener {path} {{ mode = 0{mode:o} user = {user} group = {group} }}");
+                    let _ = writeln!(
+                        out,
+                        "  fifo_listener {path} {{ mode = {} user = {user} group = {group} }}",
+                        super::value::format_mode(*mode)
+                    );
                 }
                 ListenerKind::Inet {
                     address,

@@ -25,7 +25,7 @@ use crate::settings::{
     AuthDbSettings, FileListenerSettings, GlobalSettings, InetListenerSettings, ServiceSettings,
     Settings,
 };
-use value::{parse_bool, parse_mode, parse_port, parse_size, parse_time, parse_u32};
+use value::{parse_bool, parse_mode, parse_port, parse_size, parse_time, parse_u32, ValueType};
 
 /// Reads configuration files. The shell implements it with the file system; tests with a map.
 pub trait Files {
@@ -215,6 +215,47 @@ const SERVICE_DEFAULTS: &[(&str, &str)] = &[
     ("vsz_limit", "18446744073709551615 B"),
 ];
 
+/// The per-service settings that are not plain strings, for printing them as doveconf does.
+const SERVICE_TYPES: &[(&str, ValueType)] = &[
+    ("client_limit", ValueType::Number),
+    ("drop_priv_before_exec", ValueType::Bool),
+    ("foreign", ValueType::Bool),
+    ("idle_kill", ValueType::Time),
+    ("process_limit", ValueType::Number),
+    ("process_min_avail", ValueType::Number),
+    ("service_count", ValueType::Number),
+    ("vsz_limit", ValueType::Size),
+];
+
+/// The global settings roost knows that are not plain strings (`ssl` is an enum, kept as
+/// written; a global roost does not know is a string to it).
+const GLOBAL_TYPES: &[(&str, ValueType)] = &[
+    ("default_client_limit", ValueType::Number),
+    ("default_idle_kill", ValueType::Time),
+    ("default_process_limit", ValueType::Number),
+    ("default_vsz_limit", ValueType::Size),
+    ("first_valid_gid", ValueType::Number),
+    ("first_valid_uid", ValueType::Number),
+    ("last_valid_gid", ValueType::Number),
+    ("last_valid_uid", ValueType::Number),
+    ("shutdown_clients", ValueType::Bool),
+    ("verbose_proctitle", ValueType::Bool),
+];
+
+fn type_in(table: &[(&str, ValueType)], key: &str) -> Option<ValueType> {
+    table.iter().find(|(k, _)| *k == key).map(|(_, t)| *t)
+}
+
+/// The type of a global setting; `None` for a string.
+pub(crate) fn global_type(key: &str) -> Option<ValueType> {
+    type_in(GLOBAL_TYPES, key)
+}
+
+/// The type of a per-service setting; `None` for a string.
+pub(crate) fn service_type(key: &str) -> Option<ValueType> {
+    type_in(SERVICE_TYPES, key)
+}
+
 /// The three kinds of listener section.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ListenerType {
@@ -249,6 +290,16 @@ impl ListenerType {
         match self {
             ListenerType::Unix | ListenerType::Fifo => &["group", "mode", "user"],
             ListenerType::Inet => &["address", "haproxy", "port", "reuse_port", "ssl"],
+        }
+    }
+
+    /// The type of a listener setting; `None` for a string.
+    pub(crate) fn value_type(self, key: &str) -> Option<ValueType> {
+        match (self, key) {
+            (ListenerType::Unix | ListenerType::Fifo, "mode") => Some(ValueType::Mode),
+            (ListenerType::Inet, "port") => Some(ValueType::Port),
+            (ListenerType::Inet, "ssl" | "haproxy" | "reuse_port") => Some(ValueType::Bool),
+            _ => None,
         }
     }
 
@@ -747,9 +798,9 @@ fn typed_service(
 
 /// The as-written form of typed settings (for printing a RON configuration).
 fn raw_from_settings(settings: &Settings) -> RawConfig {
-    use value::{format_size, format_time};
+    use value::{format_bool, format_mode, format_size, format_time};
     let g = &settings.global;
-    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
+    let yes_no = |b: bool| format_bool(b).to_owned();
     let mut globals: BTreeMap<String, RawValue> = [
         ("base_dir", g.base_dir.clone()),
         ("state_dir", g.state_dir.clone()),
@@ -820,10 +871,9 @@ fn raw_from_settings(settings: &Settings) -> RawConfig {
             ] {
                 for l in list {
                     let mut listener = RawListener::new(listener_type, &l.path, None);
-                    listener.settings.insert(
-                        "mode".to_owned(),
-                        RawValue::default(&format!("0{:o}", l.mode)),
-                    );
+                    listener
+                        .settings
+                        .insert("mode".to_owned(), RawValue::default(&format_mode(l.mode)));
                     listener
                         .settings
                         .insert("user".to_owned(), RawValue::default(&l.user));

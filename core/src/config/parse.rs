@@ -132,46 +132,48 @@ impl<'a> Parser<'a> {
                 None => Err(ConfigError::syntax(&origin, "Unexpected '}'")),
             };
         }
+        // As the original reads a line: the key is the first word (up to white space or `=`);
+        // an `=` right after it makes a setting, and otherwise a line ending in `{` opens a
+        // section whose name is everything between, so `unix_listener e=f {` and
+        // `unix_listener "a{b" {` name listeners. (roost looked for the first `=` and `{`
+        // anywhere in the line, and refused both.)
+        let word_end = line
+            .find(|c: char| c.is_whitespace() || c == '=')
+            .unwrap_or(line.len());
+        if let Some(value) = line[word_end..].trim_start().strip_prefix('=') {
+            let key = &line[..word_end];
+            if key.is_empty() {
+                return Err(ConfigError::syntax(
+                    &origin,
+                    "Invalid setting name before '='",
+                ));
+            }
+            let value = unquote(value.trim(), &origin)?;
+            return self.set(key, value, origin);
+        }
+        if let Some(head) = line.strip_suffix('{') {
+            let head = head.trim();
+            let (kind, name) = match head.split_once(char::is_whitespace) {
+                Some((kind, name)) => (kind, unquote(name.trim(), &origin)?.text),
+                None => (head, String::new()),
+            };
+            if kind.is_empty() {
+                return Err(ConfigError::syntax(
+                    &origin,
+                    "Expecting a section name before '{'",
+                ));
+            }
+            return self.open(kind, &name, origin);
+        }
         let eq = line.find('=');
         let brace = line.find('{');
-        match (eq, brace) {
-            (Some(eq), brace) if brace.is_none_or(|b| eq < b) => {
-                let key = line[..eq].trim();
-                if key.is_empty() || key.contains(char::is_whitespace) {
-                    return Err(ConfigError::syntax(
-                        &origin,
-                        "Invalid setting name before '='",
-                    ));
-                }
-                let value = unquote(line[eq + 1..].trim(), &origin)?;
-                self.set(key, value, origin)
-            }
-            (_, Some(brace)) => {
-                if !line[brace + 1..].trim().is_empty() {
-                    return Err(ConfigError::syntax(&origin, "Garbage after '{'"));
-                }
-                let head = line[..brace].trim();
-                let (kind, name) = match head.split_once(char::is_whitespace) {
-                    Some((kind, name)) => (kind, unquote(name.trim(), &origin)?.text),
-                    None => (head, String::new()),
-                };
-                if kind.is_empty() {
-                    return Err(ConfigError::syntax(
-                        &origin,
-                        "Expecting a section name before '{'",
-                    ));
-                }
-                self.open(kind, &name, origin)
-            }
-            (None, None) => {
-                if line.split_whitespace().nth(1).is_some() {
-                    Err(ConfigError::syntax(&origin, "Expecting '{'"))
-                } else {
-                    Err(ConfigError::syntax(&origin, "Expecting '='"))
-                }
-            }
-            _ => Err(ConfigError::syntax(&origin, "Expecting '='")),
-        }
+        let message = match (eq, brace) {
+            (Some(eq), brace) if brace.is_none_or(|b| eq < b) => "Invalid setting name before '='",
+            (_, Some(_)) => "Garbage after '{'",
+            (None, None) if line.split_whitespace().nth(1).is_some() => "Expecting '{'",
+            _ => "Expecting '='",
+        };
+        Err(ConfigError::syntax(&origin, message))
     }
 
     /// Removes a `#` comment outside quotes; a `#` glued to a word warns, as in the original.

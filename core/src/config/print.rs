@@ -6,12 +6,20 @@
 //! roost does the same. `-n` prints the global settings that differ from their defaults and the
 //! sections of the file, then the services the file names, in the order it first named them,
 //! with what it set in them.
+//!
+//! Values: a setting whose type roost knows (a time, a size, a boolean, a mode, a number) is
+//! printed in doveconf's form, from the value it parses to (`60s` → `1 mins`, `256M` →
+//! `256 M`, see [`super::value`]), and `-n` compares that form with the default's, so
+//! `default_vsz_limit = 256M` is not shown, as doveconf does not show it. Strings, unknown
+//! settings and values that do not parse (a `$variable`) are printed as written.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use super::value::ValueType;
 use super::{
-    global_defaults, Config, Generic, GenericEntry, RawListener, RawService, SECRET_SETTINGS,
+    global_defaults, global_type, service_type, Config, Generic, GenericEntry, RawConfig,
+    RawListener, RawService, RawValue, SECRET_SETTINGS,
 };
 
 /// What `roost config` prints.
@@ -25,7 +33,7 @@ pub struct PrintMode {
 
 /// One printable item at some level, with its sort key.
 enum Item<'a> {
-    Setting(&'a str, String),
+    Setting(&'a str, RawValue),
     Generic(&'a Generic),
     Service(&'a RawService, bool),
 }
@@ -39,36 +47,37 @@ pub fn print(config: &Config, mode: PrintMode) -> String {
         env!("CARGO_PKG_VERSION"),
         config.path
     );
+    let raw = normalised(&config.raw);
     let defaults = global_defaults();
-    let mut items: BTreeMap<String, Item<'_>> = BTreeMap::new();
+    // Keyed by the sort key and, for the sections, their place in the file: unnamed passdb and
+    // userdb sections are a list whose entries share a key, printed in the file's order as
+    // doveconf prints them.
+    let mut items: BTreeMap<(String, usize), Item<'_>> = BTreeMap::new();
     if mode.non_default {
-        for (key, value) in &config.raw.globals {
+        for (key, value) in &raw.globals {
             if defaults.get(key.as_str()) != Some(&value.text.as_str()) {
-                items.insert(key.clone(), Item::Setting(key, value.text.clone()));
+                items.insert((key.clone(), 0), Item::Setting(key, value.clone()));
             }
         }
     } else {
         for (key, value) in &defaults {
-            items.insert((*key).to_owned(), Item::Setting(key, (*value).to_owned()));
+            let value = RawValue::default(value);
+            items.insert(((*key).to_owned(), 0), Item::Setting(key, value));
         }
-        for (key, value) in &config.raw.globals {
-            items.insert(key.clone(), Item::Setting(key, value.text.clone()));
+        for (key, value) in &raw.globals {
+            items.insert((key.clone(), 0), Item::Setting(key, value.clone()));
         }
     }
-    for section in &config.raw.sections {
+    for (place, section) in raw.sections.iter().enumerate() {
         if !mode.non_default || !is_empty(section) {
-            items.insert(
-                section_key(&section.kind, &section.name),
-                Item::Generic(section),
-            );
+            let key = (section_key(&section.kind, &section.name), place);
+            items.insert(key, Item::Generic(section));
         }
     }
     if !mode.non_default {
-        for service in &config.raw.services {
-            items.insert(
-                section_key("service", &service.name),
-                Item::Service(service, false),
-            );
+        for service in &raw.services {
+            let key = (section_key("service", &service.name), 0);
+            items.insert(key, Item::Service(service, false));
         }
     }
     for item in items.values() {
@@ -76,11 +85,12 @@ pub fn print(config: &Config, mode: PrintMode) -> String {
     }
     if mode.non_default {
         // What the catalogue says, to leave out what the file only repeats.
-        let catalogue =
+        let mut catalogue =
             super::parse::parse_catalogue(&super::MemoryFiles::default(), super::CATALOGUE)
                 .unwrap_or_default();
-        for name in &config.raw.mention_order {
-            let Some(service) = config.raw.services.iter().find(|s| &s.name == name) else {
+        catalogue.iter_mut().for_each(normalise_service);
+        for name in &raw.mention_order {
+            let Some(service) = raw.services.iter().find(|s| &s.name == name) else {
                 continue;
             };
             let default = catalogue.iter().find(|s| &s.name == name);
@@ -90,6 +100,37 @@ pub fn print(config: &Config, mode: PrintMode) -> String {
         }
     }
     out
+}
+
+/// The configuration with every value whose type roost knows in doveconf's form.
+fn normalised(raw: &RawConfig) -> RawConfig {
+    let mut raw = raw.clone();
+    for (key, value) in &mut raw.globals {
+        normalise(value, global_type(key));
+    }
+    raw.services.iter_mut().for_each(normalise_service);
+    raw
+}
+
+fn normalise_service(service: &mut RawService) {
+    for (key, value) in &mut service.settings {
+        normalise(value, service_type(key));
+    }
+    for listener in &mut service.listeners {
+        let listener_type = listener.listener_type;
+        for (key, value) in &mut listener.settings {
+            normalise(value, listener_type.value_type(key));
+        }
+    }
+}
+
+/// A typed value that parses is replaced by doveconf's form of it (which has no `$`, so it no
+/// longer needs quotes); anything else is kept as written.
+fn normalise(value: &mut RawValue, value_type: Option<ValueType>) {
+    if let Some(text) = value_type.and_then(|t| t.normalise(&value.text)) {
+        value.text = text;
+        value.literal = false;
+    }
 }
 
 /// The settings and listeners of a service that differ from its default; `None` if nothing
@@ -137,9 +178,35 @@ fn section_key(kind: &str, name: &str) -> String {
     }
 }
 
+/// `"text"`, with `\\`, `\"` and line breaks escaped as the parser reads them back.
+fn quoted(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    format!("\"{escaped}\"")
+}
+
+/// Whether a text would read back as something else without quotes: white space at either end
+/// (trimmed), `#` (a comment), a line break, a quote at the start (taken for quotes), or a
+/// backslash at the end (which joins the next line).
+fn needs_quotes(text: &str) -> bool {
+    text != text.trim()
+        || text.contains(['#', '\n'])
+        || text.starts_with(['"', '\''])
+        || text.ends_with('\\')
+}
+
 fn quote_name(name: &str) -> String {
-    if name.is_empty() || name.contains(char::is_whitespace) || name.contains('"') {
-        format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+    // A name with white space inside is quoted too, as doveconf does (`mailbox "Sent Messages"`),
+    // and one that starts with `=`, which would make the line a setting.
+    if name.is_empty()
+        || name.contains(char::is_whitespace)
+        || name.contains('"')
+        || name.starts_with('=')
+        || needs_quotes(name)
+    {
+        quoted(name)
     } else {
         name.to_owned()
     }
@@ -154,23 +221,26 @@ fn header(out: &mut String, indent: usize, kind: &str, name: &str) {
     }
 }
 
-fn setting(out: &mut String, indent: usize, key: &str, value: &str, mode: PrintMode) {
+/// Prints `key = value`. doveconf quotes a value with `#` or white space at either end; roost
+/// quotes every value that would otherwise read back as something else (see [`needs_quotes`]),
+/// and a value that was quoted and holds `$` or starts with `<`, which unquoted would be a
+/// variable or a file to read. (doveconf prints `user = "$x"` as `user = $x`, which reads back
+/// as a variable; the output of `roost config` reads back to the same configuration.)
+fn setting(out: &mut String, indent: usize, key: &str, value: &RawValue, mode: PrintMode) {
     let pad = "  ".repeat(indent);
+    let text = value.text.as_str();
     if !mode.show_secrets
-        && !value.is_empty()
+        && !text.is_empty()
         && SECRET_SETTINGS
             .iter()
             .any(|s| key == *s || key.ends_with("_password"))
     {
         let _ = writeln!(out, "{pad}{key} = # hidden, use -P to show it");
-    } else if value != value.trim() || value.contains('\n') {
-        let escaped = value
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        let _ = writeln!(out, "{pad}{key} = \"{escaped}\"");
+    } else if needs_quotes(text) || (value.literal && (text.contains('$') || text.starts_with('<')))
+    {
+        let _ = writeln!(out, "{pad}{key} = {}", quoted(text));
     } else {
-        let _ = writeln!(out, "{pad}{key} = {value}");
+        let _ = writeln!(out, "{pad}{key} = {text}");
     }
 }
 
@@ -183,7 +253,7 @@ fn print_item(out: &mut String, item: &Item<'_>, indent: usize, mode: PrintMode)
             for entry in &section.entries {
                 match entry {
                     GenericEntry::Setting(key, value) => {
-                        entries.insert(key.clone(), Item::Setting(key, value.text.clone()));
+                        entries.insert(key.clone(), Item::Setting(key, value.clone()));
                     }
                     GenericEntry::Section(sub) => {
                         if !mode.non_default || !is_empty(sub) {
@@ -210,11 +280,9 @@ fn print_service(
 ) {
     header(out, indent, "service", &service.name);
     let mut lines: BTreeMap<String, Option<&RawListener>> = BTreeMap::new();
-    let mut values: BTreeMap<String, String> = BTreeMap::new();
     for (key, value) in &service.settings {
         if !only_set || value.origin.is_some() {
             lines.insert(key.clone(), None);
-            values.insert(key.clone(), value.text.clone());
         }
     }
     for listener in &service.listeners {
@@ -225,7 +293,7 @@ fn print_service(
     }
     for (key, listener) in &lines {
         match listener {
-            None => setting(out, indent + 1, key, &values[key], mode),
+            None => setting(out, indent + 1, key, &service.settings[key], mode),
             Some(listener) => {
                 header(
                     out,
@@ -235,7 +303,7 @@ fn print_service(
                 );
                 for (key, value) in &listener.settings {
                     if !only_set || value.origin.is_some() {
-                        setting(out, indent + 2, key, &value.text, mode);
+                        setting(out, indent + 2, key, value, mode);
                     }
                 }
                 let _ = writeln!(out, "{}}}", "  ".repeat(indent + 1));

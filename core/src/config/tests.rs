@@ -592,3 +592,211 @@ fn a_service_without_a_name_is_refused_by_its_number() {
         "{errors:?}"
     );
 }
+
+/// The file of [`typed_values_print_in_doveconfs_form`], and what Dovecot 2.3.19.1's
+/// `doveconf -n` printed for it (its header left out).
+const WRITTEN_AS_OPERATORS_WRITE: &str = "default_vsz_limit = 256M\ndefault_idle_kill = 60 secs\ndefault_process_limit = 0100\nshutdown_clients = YES\nverbose_proctitle = Y\nfirst_valid_uid = 01000\nservice imap {\n  idle_kill = 120s\n  vsz_limit = 1024M\n  process_limit = 0012\n  drop_priv_before_exec = y\n  unix_listener foo {\n    mode = 00666\n  }\n  unix_listener imap-master {\n    mode = 0\n  }\n}\nservice pop3-login {\n  inet_listener pop3 {\n    port = 0110\n    ssl = YES\n  }\n}\nservice newsvc {\n  executable = /bin/true\n  vsz_limit = 0\n  idle_kill = 7200s\n  client_limit = 0050\n}\n";
+const DOVECONF_N_OF_IT: &str = "first_valid_uid = 1000\nservice imap {\n  drop_priv_before_exec = yes\n  idle_kill = 2 mins\n  process_limit = 12\n  unix_listener foo {\n    mode = 0666\n  }\n  unix_listener imap-master {\n    mode = 00\n  }\n  vsz_limit = 1 G\n}\nservice newsvc {\n  client_limit = 50\n  executable = /bin/true\n  idle_kill = 2 hours\n  vsz_limit = 0\n}\nservice pop3-login {\n  inet_listener pop3 {\n    port = 110\n    ssl = yes\n  }\n}\nverbose_proctitle = yes\n";
+
+/// `roost config -n -P`.
+const N_WITH_SECRETS: PrintMode = PrintMode {
+    non_default: true,
+    show_secrets: true,
+};
+
+fn printed(config: &Config, non_default: bool) -> String {
+    print(
+        config,
+        PrintMode {
+            non_default,
+            show_secrets: false,
+        },
+    )
+}
+
+#[test]
+fn typed_values_print_in_doveconfs_form() {
+    // `roost config -n` printed `idle_kill = 120s` and `default_vsz_limit = 256M` as written,
+    // and showed the second although it is the default: doveconf prints the value it parsed
+    // and compares that with the default.
+    let config = load_text(WRITTEN_AS_OPERATORS_WRITE).expect("parses");
+    let ours = printed(&config, true);
+    assert_eq!(
+        ours.lines().skip(1).collect::<Vec<_>>().join("\n") + "\n",
+        "first_valid_uid = 1000\nverbose_proctitle = yes\nservice imap {\n  drop_priv_before_exec = yes\n  idle_kill = 2 mins\n  process_limit = 12\n  unix_listener foo {\n    mode = 0666\n  }\n  unix_listener imap-master {\n    mode = 00\n  }\n  vsz_limit = 1 G\n}\nservice pop3-login {\n  inet_listener pop3 {\n    ssl = yes\n  }\n}\nservice newsvc {\n  client_limit = 50\n  executable = /bin/true\n  idle_kill = 2 hours\n  vsz_limit = 0\n}\n"
+    );
+    // Every line is one doveconf printed. The differences are roost's own rules of
+    // config_n_shows_only_what_differs_from_the_defaults: services after the globals in the order
+    // the file names them, and a listener's `port = 110` left out as the catalogue's default.
+    for line in ours.lines().skip(1) {
+        assert!(
+            DOVECONF_N_OF_IT.lines().any(|theirs| theirs == line),
+            "doveconf -n printed no {line:?}"
+        );
+    }
+    let all = printed(&config, false);
+    for line in [
+        "default_idle_kill = 1 mins\n",
+        "default_vsz_limit = 256 M\n",
+        "default_process_limit = 100\n",
+        "shutdown_clients = yes\n",
+        "first_valid_uid = 1000\n",
+        "verbose_proctitle = yes\n",
+        "  idle_kill = 2 mins\n",
+        "    mode = 0666\n",
+        "    port = 110\n",
+        "  vsz_limit = 0\n",
+    ] {
+        assert!(all.contains(line), "roost config -a lacks {line:?}:\n{all}");
+    }
+}
+
+#[test]
+fn values_that_are_not_typed_or_do_not_parse_print_as_written() {
+    // A `$variable` in a typed setting is expanded only when the settings are derived, and an
+    // unknown global or a setting of a section roost does not interpret has no type to it.
+    assert_both_print(
+        "mail_max_userip_connections = 010\nauth_cache_ttl = 3600s\nprotocol imap {\n  imap_idle_notify_interval = 120 secs\n}\nservice imap {\n  vsz_limit = $default_vsz_limit\n  user = 0600\n}\n",
+        &[
+            "mail_max_userip_connections = 010\n",
+            "auth_cache_ttl = 3600s\n",
+            "protocol imap {\n  imap_idle_notify_interval = 120 secs\n}\n",
+            "  user = 0600\n",
+            "  vsz_limit = $default_vsz_limit\n",
+        ],
+    );
+}
+
+/// Reads the text and checks that both `roost config -n` and `-a` print every line.
+fn assert_both_print(text: &str, lines: &[&str]) {
+    let config = load_text(text).expect("parses");
+    for non_default in [true, false] {
+        let out = printed(&config, non_default);
+        for line in lines {
+            assert!(out.contains(line), "no {line:?} in:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn a_ron_configuration_prints_in_doveconfs_form() {
+    // The RON form holds numbers; printed, a vsz_limit of 0 (none) is `0` as doveconf prints it,
+    // not `0 B`.
+    let config =
+        load_text("service imap {\n  vsz_limit = 0\n  idle_kill = 90s\n}\n").expect("parses");
+    let ron_config = load_str(
+        "/etc/roost/roost.ron",
+        &to_ron(&config.settings),
+        &MemoryFiles::default(),
+        &NoEnv,
+    )
+    .expect("reads");
+    let out = printed(&ron_config, false);
+    assert!(out.contains("service imap {\n"), "{out}");
+    let imap = &out[out.find("service imap {\n").expect("imap")..];
+    assert!(imap.contains("  vsz_limit = 0\n"), "{imap}");
+    assert!(imap.contains("  idle_kill = 90 secs\n"), "{imap}");
+}
+
+#[test]
+fn every_unnamed_passdb_and_userdb_section_is_printed_in_the_files_order() {
+    // Found by the round-trip property: the sections of a list share one sort key, so
+    // `roost config` printed only the last passdb, and its output read back without the others
+    // (they are tried in order: a lost passdb is a lost way to log in). doveconf prints each.
+    assert_both_print(
+        "passdb {\n  driver = pam\n}\nuserdb {\n  driver = passwd\n}\npassdb {\n  driver = passwd-file\n  args = /etc/b\n}\nuserdb {\n  driver = passwd\n}\n",
+        &[
+            "passdb {\n  driver = pam\n}\npassdb {\n  args = /etc/b\n  driver = passwd-file\n}\n",
+            "userdb {\n  driver = passwd\n}\nuserdb {\n  driver = passwd\n}\n",
+        ],
+    );
+}
+
+#[test]
+fn values_and_names_that_would_read_back_as_something_else_are_quoted() {
+    // Found by the round-trip property: `roost config` quoted a value only for white space at
+    // its ends, so a value that was written quoted could print as a comment (`"#"`), a
+    // variable (`"$"`), an unclosed quote (`"'"`), or a backslash that joins the next line
+    // (`"\\"`), and the output no longer read back. Each must print quoted, with the exact text
+    // below, and read back to the same value; what needs no quotes stays bare, as doveconf
+    // prints it.
+    let config = load_text(
+        "service anvil {\n  group = \"'\"\n  extra_groups = \"#\"\n  user = \"\\\\\"\n  chroot = \"$\"\n  privileged_group = a\"b\n  inet_listener \"'\" {\n  }\n  unix_listener \"a#b\" {\n  }\n  unix_listener a {\n    group = \"$default_internal_group\"\n    user = $default_internal_user\n  }\n  unix_listener \"x\\\\\" {\n  }\n}\nssl_cert = \"<not a file\"\nssl_key = </etc/roost/key.pem\nmail_location = \"maildir:~/Maildir # mine\"\n",
+    )
+    .expect("parses");
+    let out = print(&config, N_WITH_SECRETS);
+    for line in [
+        "  group = \"'\"\n",
+        "  extra_groups = \"#\"\n",
+        "  user = \"\\\\\"\n",
+        "  chroot = \"$\"\n",
+        "  privileged_group = a\"b\n",
+        "    group = \"$default_internal_group\"\n",
+        "    user = $default_internal_user\n",
+        "  inet_listener \"'\" {\n",
+        "  unix_listener \"a#b\" {\n",
+        "  unix_listener \"x\\\\\" {\n",
+        "ssl_cert = \"<not a file\"\n",
+        "ssl_key = </etc/roost/key.pem\n",
+        "mail_location = \"maildir:~/Maildir # mine\"\n",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    }
+    let again = load_str(
+        "/etc/roost/roost.conf",
+        &out,
+        &MemoryFiles::default(),
+        &NoEnv,
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{out}"));
+    assert_eq!(again.settings, config.settings, "{out}");
+    let anvil = service(&again, "anvil");
+    assert_eq!(
+        (
+            anvil.group.as_str(),
+            anvil.extra_groups.as_str(),
+            anvil.user.as_str()
+        ),
+        ("'", "#", "\\")
+    );
+    assert_eq!(anvil.chroot, "$");
+}
+
+#[test]
+fn a_section_name_may_hold_equals_signs_and_braces() {
+    // Found by widening the round-trip property: roost looked for the first `=` and `{`
+    // anywhere in a line, so `unix_listener e=f {` read as a setting ("Invalid setting name
+    // before '='") and `unix_listener "a{b" {` as garbage after '{', where the original
+    // (doveconf 2.3.19.1 on these lines) reads listeners named `e=f` and `a{b`: the key is the
+    // first word, and `=` must follow it. A name that starts with `=` prints quoted; bare, both
+    // read that line as a setting.
+    let config = load_text(
+        "service foo {\n  unix_listener \"a{b\" {\n  }\n  unix_listener e=f {\n    mode = 0666\n  }\n  inet_listener \"=x\" {\n  }\n  inet_listener a{ {\n  }\n}\n",
+    )
+    .expect("parses");
+    let foo = service(&config, "foo");
+    let paths: Vec<&str> = foo.unix_listeners.iter().map(|l| l.path.as_str()).collect();
+    assert_eq!(paths, ["a{b", "e=f"]);
+    let names: Vec<&str> = foo.inet_listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["=x", "a{"]);
+    let out = printed(&config, true);
+    for line in [
+        "  unix_listener e=f {\n    mode = 0666\n  }\n",
+        "  unix_listener a{b {\n",
+        "  inet_listener a{ {\n",
+        "  inet_listener \"=x\" {\n",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    }
+    let again = load_text(&out).unwrap_or_else(|e| panic!("{e}:\n{out}"));
+    assert_eq!(again.settings, config.settings);
+    // What is no name keeps its error.
+    for (text, error) in [
+        ("a b = c\n", "Invalid setting name before '='"),
+        ("= c\n", "Invalid setting name before '='"),
+        ("service imap { x\n", "Garbage after '{'"),
+        ("{\n", "Expecting a section name before '{'"),
+    ] {
+        assert_eq!(error_of(text), format!("/etc/roost/roost.conf:1: {error}"));
+    }
+}

@@ -1,6 +1,12 @@
 //! Typed values of the configuration language (reference §6.1 "Value types"): numbers, booleans,
 //! octal modes, sizes with units and times with units, each parsed with the original's rules and
 //! printed the way doveconf prints them.
+//!
+//! doveconf prints a typed value from the number it parsed, not from the text that was written
+//! (Dovecot 2.3.19.1's doveconf, run on these very inputs): `60s` and `60 secs` print as `1 mins`,
+//! `7200s` as `2 hours`, `256M` and `256MiB` as `256 M`, `1024k` as `1 M`, `1536` as `1536 B`, a
+//! size of 0 as `0`, `Yes` as `yes`, a mode `00644` as `0644` and `0` as `00`, a number `0012` as
+//! `12`. [`ValueType::normalise`] does the same for `roost config`.
 
 use crate::time::Duration;
 
@@ -75,11 +81,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("Size is too large: {text}"))
 }
 
-/// Prints a size as doveconf does: the largest unit that divides it (`256 M`, `18446744073709551615 B`).
+/// Prints a size as doveconf does: the largest unit that divides it (`256 M`, `1 k`,
+/// `18446744073709551615 B`), and 0 as `0`.
 pub fn format_size(bytes: u64) -> String {
+    if bytes == 0 {
+        return "0".to_owned();
+    }
     for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "k")] {
         let size = 1u64 << shift;
-        if bytes != 0 && bytes.is_multiple_of(size) {
+        if bytes.is_multiple_of(size) {
             return format!("{} {unit}", bytes / size);
         }
     }
@@ -137,6 +147,53 @@ pub fn format_time(duration: Duration) -> String {
     format!("{secs} secs")
 }
 
+/// Prints a file mode as doveconf does: octal with a leading 0 (`0600`, and `00` for 0).
+pub fn format_mode(mode: u32) -> String {
+    format!("0{mode:o}")
+}
+
+/// Prints a boolean as doveconf does.
+pub fn format_bool(value: bool) -> &'static str {
+    if value {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// The type of a setting whose value is not a plain string, for printing it as doveconf does.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ValueType {
+    /// An unsigned 32-bit number (`process_limit`).
+    Number,
+    /// A port number.
+    Port,
+    /// `yes` or `no`.
+    Bool,
+    /// An octal file mode.
+    Mode,
+    /// A time with a unit.
+    Time,
+    /// A size with a unit.
+    Size,
+}
+
+impl ValueType {
+    /// The value in doveconf's form, or `None` when the text does not parse as this type (a
+    /// `$variable`, or a value the configuration already refuses): such a text is printed as
+    /// written.
+    pub fn normalise(self, text: &str) -> Option<String> {
+        match self {
+            ValueType::Number => parse_u32(text).ok().map(|n| n.to_string()),
+            ValueType::Port => parse_port(text).ok().map(|n| n.to_string()),
+            ValueType::Bool => parse_bool(text).ok().map(|b| format_bool(b).to_owned()),
+            ValueType::Mode => parse_mode(text).ok().map(format_mode),
+            ValueType::Time => parse_time(text).ok().map(format_time),
+            ValueType::Size => parse_size(text).ok().map(format_size),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,7 +213,11 @@ mod tests {
         );
         assert_eq!(format_size(256 << 20), "256 M");
         assert_eq!(format_size(u64::MAX), "18446744073709551615 B");
-        assert_eq!(format_size(0), "0 B");
+        assert_eq!(
+            format_size(0),
+            "0",
+            "doveconf prints a size of 0 without a unit"
+        );
     }
 
     #[test]
@@ -202,5 +263,142 @@ mod tests {
         assert_eq!(parse_u32("100"), Ok(100));
         assert!(parse_u32("-1").is_err());
         assert!(parse_port("70000").is_err());
+    }
+
+    /// Each pair is what was written and what doveconf 2.3.19.1 printed for it.
+    fn normalises(value_type: ValueType, pairs: &[(&str, &str)]) {
+        for (written, printed) in pairs {
+            assert_eq!(
+                value_type.normalise(written).as_deref(),
+                Some(*printed),
+                "{value_type:?} {written:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn times_print_in_the_largest_unit_that_divides_them() {
+        normalises(
+            ValueType::Time,
+            &[
+                ("60s", "1 mins"),
+                ("60 secs", "1 mins"),
+                ("61s", "61 secs"),
+                ("1sec", "1 secs"),
+                ("2seconds", "2 secs"),
+                ("3600s", "1 hours"),
+                ("7200s", "2 hours"),
+                ("90 mins", "90 mins"),
+                ("1M", "1 mins"),
+                ("1minute", "1 mins"),
+                ("10min", "10 mins"),
+                ("1hour", "1 hours"),
+                ("3h", "3 hours"),
+                ("86400s", "1 days"),
+                ("1 day", "1 days"),
+                ("14d", "2 weeks"),
+                ("604800s", "1 weeks"),
+                ("1 week", "1 weeks"),
+                ("7weeks", "7 weeks"),
+                ("5000ms", "5 secs"),
+                ("1000milliseconds", "1 secs"),
+                ("0", "0"),
+                ("0s", "0"),
+                ("4294967295s", "4294967295 secs"),
+            ],
+        );
+    }
+
+    #[test]
+    fn sizes_print_in_the_largest_binary_unit_that_divides_them() {
+        normalises(
+            ValueType::Size,
+            &[
+                ("256M", "256 M"),
+                ("64MiB", "64 M"),
+                ("5 G", "5 G"),
+                ("1024k", "1 M"),
+                ("1536k", "1536 k"),
+                ("1KB", "1 k"),
+                ("1kb", "1 k"),
+                ("1536", "1536 B"),
+                ("3b", "3 B"),
+                ("2048G", "2 T"),
+                ("1T", "1 T"),
+                ("1024T", "1024 T"),
+                ("0", "0"),
+                ("0B", "0"),
+                ("18446744073709551615 B", "18446744073709551615 B"),
+            ],
+        );
+    }
+
+    #[test]
+    fn booleans_print_as_yes_or_no() {
+        normalises(
+            ValueType::Bool,
+            &[
+                ("yes", "yes"),
+                ("Yes", "yes"),
+                ("YES", "yes"),
+                ("y", "yes"),
+                ("no", "no"),
+                ("No", "no"),
+                ("NO", "no"),
+                // roost also accepts `n`, which the original refuses.
+                ("n", "no"),
+            ],
+        );
+    }
+
+    #[test]
+    fn modes_print_in_octal_with_one_leading_zero() {
+        normalises(
+            ValueType::Mode,
+            &[
+                ("0600", "0600"),
+                ("00644", "0644"),
+                ("000644", "0644"),
+                ("0777", "0777"),
+                ("04755", "04755"),
+                ("0", "00"),
+                ("00", "00"),
+            ],
+        );
+    }
+
+    #[test]
+    fn numbers_and_ports_print_without_leading_zeros() {
+        normalises(
+            ValueType::Number,
+            &[("0012", "12"), ("007", "7"), ("1024", "1024"), ("0", "0")],
+        );
+        normalises(
+            ValueType::Port,
+            &[("0110", "110"), ("00", "0"), ("143", "143")],
+        );
+    }
+
+    #[test]
+    fn what_does_not_parse_is_not_normalised() {
+        for (value_type, text) in [
+            (ValueType::Time, "$default_idle_kill"),
+            (ValueType::Time, "60"),
+            (ValueType::Time, "1500 ms"),
+            (ValueType::Time, ""),
+            (ValueType::Size, "17 X"),
+            (ValueType::Size, "99999999999 T"),
+            (ValueType::Size, "$default_vsz_limit"),
+            (ValueType::Mode, "0800"),
+            (ValueType::Mode, "077777"),
+            (ValueType::Mode, ""),
+            (ValueType::Bool, "maybe"),
+            (ValueType::Bool, ""),
+            (ValueType::Number, "-1"),
+            (ValueType::Number, "4294967296"),
+            (ValueType::Port, "70000"),
+        ] {
+            assert_eq!(value_type.normalise(text), None, "{value_type:?} {text:?}");
+        }
     }
 }
