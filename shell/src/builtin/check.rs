@@ -1,16 +1,46 @@
 //! What `roost check`, the start and a reload verify of the mail host before any process runs:
 //! the things the built-ins would otherwise find one login at a time. Each error names the
-//! setting and the file, as the configuration checks of core do.
+//! setting and, where it was written, its file and line, as the configuration checks of core do.
 //!
 //! Only services that will run are checked: a stock tree whose pop3 is disabled by `protocols`
 //! is not refused for a certificate it never uses.
 
-use roost_core::settings::Settings;
+use roost_core::config::{Config, GenericEntry, Origin};
 
 use crate::mail::passdb::{PassdbArgs, Userdb};
 
+/// Where the `index`-th `kind` section (passdb, userdb) sets `key`, or the section's first line
+/// with a setting.
+fn db_origin(config: &Config, kind: &str, index: usize, key: &str) -> Option<Origin> {
+    let section = config
+        .raw
+        .sections
+        .iter()
+        .filter(|s| s.kind == kind)
+        .nth(index)?;
+    let settings = || {
+        section.entries.iter().filter_map(|entry| match entry {
+            GenericEntry::Setting(k, value) => Some((k, value)),
+            GenericEntry::Section(_) => None,
+        })
+    };
+    settings()
+        .find(|(k, _)| *k == key)
+        .or_else(|| settings().next())
+        .and_then(|(_, value)| value.origin.clone())
+}
+
+/// `error`, after `FILE:LINE: ` when the origin is known.
+fn at(origin: Option<Origin>, error: String) -> String {
+    match origin {
+        Some(origin) => format!("{origin}: {error}"),
+        None => error,
+    }
+}
+
 /// The errors of the mail host's settings, for the services in `running`.
-pub fn mail_errors(settings: &Settings, running: &[String]) -> Vec<String> {
+pub fn mail_errors(config: &Config, running: &[String]) -> Vec<String> {
+    let settings = &config.settings;
     let runs = |name: &str| running.iter().any(|r| r == name);
     let executable_runs = |builtin: &str| {
         settings
@@ -20,33 +50,45 @@ pub fn mail_errors(settings: &Settings, running: &[String]) -> Vec<String> {
     };
     let mut errors = Vec::new();
     if executable_runs("auth") {
-        for db in &settings.passdbs {
-            match db.driver.as_str() {
+        for (i, db) in settings.passdbs.iter().enumerate() {
+            let origin = |key| db_origin(config, "passdb", i, key);
+            let error = match db.driver.as_str() {
                 "passwd-file" => match PassdbArgs::parse(&db.args) {
-                    Ok(args) => readable(&mut errors, "passdb passwd-file", &args.path),
-                    Err(e) => errors.push(e),
+                    Ok(args) => unreadable("passdb passwd-file", &args.path),
+                    Err(e) => Some(e),
                 },
-                other => errors.push(format!(
+                other => Some(format!(
                     "passdb {{ driver = {other} }}: not supported (roost has passwd-file)"
                 )),
-            }
+            };
+            let key = if db.driver == "passwd-file" {
+                "args"
+            } else {
+                "driver"
+            };
+            errors.extend(error.map(|e| at(origin(key), e)));
         }
-        for db in &settings.userdbs {
-            match db.driver.as_str() {
-                "static" => {
-                    if let Err(e) = Userdb::parse_static(&db.args) {
-                        errors.push(e.to_string());
-                    }
-                }
+        for (i, db) in settings.userdbs.iter().enumerate() {
+            let origin = |key| db_origin(config, "userdb", i, key);
+            let error = match db.driver.as_str() {
+                "static" => Userdb::parse_static(&db.args)
+                    .err()
+                    .map(|e| e.to_string()),
                 "passwd-file" => match PassdbArgs::parse(&db.args) {
-                    Ok(args) => readable(&mut errors, "userdb passwd-file", &args.path),
-                    Err(e) => errors.push(e.replace("passdb", "userdb")),
+                    Ok(args) => unreadable("userdb passwd-file", &args.path),
+                    Err(e) => Some(e.replace("passdb", "userdb")),
                 },
-                "prefetch" => {}
-                other => errors.push(format!(
+                "prefetch" => None,
+                other => Some(format!(
                     "userdb {{ driver = {other} }}: not supported (roost has static and passwd-file)"
                 )),
-            }
+            };
+            let key = if matches!(db.driver.as_str(), "static" | "passwd-file") {
+                "args"
+            } else {
+                "driver"
+            };
+            errors.extend(error.map(|e| at(origin(key), e)));
         }
         if settings.passdbs.is_empty() && executable_runs("pop3-login") {
             errors.push("no passdb { } is configured: nobody can log in".to_owned());
@@ -61,8 +103,14 @@ pub fn mail_errors(settings: &Settings, running: &[String]) -> Vec<String> {
             .unwrap_or("");
         let per_user = settings.userdbs.iter().any(|db| db.args.contains("mail="));
         if !location.is_empty() && !location.starts_with("maildir:") {
-            errors.push(format!(
-                "mail_location = {location}: roost serves maildir: mailboxes only"
+            let origin = config
+                .raw
+                .globals
+                .get("mail_location")
+                .and_then(|v| v.origin.clone());
+            errors.push(at(
+                origin,
+                format!("mail_location = {location}: roost serves maildir: mailboxes only"),
             ));
         } else if location.is_empty() && !per_user {
             errors.push(
@@ -79,9 +127,13 @@ pub fn mail_errors(settings: &Settings, running: &[String]) -> Vec<String> {
     if executable_runs("pop3-login") && global.ssl != "no" {
         if global.ssl_cert.is_empty() || global.ssl_key.is_empty() {
             if tls_listener || global.ssl == "required" {
-                errors.push(format!(
-                    "ssl = {}: ssl_cert and ssl_key must be set (or ssl = no)",
-                    global.ssl
+                let origin = config.raw.globals.get("ssl").and_then(|v| v.origin.clone());
+                errors.push(at(
+                    origin,
+                    format!(
+                        "ssl = {}: ssl_cert and ssl_key must be set (or ssl = no)",
+                        global.ssl
+                    ),
                 ));
             }
         } else if let Err(e) = crate::mail::tls::server_config(&global.ssl_cert, &global.ssl_key) {
@@ -91,10 +143,11 @@ pub fn mail_errors(settings: &Settings, running: &[String]) -> Vec<String> {
     errors
 }
 
-fn readable(errors: &mut Vec<String>, what: &str, path: &str) {
-    if let Err(e) = std::fs::File::open(path) {
-        errors.push(format!("{what}: {path}: {e}"));
-    }
+/// Why `path` cannot be read, if it cannot.
+fn unreadable(what: &str, path: &str) -> Option<String> {
+    std::fs::File::open(path)
+        .err()
+        .map(|e| format!("{what}: {path}: {e}"))
 }
 
 #[cfg(test)]
@@ -108,7 +161,7 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        mail_errors(&config.settings, &running)
+        mail_errors(&config, &running)
     }
 
     #[test]
@@ -124,7 +177,15 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("passdb { driver = ldap }: not supported"),
+            text.contains("t.conf:7: passdb { driver = ldap }: not supported"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t.conf:4: passdb passwd-file: /nonexistent/passwd"),
+            "{text}"
+        );
+        assert!(
+            text.contains("t.conf:13: mail_location = mbox:~/mail"),
             "{text}"
         );
         assert!(text.contains("not key=value"), "{text}");
@@ -133,7 +194,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("ssl = yes: ssl_cert and ssl_key must be set"),
+            text.contains("t.conf:1: ssl = yes: ssl_cert and ssl_key must be set"),
             "{text}"
         );
         assert_eq!(errs.len(), 5, "{text}");
@@ -143,6 +204,6 @@ mod tests {
     fn a_configuration_without_mail_services_running_is_not_checked_for_them() {
         let config =
             load_str("t.conf", "ssl = yes\n", &MemoryFiles::default(), &NoEnv).expect("parses");
-        assert!(mail_errors(&config.settings, &[]).is_empty());
+        assert!(mail_errors(&config, &[]).is_empty());
     }
 }
