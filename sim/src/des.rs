@@ -8,7 +8,8 @@
 //! and the statistics a [`Report`] is made of. The driver only translates (STYLE.md §3): every
 //! decision about processes is the master's, every decision of a process is its child
 //! machine's. A process of a login service runs the real `roost_core::login::Login` machine
-//! instead (it wraps the child machine): which pre-login client a full login process kills and
+//! instead (it wraps the child machine; both are fed through [`crate::machine`], the same way
+//! the turmoil world feeds them): which pre-login client a full login process kills and
 //! when (§2.8, with the overflow policy of the load profile, jitter drawn from the seeded rng),
 //! the "all processes full" state it reads on SIGUSR1 and re-checks, and the pre-auth timeout
 //! are all core's decisions; the driver only reports accepts, readable listeners, logins and
@@ -28,12 +29,10 @@ use std::fmt;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use roost_core::child::{Child, ChildConfig, Input as ChildInput, Output as ChildOutput};
 use roost_core::ids::{Generation, ListenerId, Pid, ProcessUid, ServiceId};
 use roost_core::input::Input;
 use roost_core::login::{
-    ClientId, ClientState as LoginState, DisconnectReason, Input as LoginInput, ListenMode, Login,
-    LoginConfig, Output as LoginOutput, OverflowPolicy, DEFAULT_OVERFLOW_POLICY,
+    ClientState as LoginState, DisconnectReason, OverflowPolicy, DEFAULT_OVERFLOW_POLICY,
 };
 use roost_core::master::Master;
 use roost_core::output::Output;
@@ -42,6 +41,7 @@ use roost_core::signal::{ExitStatus, Signal};
 use roost_core::time::{Duration, Instant};
 
 use crate::load::{Behaviour, Event, LoadProfile};
+use crate::machine::{Action, Event as ProcEvent, ProcMachine, ProcSpec, Surroundings};
 use crate::plan::{Report, Sample, ServiceReport};
 use crate::view;
 
@@ -204,58 +204,6 @@ struct Conn {
     logged_in: bool,
 }
 
-/// The machine a simulated process runs.
-#[derive(Clone, Debug)]
-enum Machine {
-    /// Any service but a login one: the child machine.
-    Plain(Child),
-    /// A login service: the login machine, which wraps its own child machine.
-    Login(Box<Login>),
-}
-
-impl Machine {
-    fn child(&self) -> &Child {
-        match self {
-            Machine::Plain(child) => child,
-            Machine::Login(login) => login.child(),
-        }
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        match self {
-            Machine::Plain(child) => child.poll_timeout(),
-            Machine::Login(login) => login.poll_timeout(),
-        }
-    }
-}
-
-/// What happens to a process, in the driver's words; [`World::step`] turns it into the input
-/// of the machine the process runs (or nothing, where that machine has no such input).
-#[derive(Copy, Clone, Debug)]
-enum ProcEvent {
-    InitDone,
-    Signal(Signal),
-    Timeout,
-    MasterDead,
-    Accepted(u64),
-    ClientState(u64, LoginState),
-    ClientClosed(u64),
-    /// A watched listener is readable in overflow mode, with the jitter drawn for it.
-    Readable(u32),
-}
-
-/// One input to one of the two machines.
-enum MachineInput {
-    Child(ChildInput),
-    Login(LoginInput),
-}
-
-/// One output of one of the two machines.
-enum MachineOutput {
-    Child(ChildOutput),
-    Login(LoginOutput),
-}
-
 /// One simulated service process.
 #[derive(Clone, Debug)]
 struct Proc {
@@ -271,25 +219,13 @@ struct Proc {
     sockets: Vec<usize>,
     /// Connections, by connection id.
     conns: BTreeMap<u64, Conn>,
-    /// The real machine: roost_core::child (slots, service_count budget, status coalescing,
-    /// idle-kill answer, master death), or roost_core::login around it for login services.
-    machine: Machine,
-    /// The child asked to accept (`SetAccepting`).
-    accepting: bool,
-    /// The child closed its listening fds.
-    listeners_closed: bool,
-    /// The child's timer, as scheduled in the event queue.
+    /// The real machine (roost_core::child, or roost_core::login around it for login
+    /// services) and what it asked for.
+    machine: ProcMachine,
+    /// The machine's timer, as scheduled in the event queue.
     timer: Option<Instant>,
-    /// The master's side of the generation is gone (reference §4.4): its status pipe is
-    /// no longer read.
-    master_dead: bool,
     /// An idle SIGINT was dropped by the `ignores_sigint` fault (delivered when faults stop).
     dropped_sigint: bool,
-    /// How a login machine watches the listeners (`SetListening`).
-    listen: ListenMode,
-    /// The listeners were reported readable since the last `SetListening` (level-triggered
-    /// readiness is reported once per registration: every report changes the mode).
-    readable_reported: bool,
     /// Fault: ignores the idle SIGINT.
     ignores_sigint: bool,
     /// Fault: never sends its first status.
@@ -298,14 +234,11 @@ struct Proc {
 
 impl Proc {
     fn available(&self) -> u32 {
-        self.machine.child().available_count()
+        self.machine.available()
     }
 
     fn can_accept(&self) -> bool {
-        self.state == ProcState::Running
-            && self.accepting
-            && !self.listeners_closed
-            && self.available() > 0
+        self.state == ProcState::Running && self.machine.can_accept()
     }
 }
 
@@ -961,7 +894,7 @@ impl World {
                         .is_some_and(|s| &s.name == name)
                     {
                         processes += 1;
-                        if proc.state == ProcState::Running && !proc.master_dead {
+                        if proc.state == ProcState::Running && !proc.machine.master_dead() {
                             free += proc.available();
                         }
                         connections += proc.conns.len() as u32;
@@ -1170,7 +1103,7 @@ impl World {
         let pid = Pid(self.next_pid);
         self.next_pid += 1;
         let service = self.services.get(&request.service);
-        let (client_limit, service_count, is_login) = service
+        let (client_limit, service_count, login) = service
             .map(|s| {
                 (
                     s.client_limit,
@@ -1179,28 +1112,16 @@ impl World {
                 )
             })
             .unwrap_or((1, 0, false));
-        // Like imap's and the login processes' callbacks: clients are told and the process is
-        // stopped 30 s later at the latest (reference §4.4).
-        let machine = if is_login {
-            let mut config = LoginConfig::new(client_limit, service_count);
-            config.die_with_master = self.config.shutdown_clients;
-            config.has_die_callback = true;
-            config.overflow = self.overflow;
-            Machine::Login(Box::new(Login::new(config, self.now)))
-        } else {
-            Machine::Plain(Child::new(
-                ChildConfig {
-                    client_limit,
-                    service_count,
-                    never_idle_die: false,
-                    die_with_master: self.config.shutdown_clients,
-                    has_die_callback: true,
-                    is_login,
-                    starts_with_client: false,
-                },
-                self.now,
-            ))
-        };
+        let machine = ProcMachine::new(
+            ProcSpec {
+                client_limit,
+                service_count,
+                login,
+                die_with_master: self.config.shutdown_clients,
+                overflow: self.overflow,
+            },
+            self.now,
+        );
         let sockets = view::service_listeners(&self.master, request.service)
             .into_iter()
             .filter_map(|l| self.listeners.get(&l).map(|l| l.socket))
@@ -1215,13 +1136,8 @@ impl World {
                 sockets,
                 conns: BTreeMap::new(),
                 machine,
-                accepting: false,
-                listeners_closed: false,
                 timer: None,
-                master_dead: false,
                 dropped_sigint: false,
-                listen: ListenMode::Off,
-                readable_reported: false,
                 ignores_sigint,
                 never_status,
             },
@@ -1280,168 +1196,71 @@ impl World {
     // ---------------------------------------------------------------------------------------
     // The processes.
 
-    /// Feeds one event to a process's machine and carries out what it asks: status records go
-    /// to the master (while its end of the pipe is read), listening modes, closing listeners,
-    /// reading the login "full" state, disconnecting clients, exiting. The machine's
-    /// invariants are checked after every input.
+    /// Feeds one event to a process's machine (the machine's invariants are checked after
+    /// every input) and carries out what it asks: status records go to the master, clients it
+    /// disconnects are finished, and it may exit.
     fn step(&mut self, pid: Pid, event: ProcEvent) {
-        let Some(proc) = self.procs.get(&pid) else {
+        let now = self.now;
+        let Some(proc) = self.procs.get_mut(&pid) else {
             return;
         };
-        let first = match &proc.machine {
-            Machine::Plain(_) => match event {
-                ProcEvent::InitDone => Some(ChildInput::InitDone),
-                ProcEvent::Signal(Signal::Usr1) => None,
-                ProcEvent::Signal(signal) => Some(ChildInput::Signal(signal)),
-                ProcEvent::Timeout => Some(ChildInput::Timeout),
-                ProcEvent::MasterDead => Some(ChildInput::MasterDead),
-                ProcEvent::Accepted(_) => Some(ChildInput::Accepted),
-                ProcEvent::ClientClosed(_) => Some(ChildInput::ClientClosed),
-                ProcEvent::ClientState(..) | ProcEvent::Readable(_) => None,
-            }
-            .map(MachineInput::Child),
-            Machine::Login(_) => Some(MachineInput::Login(match event {
-                ProcEvent::InitDone => LoginInput::InitDone,
-                ProcEvent::Signal(signal) => LoginInput::Signal(signal),
-                ProcEvent::Timeout => LoginInput::Timeout,
-                ProcEvent::MasterDead => LoginInput::MasterDead,
-                ProcEvent::Accepted(conn) => LoginInput::Accepted {
-                    client: ClientId(conn),
-                },
-                ProcEvent::ClientState(conn, state) => LoginInput::ClientState {
-                    client: ClientId(conn),
-                    state,
-                },
-                ProcEvent::ClientClosed(conn) => LoginInput::ClientClosed {
-                    client: ClientId(conn),
-                },
-                ProcEvent::Readable(jitter) => LoginInput::ListenerReadable { jitter },
-            })),
+        if proc.state == ProcState::Zombie {
+            return;
+        }
+        let world = Surroundings {
+            master_gone: self.exited.is_some(),
+            login_full: self
+                .services
+                .get(&proc.service)
+                .is_some_and(|s| s.login_full),
         };
-        let mut inputs: VecDeque<MachineInput> = first.into_iter().collect();
-        while let Some(input) = inputs.pop_front() {
-            let now = self.now;
-            let Some(proc) = self.procs.get_mut(&pid) else {
-                return;
-            };
-            if proc.state == ProcState::Zombie {
-                return;
+        let result = proc.machine.step(event, now, world);
+        let timer = proc.machine.poll_timeout();
+        if timer.is_some() && timer != proc.timer {
+            if let Some(at) = timer {
+                self.schedule(at.max(now), Ev::ChildTimeout(pid));
             }
-            let mut outputs = Vec::new();
-            let checked = match (&mut proc.machine, input) {
-                (Machine::Plain(child), MachineInput::Child(input)) => {
-                    child.handle(input, now);
-                    while let Some(output) = child.poll_output() {
-                        outputs.push(MachineOutput::Child(output));
-                    }
-                    child.check_invariants()
-                }
-                (Machine::Login(login), MachineInput::Login(input)) => {
-                    login.handle(input, now);
-                    while let Some(output) = login.poll_output() {
-                        outputs.push(MachineOutput::Login(output));
-                    }
-                    login.check_invariants()
-                }
-                _ => unreachable!("inputs are made for the machine the process runs"),
-            };
-            if let Err(violation) = checked {
+        }
+        let Some(proc) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        proc.timer = timer;
+        let uid = proc.uid;
+        let actions = match result {
+            Ok(actions) => actions,
+            Err(violation) => {
                 self.fail(format!("pid {pid}: {violation}"));
                 return;
             }
-            let timer = proc.machine.poll_timeout();
-            if timer.is_some() && timer != proc.timer {
-                if let Some(at) = timer {
-                    self.schedule(at.max(now), Ev::ChildTimeout(pid));
+        };
+        for action in actions {
+            match action {
+                Action::Status { available_count } => self.pending.push_back(Input::Status {
+                    pid,
+                    uid,
+                    available_count,
+                }),
+                Action::Disconnect { conn, reason } => {
+                    let conn = self.procs.get_mut(&pid).and_then(|p| p.conns.remove(&conn));
+                    if let Some(c) = conn {
+                        let outcome = match reason {
+                            DisconnectReason::QueueFull => Outcome::LoginKilled,
+                            DisconnectReason::Inactivity
+                            | DisconnectReason::InactivityDuringAuth
+                            | DisconnectReason::FinishingLogin => Outcome::TimedOut,
+                        };
+                        self.finish_client(c.client, outcome);
+                    }
                 }
-            }
-            if let Some(proc) = self.procs.get_mut(&pid) {
-                proc.timer = timer;
-            }
-            for output in outputs {
-                let Some(proc) = self.procs.get_mut(&pid) else {
+                Action::Refused => {
+                    self.fail(format!(
+                        "pid {pid} refused a connection the kernel gave it while it accepted"
+                    ));
                     return;
-                };
-                let login = matches!(proc.machine, Machine::Login(_));
-                let wrap = |child: ChildInput, login_input: LoginInput| {
-                    if login {
-                        MachineInput::Login(login_input)
-                    } else {
-                        MachineInput::Child(child)
-                    }
-                };
-                match output {
-                    MachineOutput::Child(ChildOutput::WriteStatus { available_count })
-                    | MachineOutput::Login(LoginOutput::WriteStatus { available_count }) => {
-                        if proc.master_dead || self.exited.is_some() {
-                            inputs.push_back(wrap(
-                                ChildInput::StatusWriteFailed,
-                                LoginInput::StatusWriteFailed,
-                            ));
-                        } else {
-                            let uid = proc.uid;
-                            self.pending.push_back(Input::Status {
-                                pid,
-                                uid,
-                                available_count,
-                            });
-                            inputs.push_back(wrap(
-                                ChildInput::StatusWritten,
-                                LoginInput::StatusWritten,
-                            ));
-                        }
-                    }
-                    // The simulated pipe never fills up.
-                    MachineOutput::Child(ChildOutput::AwaitStatusWritable)
-                    | MachineOutput::Login(LoginOutput::AwaitStatusWritable) => inputs
-                        .push_back(wrap(ChildInput::StatusWritable, LoginInput::StatusWritable)),
-                    MachineOutput::Child(ChildOutput::SetAccepting { on }) => proc.accepting = on,
-                    MachineOutput::Login(LoginOutput::SetListening { mode }) => {
-                        proc.listen = mode;
-                        proc.accepting = mode == ListenMode::Accept;
-                        proc.readable_reported = false;
-                    }
-                    MachineOutput::Child(ChildOutput::CloseListeners)
-                    | MachineOutput::Login(LoginOutput::CloseListeners) => {
-                        proc.listeners_closed = true
-                    }
-                    MachineOutput::Login(LoginOutput::ReadFullState) => {
-                        // The notify fd's offset is the master's state at this instant.
-                        let full = self
-                            .services
-                            .get(&proc.service)
-                            .is_some_and(|s| s.login_full);
-                        inputs.push_back(MachineInput::Login(LoginInput::FullState { full }));
-                    }
-                    MachineOutput::Login(LoginOutput::Disconnect { client, reason }) => {
-                        let ClientId(conn) = client;
-                        if let Some(c) = proc.conns.remove(&conn) {
-                            let outcome = match reason {
-                                DisconnectReason::QueueFull => Outcome::LoginKilled,
-                                DisconnectReason::Inactivity
-                                | DisconnectReason::InactivityDuringAuth
-                                | DisconnectReason::FinishingLogin => Outcome::TimedOut,
-                            };
-                            self.finish_client(c.client, outcome);
-                        }
-                        // Nothing outstanding in the simulated process: closed at once.
-                        inputs.push_back(MachineInput::Login(LoginInput::ClientClosed { client }));
-                    }
-                    MachineOutput::Child(ChildOutput::Refuse)
-                    | MachineOutput::Login(LoginOutput::Refuse) => {
-                        self.fail(format!(
-                            "pid {pid} refused a connection the kernel gave it while it accepted"
-                        ));
-                        return;
-                    }
-                    // The callback's effect (telling clients) is not the master's business.
-                    MachineOutput::Child(ChildOutput::DieCallback)
-                    | MachineOutput::Login(LoginOutput::DieCallback) => {}
-                    MachineOutput::Child(ChildOutput::Exit(code))
-                    | MachineOutput::Login(LoginOutput::Exit(code)) => {
-                        self.exit(pid, ExitStatus::Exited(code));
-                        return;
-                    }
+                }
+                Action::Exit(code) => {
+                    self.exit(pid, ExitStatus::Exited(code));
+                    return;
                 }
             }
         }
@@ -1468,10 +1287,9 @@ impl World {
         let Some(proc) = self.procs.get_mut(&pid) else {
             return;
         };
-        if proc.master_dead || proc.state == ProcState::Zombie {
+        if proc.machine.master_dead() || proc.state == ProcState::Zombie {
             return;
         }
-        proc.master_dead = true;
         self.step(pid, ProcEvent::MasterDead);
     }
 
@@ -1697,16 +1515,14 @@ impl World {
                     self.accept(pid, socket);
                     continue;
                 }
-                let readable = proc.listen == ListenMode::Overflow
-                    && !proc.readable_reported
-                    && proc.state == ProcState::Running
-                    && !proc.master_dead
-                    && !proc.listeners_closed;
+                let running = proc.state == ProcState::Running;
+                let readable = running
+                    && self
+                        .procs
+                        .get_mut(&pid)
+                        .is_some_and(|p| p.machine.take_readable());
                 if !readable {
                     break;
-                }
-                if let Some(p) = self.procs.get_mut(&pid) {
-                    p.readable_reported = true;
                 }
                 let jitter = self.rng.random();
                 // Performance mode kills at once and takes the freed slot in this pass.

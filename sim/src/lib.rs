@@ -3,6 +3,7 @@
 //! * [`des`]: a discrete-event driver (fake kernel, virtual clock jumping to the next deadline)
 //!   for scheduling scenarios, the swarm and capacity planning;
 //! * [`net`]: the same master in a turmoil world, with clients on simulated TCP;
+//! * [`machine`]: the machine of one simulated process, fed the same way by both drivers;
 //! * [`load`]: load profiles, faults and timed events (RON);
 //! * [`scenario`]: `sim/scenarios/*.ron`, their expectations, and how they are checked;
 //! * [`swarm`]: random worlds drawn from a seed;
@@ -12,6 +13,7 @@
 
 pub mod des;
 pub mod load;
+pub mod machine;
 pub mod net;
 pub mod plan;
 pub mod plot;
