@@ -31,9 +31,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use roost_core::ids::{Generation, ListenerId, Pid, ProcessUid, ServiceId};
 use roost_core::input::Input;
-use roost_core::login::{
-    ClientState as LoginState, DisconnectReason, OverflowPolicy, DEFAULT_OVERFLOW_POLICY,
-};
+use roost_core::login::{ClientState as LoginState, OverflowPolicy, DEFAULT_OVERFLOW_POLICY};
 use roost_core::master::Master;
 use roost_core::output::Output;
 use roost_core::setup::{MasterConfig, ServiceType};
@@ -42,7 +40,9 @@ use roost_core::time::{Duration, Instant};
 
 use crate::load::{Behaviour, Event, LoadProfile};
 use crate::machine::{Action, Event as ProcEvent, ProcMachine, ProcSpec, Surroundings};
-use crate::plan::{Report, Sample, ServiceReport};
+use crate::plan::{Report, Sample};
+pub use crate::stats::{percentile, Outcome};
+use crate::stats::{told_line, warnings, Stats};
 use crate::view;
 
 /// How long a process of a non-login service lets a `PreAuthIdle` client sit (reference §8's
@@ -83,25 +83,6 @@ pub struct Options {
     pub record_inputs: bool,
     /// Keep the one-line-per-step log (for printing a failing run).
     pub keep_lines: bool,
-}
-
-/// How a client's attempt ended.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Logged in (login services) or had its session (others), and left.
-    Served,
-    /// Accepted and closed by the master (listen_pending drop, throttling).
-    Dropped,
-    /// The accept queue was full.
-    BacklogFull,
-    /// Nothing listens on the service (no such service, no listener, or closed).
-    Refused,
-    /// Killed by a login process to make room (reference §2.8 "Connection queue full").
-    LoginKilled,
-    /// Its process died under it (crash, SIGTERM, SIGKILL, master death).
-    Lost,
-    /// Disconnected by the pre-auth timeout without logging in.
-    TimedOut,
 }
 
 /// Where a client is.
@@ -265,29 +246,6 @@ enum Ev {
     Load(Event),
 }
 
-/// Per-service statistics, by service name (over generations).
-#[derive(Clone, Debug, Default)]
-struct Stats {
-    /// Most processes alive at once.
-    peak_processes: u32,
-    /// Connections accepted by a process.
-    accepted: u64,
-    /// Accepted connections that had waited in the queue.
-    queued: u64,
-    /// Queue waits of every accepted connection, ms.
-    waits: Vec<u64>,
-    /// Time from a served client's first connect attempt to its login (or session start), ms.
-    logins: Vec<u64>,
-    /// Outcome counts.
-    outcomes: BTreeMap<&'static str, u64>,
-    /// Processes created.
-    spawned: u64,
-    /// Spawns per step that had any, in order (shows the top-up batches of §2.2).
-    spawn_steps: Vec<u32>,
-    /// The service was throttled and has not been back at process_min_avail since.
-    throttled_since_spawn: bool,
-}
-
 /// The fake kernel, its processes and clients, and the master they drive.
 pub struct World {
     /// The machine under test.
@@ -328,6 +286,8 @@ pub struct World {
     stats: BTreeMap<String, Stats>,
     /// Every notice with its time.
     notices: Vec<(u64, String)>,
+    /// Every line a process sent a client it disconnected, with its time.
+    told: Vec<(u64, String)>,
     /// The master exited with this code.
     exited: Option<i32>,
     /// Master inputs so far.
@@ -463,6 +423,7 @@ impl World {
             clients,
             stats: BTreeMap::new(),
             notices: Vec::new(),
+            told: Vec::new(),
             exited: None,
             steps: 0,
             hash: FNV_OFFSET,
@@ -663,6 +624,12 @@ impl World {
         &self.notices
     }
 
+    /// Every line a login process sent a client it disconnected (`-ERR Connection queue
+    /// full`, …) with its time (ms), in order.
+    pub fn told(&self) -> &[(u64, String)] {
+        &self.told
+    }
+
     /// How many processes are alive now (zombies included), as the fake kernel sees them.
     pub fn live_processes(&self) -> usize {
         self.procs.len()
@@ -673,7 +640,7 @@ impl World {
     pub fn login_latencies(&self, name: &str) -> Vec<u64> {
         self.stats
             .get(name)
-            .map(|s| s.logins.clone())
+            .map(|s| s.logins().to_vec())
             .unwrap_or_default()
     }
 
@@ -681,48 +648,21 @@ impl World {
     pub fn spawn_steps(&self, name: &str) -> Vec<u32> {
         self.stats
             .get(name)
-            .map(|s| s.spawn_steps.clone())
+            .map(|s| s.spawn_steps().to_vec())
             .unwrap_or_default()
     }
 
     /// The report of the run so far.
     pub fn report(&self) -> Report {
-        let mut services = Vec::new();
-        for name in &self.names {
-            let stats = self.stats.get(name).cloned().unwrap_or_default();
-            let mut waits = stats.waits.clone();
-            waits.sort_unstable();
-            let mut logins = stats.logins.clone();
-            logins.sort_unstable();
-            let outcome = |k: &str| stats.outcomes.get(k).copied().unwrap_or(0);
-            services.push(ServiceReport {
-                name: name.clone(),
-                peak_processes: stats.peak_processes,
-                final_processes: self.processes_of(name),
-                accepted: stats.accepted,
-                queued: stats.queued,
-                wait_p50_ms: percentile(&waits, 50),
-                wait_p99_ms: percentile(&waits, 99),
-                wait_max_ms: waits.last().copied().unwrap_or(0),
-                login_p50_ms: percentile(&logins, 50),
-                login_p99_ms: percentile(&logins, 99),
-                login_max_ms: logins.last().copied().unwrap_or(0),
-                served: outcome("served"),
-                dropped: outcome("dropped") + outcome("backlog_full") + outcome("refused"),
-                backlog_full: outcome("backlog_full"),
-                login_killed: outcome("login_killed"),
-                lost: outcome("lost"),
-                timed_out: outcome("timed_out"),
-                spawned: stats.spawned,
-            });
-        }
-        let mut warnings: Vec<(String, u64)> = Vec::new();
-        for (_, text) in &self.notices {
-            match warnings.iter_mut().find(|(t, _)| t == text) {
-                Some((_, n)) => *n += 1,
-                None => warnings.push((text.clone(), 1)),
-            }
-        }
+        let services = self
+            .names
+            .iter()
+            .map(|name| {
+                let stats = self.stats.get(name).cloned().unwrap_or_default();
+                stats.report(name, self.processes_of(name))
+            })
+            .collect();
+        let warnings = warnings(&self.notices);
         Report {
             duration_ms: self.now.as_millis(),
             services,
@@ -800,9 +740,7 @@ impl World {
         self.master.handle(input, self.now);
         let outputs = self.drain_outputs();
         for (name, count) in std::mem::take(&mut self.step_spawns) {
-            let stats = self.stats.entry(name).or_default();
-            stats.spawned += u64::from(count);
-            stats.spawn_steps.push(count);
+            self.stats.entry(name).or_default().spawned(count);
         }
         let line = format!("{line_head} -> {outputs}");
         self.hash = fnv1a(self.hash, line.as_bytes());
@@ -839,24 +777,6 @@ impl World {
                 "the fake kernel has {live} live children, the master counts {counted}"
             ));
         }
-        // Track, per service, whether it has been throttled since it was last at
-        // process_min_avail (see check_settled).
-        let current = self.master.current_generation();
-        let mut flags = Vec::new();
-        for status in view::services(&self.master) {
-            if status.generation != current {
-                continue;
-            }
-            let min_avail = status.config.process_min_avail;
-            if status.throttled {
-                flags.push((status.name, true));
-            } else if status.process_avail >= min_avail {
-                flags.push((status.name, false));
-            }
-        }
-        for (name, throttled) in flags {
-            self.stats.entry(name).or_default().throttled_since_spawn = throttled;
-        }
         let mut per_name: BTreeMap<&str, u32> = BTreeMap::new();
         for proc in self.procs.values() {
             if let Some(service) = self.services.get(&proc.service) {
@@ -864,8 +784,7 @@ impl World {
             }
         }
         for (name, count) in per_name {
-            let stats = self.stats.entry(name.to_owned()).or_default();
-            stats.peak_processes = stats.peak_processes.max(count);
+            self.stats.entry(name.to_owned()).or_default().alive(count);
         }
     }
 
@@ -937,13 +856,7 @@ impl World {
             Output::OpenListener {
                 listener, service, ..
             } => {
-                let backlog = self.load.backlog.unwrap_or_else(|| {
-                    let config = view::service_config(&self.master, service);
-                    config
-                        .map(|c| c.process_limit.saturating_mul(c.client_limit).max(4))
-                        .unwrap_or(4)
-                        .min(SOMAXCONN)
-                });
+                let backlog = view::listen_backlog(&self.master, service, self.load.backlog);
                 self.note_service(service);
                 self.sockets.push(Socket {
                     queue: VecDeque::new(),
@@ -1243,13 +1156,8 @@ impl World {
                 Action::Disconnect { conn, reason } => {
                     let conn = self.procs.get_mut(&pid).and_then(|p| p.conns.remove(&conn));
                     if let Some(c) = conn {
-                        let outcome = match reason {
-                            DisconnectReason::QueueFull => Outcome::LoginKilled,
-                            DisconnectReason::Inactivity
-                            | DisconnectReason::InactivityDuringAuth
-                            | DisconnectReason::FinishingLogin => Outcome::TimedOut,
-                        };
-                        self.finish_client(c.client, outcome);
+                        self.told.push((now.as_millis(), told_line(reason)));
+                        self.finish_client(c.client, Outcome::of_disconnect(reason));
                     }
                 }
                 Action::Refused => {
@@ -1446,24 +1354,13 @@ impl World {
             c.served = true;
             let name = c.service.clone();
             let latency = c.first_try.map_or(0, |t| (self.now - t).as_millis() as u64);
-            let stats = self.stats.entry(name).or_default();
-            *stats.outcomes.entry("served").or_default() += 1;
-            stats.logins.push(latency);
+            self.stats.entry(name).or_default().served(latency);
         }
     }
 
     /// A client's attempt ended: count it, and reconnect later if it may.
     fn finish_client(&mut self, client: usize, outcome: Outcome) {
         let c = &mut self.clients[client];
-        let key = match outcome {
-            Outcome::Served => "completed",
-            Outcome::Dropped => "dropped",
-            Outcome::BacklogFull => "backlog_full",
-            Outcome::Refused => "refused",
-            Outcome::LoginKilled => "login_killed",
-            Outcome::Lost => "lost",
-            Outcome::TimedOut => "timed_out",
-        };
         let name = c.service.clone();
         let retry = !c.served
             && c.retries_left > 0
@@ -1476,13 +1373,7 @@ impl World {
         } else {
             c.state = ClientState::Done(outcome);
         }
-        *self
-            .stats
-            .entry(name)
-            .or_default()
-            .outcomes
-            .entry(key)
-            .or_default() += 1;
+        self.stats.entry(name).or_default().ended(outcome);
     }
 
     fn end_conn(&mut self, pid: Pid, conn: u64, outcome: Outcome) {
@@ -1544,12 +1435,7 @@ impl World {
         };
         let wait = (self.now - since).as_millis() as u64;
         let name = self.clients[client].service.clone();
-        let stats = self.stats.entry(name).or_default();
-        stats.accepted += 1;
-        stats.waits.push(wait);
-        if wait > 0 {
-            stats.queued += 1;
-        }
+        self.stats.entry(name).or_default().accepted(wait);
         let conn = self.next_conn;
         self.next_conn += 1;
         let login_service = self
@@ -1618,15 +1504,6 @@ impl World {
     }
 }
 
-/// The `p`th percentile of sorted values by rank (0 when empty).
-pub fn percentile(sorted: &[u64], p: usize) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (sorted.len() * p).div_ceil(100).max(1) - 1;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 /// Runs `config` under `load` to its end and returns the world (for checks and the report).
 pub fn run(
     config: MasterConfig,
@@ -1641,15 +1518,6 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentiles_pick_the_rank_not_an_average() {
-        let waits: Vec<u64> = (1..=100).collect();
-        assert_eq!(percentile(&waits, 50), 50);
-        assert_eq!(percentile(&waits, 99), 99);
-        assert_eq!(percentile(&[7], 99), 7);
-        assert_eq!(percentile(&[], 50), 0);
-    }
 
     fn small_world() -> World {
         let config = crate::load::SimConfig {

@@ -5,6 +5,7 @@
 //! * [`net`]: the same master in a turmoil world, with clients on simulated TCP;
 //! * [`machine`]: the machine of one simulated process, fed the same way by both drivers;
 //! * [`load`]: load profiles, faults and timed events (RON);
+//! * [`stats`]: per-service counts, kept the same way by both drivers;
 //! * [`scenario`]: `sim/scenarios/*.ron`, their expectations, and how they are checked;
 //! * [`swarm`]: random worlds drawn from a seed;
 //! * [`trace`]: recorded inputs replayed straight into the core;
@@ -19,6 +20,7 @@ pub mod plan;
 pub mod plot;
 pub mod policy;
 pub mod scenario;
+pub mod stats;
 pub mod swarm;
 pub mod trace;
 pub mod view;
