@@ -1547,6 +1547,8 @@ mod tests {
                 retry_ms: 1_000,
                 syn_retries: 0,
                 auth_ms: (0, 0),
+                client_host: None,
+                patience_ms: None,
             }],
             ..LoadProfile::default()
         };

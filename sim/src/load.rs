@@ -164,6 +164,15 @@ pub struct ClientGroup {
     /// reference: `InAuth`, not killable under `OldestKillableOnly`), drawn from `[min, max]`.
     #[serde(default)]
     pub auth_ms: (u64, u64),
+    /// The turmoil world only: the client host (`client0`, `client1`, …) these clients run on,
+    /// so a network fault can single them out; `None` = dealt round-robin over the hosts.
+    #[serde(default)]
+    pub client_host: Option<usize>,
+    /// The turmoil world only: how long a client waits for an answer (connect, greeting, login
+    /// reply) before it gives the attempt up, ms; `None` = 10 s. The discrete-event driver has
+    /// no network delays, so its clients never give up.
+    #[serde(default)]
+    pub patience_ms: Option<u64>,
 }
 
 fn default_login_delay() -> (u64, u64) {

@@ -205,13 +205,18 @@ impl ProcMachine {
         self.accepting && !self.listeners_closed && self.available() > 0
     }
 
-    /// A waiting connection is to be reported as a readable listener now: a login process
-    /// watches in overflow mode and has not been told since it registered. Marks it told.
-    pub fn take_readable(&mut self) -> bool {
-        let readable = self.listen == ListenMode::Overflow
+    /// A waiting connection would be reported as a readable listener: a login process watches
+    /// in overflow mode and has not been told since it registered.
+    pub fn wants_readable(&self) -> bool {
+        self.listen == ListenMode::Overflow
             && !self.readable_reported
             && !self.master_dead
-            && !self.listeners_closed;
+            && !self.listeners_closed
+    }
+
+    /// [`ProcMachine::wants_readable`], and marks it told.
+    pub fn take_readable(&mut self) -> bool {
+        let readable = self.wants_readable();
         if readable {
             self.readable_reported = true;
         }
