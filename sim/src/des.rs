@@ -15,6 +15,15 @@
 //! are all core's decisions; the driver only reports accepts, readable listeners, logins and
 //! closes, and carries out disconnects.
 //!
+//! Sockets are inet (clients connect to them) or unix (by path). A login process of service
+//! `P-login` hands a logged-in client to the unix socket `login/P` when the configuration has
+//! one, as Dovecot's login processes do (reference §5.2): the client waits in that socket's
+//! queue, held by its login process as `HandingOff`, until a process of the post-login service
+//! accepts it and the login process forgets it; the master forks post-login processes for
+//! that socket as for any listener. A failed connect (nothing listens, full backlog) or a
+//! handoff the master drops ends the client. Without such a socket the client stays in its
+//! login process for its session (proxied, as with TLS).
+//!
 //! Determinism: one `SmallRng` seeded from the load profile, `BTreeMap`/`VecDeque` only, time
 //! only from the virtual clock. Every input to the master is one step; its line (`time input ->
 //! outputs`) is folded into an FNV-1a hash, so two runs of one seed compare with one number.
@@ -34,7 +43,7 @@ use roost_core::input::Input;
 use roost_core::login::{ClientState as LoginState, OverflowPolicy, DEFAULT_OVERFLOW_POLICY};
 use roost_core::master::Master;
 use roost_core::output::Output;
-use roost_core::setup::{MasterConfig, ServiceType};
+use roost_core::setup::{ListenerKind, MasterConfig, ServiceType};
 use roost_core::signal::{ExitStatus, Signal};
 use roost_core::time::{Duration, Instant};
 
@@ -92,6 +101,14 @@ enum ClientState {
     Waiting,
     /// In an accept queue since that time.
     Queued { socket: usize, since: Instant },
+    /// Logged in at login process `login` (as its connection `conn`), which handed it to the
+    /// post-login service's unix socket; in that socket's queue since that time.
+    HandingOff {
+        login: Pid,
+        conn: u64,
+        socket: usize,
+        since: Instant,
+    },
     /// Accepted by a process.
     Connected { pid: Pid },
     /// Done for good.
@@ -131,6 +148,9 @@ struct Client {
 /// to it (the master's listener and the inherited copies in its children).
 #[derive(Clone, Debug)]
 struct Socket {
+    /// The path of a unix socket (login processes hand clients to it); `None` for an inet
+    /// socket (clients connect to it).
+    path: Option<String>,
     /// Clients waiting to be accepted, oldest first.
     queue: VecDeque<usize>,
     /// The listen backlog.
@@ -854,11 +874,18 @@ impl World {
     fn apply_output(&mut self, output: Output) {
         match output {
             Output::OpenListener {
-                listener, service, ..
+                listener,
+                service,
+                config,
             } => {
                 let backlog = view::listen_backlog(&self.master, service, self.load.backlog);
                 self.note_service(service);
+                let path = match config.kind {
+                    ListenerKind::Unix { path, .. } | ListenerKind::Fifo { path, .. } => Some(path),
+                    ListenerKind::Inet { .. } => None,
+                };
                 self.sockets.push(Socket {
+                    path,
                     queue: VecDeque::new(),
                     backlog,
                     open: true,
@@ -894,7 +921,7 @@ impl World {
                         socket.open = false;
                         let queued: Vec<usize> = socket.queue.drain(..).collect();
                         for client in queued {
-                            self.finish_client(client, Outcome::Refused);
+                            self.drop_queued(client, Outcome::Refused);
                         }
                     }
                 }
@@ -913,7 +940,7 @@ impl World {
                     l.reported = None;
                     let queued: Vec<usize> = self.sockets[l.socket].queue.drain(..).collect();
                     for client in queued {
-                        self.finish_client(client, Outcome::Dropped);
+                        self.drop_queued(client, Outcome::Dropped);
                     }
                 }
             }
@@ -1156,6 +1183,13 @@ impl World {
                 Action::Disconnect { conn, reason } => {
                     let conn = self.procs.get_mut(&pid).and_then(|p| p.conns.remove(&conn));
                     if let Some(c) = conn {
+                        if let ClientState::HandingOff { socket, .. } = self.clients[c.client].state
+                        {
+                            // The login process closes the client: its handoff is void.
+                            self.sockets[socket]
+                                .queue
+                                .retain(|&queued| queued != c.client);
+                        }
                         self.told.push((now.as_millis(), told_line(reason)));
                         self.finish_client(c.client, Outcome::of_disconnect(reason));
                     }
@@ -1185,7 +1219,14 @@ impl World {
         proc.state = ProcState::Zombie;
         let conns: Vec<Conn> = std::mem::take(&mut proc.conns).into_values().collect();
         for conn in conns {
-            self.finish_client(conn.client, Outcome::Lost);
+            // A client being handed off is in the post-login socket's queue with its fd: the
+            // post-login process still takes it.
+            if !matches!(
+                self.clients[conn.client].state,
+                ClientState::HandingOff { .. }
+            ) {
+                self.finish_client(conn.client, Outcome::Lost);
+            }
         }
         self.pending.push_back(Input::Exited { pid, status });
     }
@@ -1245,6 +1286,11 @@ impl World {
                 };
                 c.logged_in = true;
                 let client = c.client;
+                let service = proc.service;
+                if let Some(socket) = self.handoff_socket(service) {
+                    self.hand_off(pid, conn, client, socket);
+                    return;
+                }
                 self.mark_served(client);
                 let session = self.clients[client].session;
                 self.schedule(self.now + session, Ev::End(pid, conn, Outcome::Served));
@@ -1319,7 +1365,7 @@ impl World {
             .flat_map(|s| s.listeners)
             .filter_map(|l| self.listeners.get(&l))
             .map(|l| l.socket)
-            .find(|s| self.sockets[*s].open);
+            .find(|s| self.sockets[*s].open && self.sockets[*s].path.is_none());
         let Some(socket) = socket else {
             self.finish_client(client, Outcome::Refused);
             return;
@@ -1426,6 +1472,18 @@ impl World {
         let Some(client) = self.sockets[socket].queue.pop_front() else {
             return;
         };
+        for l in self.listeners.values_mut() {
+            if l.socket == socket {
+                l.reported = None;
+            }
+        }
+        if let ClientState::HandingOff {
+            login, conn, since, ..
+        } = self.clients[client].state
+        {
+            self.take_handoff(pid, client, login, conn, since);
+            return;
+        }
         let ClientState::Queued { since, .. } = self.clients[client].state else {
             self.fail(format!(
                 "client {client} was in a queue in state {:?}",
@@ -1434,8 +1492,7 @@ impl World {
             return;
         };
         let wait = (self.now - since).as_millis() as u64;
-        let name = self.clients[client].service.clone();
-        self.stats.entry(name).or_default().accepted(wait);
+        self.count_accepted(pid, wait);
         let conn = self.next_conn;
         self.next_conn += 1;
         let login_service = self
@@ -1478,12 +1535,112 @@ impl World {
                 self.schedule(at, Ev::End(pid, conn, Outcome::Served));
             }
         }
-        for l in self.listeners.values_mut() {
-            if l.socket == socket {
-                l.reported = None;
+        self.step(pid, ProcEvent::Accepted(conn));
+    }
+
+    /// Counts an accept by `pid` after `wait_ms` in the queue, under the process's service.
+    fn count_accepted(&mut self, pid: Pid, wait_ms: u64) {
+        let name = self
+            .procs
+            .get(&pid)
+            .and_then(|p| self.services.get(&p.service))
+            .map(|s| s.name.clone());
+        if let Some(name) = name {
+            self.stats.entry(name).or_default().accepted(wait_ms);
+        }
+    }
+
+    /// The unix socket a login process of `service` hands logged-in clients to, as Dovecot's
+    /// login processes do (`login/<protocol>`, the protocol being the service's name without
+    /// `-login`; reference §5.2): `None` when the configuration has no such socket, and the
+    /// client then stays in its login process for its session (proxied, as with TLS).
+    fn handoff_socket(&self, service: ServiceId) -> Option<usize> {
+        let name = self.services.get(&service)?.name.as_str();
+        let protocol = name.strip_suffix("-login")?;
+        let wanted = format!("login/{protocol}");
+        let matches = |path: &str| path == wanted || path.ends_with(&format!("/{wanted}"));
+        let mut found = None;
+        for (index, socket) in self.sockets.iter().enumerate() {
+            if socket.path.as_deref().is_some_and(matches) {
+                // The newest socket at that path is the one a connect reaches.
+                found = Some(index);
             }
         }
+        found
+    }
+
+    /// A login process hands a logged-in client to the post-login service: the client's
+    /// connection waits in the unix socket's queue (the machine keeps it as `HandingOff`) until a
+    /// post-login process accepts it. A connect that fails (nothing listens, or the backlog is
+    /// full: reference §7.2 item 4) ends the client at once.
+    fn hand_off(&mut self, pid: Pid, conn: u64, client: usize, socket: usize) {
+        self.step(pid, ProcEvent::ClientState(conn, LoginState::HandingOff));
+        let still_there = self
+            .procs
+            .get(&pid)
+            .is_some_and(|p| p.state != ProcState::Zombie && p.conns.contains_key(&conn));
+        if !still_there {
+            return;
+        }
+        let s = &mut self.sockets[socket];
+        if !s.open || s.queue.len() as u32 >= s.backlog {
+            self.end_conn(pid, conn, Outcome::Refused);
+            return;
+        }
+        s.queue.push_back(client);
+        self.clients[client].state = ClientState::HandingOff {
+            login: pid,
+            conn,
+            socket,
+            since: self.now,
+        };
+    }
+
+    /// Post-login process `pid` accepted a handed-off client: the login process is done with
+    /// it (the post-login process answered OK), and the client has its session here.
+    fn take_handoff(&mut self, pid: Pid, client: usize, login: Pid, conn: u64, since: Instant) {
+        let wait = (self.now - since).as_millis() as u64;
+        self.count_accepted(pid, wait);
+        let handed = self
+            .procs
+            .get_mut(&login)
+            .and_then(|p| p.conns.remove(&conn))
+            .is_some();
+        if handed {
+            self.step(login, ProcEvent::ClientClosed(conn));
+        }
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        if let Some(proc) = self.procs.get_mut(&pid) {
+            proc.conns.insert(
+                conn,
+                Conn {
+                    client,
+                    logged_in: true,
+                },
+            );
+        }
+        self.clients[client].state = ClientState::Connected { pid };
+        self.mark_served(client);
+        let at = self.now + self.clients[client].session;
+        self.schedule(at, Ev::End(pid, conn, Outcome::Served));
         self.step(pid, ProcEvent::Accepted(conn));
+    }
+
+    /// A queued client's socket was closed or drained by the master. A client being handed off
+    /// is closed by its login process, which reads the end of the handoff connection.
+    fn drop_queued(&mut self, client: usize, outcome: Outcome) {
+        match self.clients[client].state {
+            ClientState::HandingOff { login, conn, .. }
+                if self
+                    .procs
+                    .get(&login)
+                    .is_some_and(|p| p.conns.contains_key(&conn)) =>
+            {
+                self.end_conn(login, conn, outcome)
+            }
+            _ => self.finish_client(client, outcome),
+        }
     }
 
     /// Level-triggered readiness: a watched listener with connections waiting is reported
@@ -1530,6 +1687,7 @@ mod tests {
                 process_min_avail: 2,
                 idle_kill_ms: Some(10_000),
                 port: 143,
+                unix_listener: None,
             }],
             shutdown_clients: true,
         };

@@ -126,6 +126,9 @@ pub struct ServiceExpect {
     /// Connections dropped.
     #[serde(default)]
     pub dropped: Option<(u64, u64)>,
+    /// Connections a process accepted.
+    #[serde(default)]
+    pub accepted: Option<(u64, u64)>,
     /// Connections that waited in the queue.
     #[serde(default)]
     pub queued: Option<(u64, u64)>,
@@ -375,6 +378,12 @@ pub fn check(expect: &Expect, seen: &Seen) -> Vec<String> {
             &format!("{name} dropped"),
             r.dropped,
             s.dropped,
+        );
+        within(
+            &mut failures,
+            &format!("{name} accepted"),
+            r.accepted,
+            s.accepted,
         );
         within(&mut failures, &format!("{name} queued"), r.queued, s.queued);
         within(

@@ -80,6 +80,7 @@ pub fn draw(seed: u64) -> Drawn {
                 None
             },
             port: 100 + i as u16,
+            unix_listener: None,
         });
     }
     let config = SimConfig {
