@@ -17,8 +17,15 @@
 //! state read on SIGUSR1, the pre-auth timeout), core's `Child` machine otherwise. A
 //! connection is a task that reports the client's login to its process and that the process
 //! can tell to disconnect with a reason, which the client reads. Status records and exits come
-//! back to the driver on one channel. Each service has at most one listener here (the scenario
-//! configurations have one), and processes wait on its queue.
+//! back to the driver on one channel. A service has at most one inet and one unix listener here
+//! (a `ServiceSpec` has no more), and its processes wait on both queues.
+//!
+//! Unix sockets live inside the server host: a queue known by its path, which only login
+//! processes reach. A login process of `P-login` hands each logged-in client to `login/P` when
+//! the configuration has it, as in the discrete-event driver: the client's `TcpStream` goes into
+//! that queue (fd passing), the Login machine holds the client as `HandingOff`, and the
+//! post-login process that accepts it answers and has the session; the client reads its
+//! `+OK logged in` from there.
 //!
 //! Determinism: `Builder::rng_seed`, every `select!` is `biased`, time only from turmoil
 //! (`turmoil::elapsed`) and tokio's paused clock, `BTreeMap` only, and every random draw from
@@ -149,12 +156,33 @@ impl fmt::Display for NetSummary {
 /// The kernel's accept queue of one listening socket.
 struct Queue {
     /// Accepted by the kernel, not yet by a process, with the time each was queued.
-    conns: VecDeque<(TcpStream, Instant)>,
+    conns: VecDeque<(Pending, Instant)>,
     /// The listen backlog.
     backlog: usize,
     /// Woken when a connection is queued.
     notify: Rc<Notify>,
+    /// Still open: a unix socket the master closed refuses connects.
+    open: bool,
 }
+
+/// A connection in an accept queue.
+enum Pending {
+    /// A client's TCP connection (inet socket).
+    Client(TcpStream),
+    /// A login process's handoff of a logged-in client (unix socket `login/P`): the client's
+    /// connection travels with it, as an fd does over SCM_RIGHTS.
+    Handoff {
+        /// The client's connection. Whoever takes it first has it: the post-login process
+        /// that accepts the handoff, or the login process that gives the handoff up.
+        client: Rc<RefCell<Option<TcpStream>>>,
+        /// The post-login process's answer; dropped unanswered = the handoff failed.
+        answer: oneshot::Sender<()>,
+    },
+}
+
+/// The unix sockets of the server host by path, newest last opened: where a login process
+/// connects to hand a client off.
+type UnixSockets = Rc<RefCell<BTreeMap<String, Rc<RefCell<Queue>>>>>;
 
 /// Messages from the server's kernel and processes to its driver.
 enum KernelEvent {
@@ -184,6 +212,17 @@ struct NetListener {
     queue: Rc<RefCell<Queue>>,
     watched: bool,
     reported: Option<usize>,
+}
+
+impl NetListener {
+    /// A listener on this queue, not watched yet (a fresh registration).
+    fn new(queue: Rc<RefCell<Queue>>) -> NetListener {
+        NetListener {
+            queue,
+            watched: false,
+            reported: None,
+        }
+    }
 }
 
 /// Everything the world shares (one OS thread: `Rc`).
@@ -517,6 +556,8 @@ struct Server {
     shutdown_clients: bool,
     /// Processes created in the current step, by service name.
     step_spawns: BTreeMap<String, u32>,
+    /// The unix sockets, by path.
+    unix: UnixSockets,
 }
 
 fn now() -> Instant {
@@ -547,6 +588,7 @@ async fn server(
         shared: shared.clone(),
         pending: VecDeque::new(),
         step_spawns: BTreeMap::new(),
+        unix: UnixSockets::default(),
     };
     server.drain(String::new()).await;
     loop {
@@ -651,8 +693,19 @@ impl Server {
         shared.summary.hash = fnv1a(fnv1a(hash, line.as_bytes()), b"\n");
     }
 
-    /// Counts `count` client attempts of the listener's service that ended so.
-    fn count_ended(&self, listener: ListenerId, outcome: Outcome, count: usize) {
+    /// Counts the clients of `closed` (connections taken from the listener's queue and closed)
+    /// as attempts of the listener's service that ended so. A handoff among them is counted by
+    /// its login process, which sees it fail.
+    fn count_ended(
+        &self,
+        listener: ListenerId,
+        outcome: Outcome,
+        closed: VecDeque<(Pending, Instant)>,
+    ) {
+        let count = closed
+            .iter()
+            .filter(|(pending, _)| matches!(pending, Pending::Client(_)))
+            .count();
         if count == 0 {
             return;
         }
@@ -671,28 +724,35 @@ impl Server {
                 service,
                 config,
             } => {
+                let backlog = view::listen_backlog(&self.master, service, self.backlog) as usize;
+                let queue = Rc::new(RefCell::new(Queue {
+                    conns: VecDeque::new(),
+                    backlog,
+                    notify: Rc::new(Notify::new()),
+                    open: true,
+                }));
                 let port = match config.kind {
                     ListenerKind::Inet { port, .. } => port,
-                    _ => {
+                    ListenerKind::Unix { path, .. } => {
+                        // Only login processes connect to it, inside the host.
+                        self.unix.borrow_mut().insert(path, queue.clone());
+                        self.listeners.insert(listener, NetListener::new(queue));
+                        return;
+                    }
+                    ListenerKind::Fifo { .. } => {
                         self.pending.push_back(Input::ListenFailed {
                             listener,
                             soft: false,
-                            error: "the turmoil world has TCP listeners only".to_owned(),
+                            error: "the turmoil world has no fifos".to_owned(),
                         });
                         return;
                     }
                 };
-                let backlog = view::listen_backlog(&self.master, service, self.backlog) as usize;
                 let name = view::service_config(&self.master, service)
                     .map(|c| c.name)
                     .unwrap_or_default();
                 match TcpListener::bind(("0.0.0.0", port)).await {
                     Ok(socket) => {
-                        let queue = Rc::new(RefCell::new(Queue {
-                            conns: VecDeque::new(),
-                            backlog,
-                            notify: Rc::new(Notify::new()),
-                        }));
                         tokio::task::spawn_local(acceptor(
                             socket,
                             queue.clone(),
@@ -700,14 +760,7 @@ impl Server {
                             self.events.clone(),
                             self.shared.clone(),
                         ));
-                        self.listeners.insert(
-                            listener,
-                            NetListener {
-                                queue,
-                                watched: false,
-                                reported: None,
-                            },
-                        );
+                        self.listeners.insert(listener, NetListener::new(queue));
                     }
                     Err(e) => self.pending.push_back(Input::ListenFailed {
                         listener,
@@ -718,19 +771,17 @@ impl Server {
             }
             Output::TakeOverListener { from, to } => {
                 if let Some(old) = self.listeners.remove(&from) {
-                    self.listeners.insert(
-                        to,
-                        NetListener {
-                            queue: old.queue,
-                            watched: false,
-                            reported: None,
-                        },
-                    );
+                    self.listeners.insert(to, NetListener::new(old.queue));
                 }
             }
             Output::CloseListener { listener } => {
                 if let Some(old) = self.listeners.remove(&listener) {
-                    let closed = std::mem::take(&mut old.queue.borrow_mut().conns).len();
+                    let closed = {
+                        let mut queue = old.queue.borrow_mut();
+                        queue.open = false;
+                        std::mem::take(&mut queue.conns)
+                    };
+                    // A unix socket stays known by its path, closed: a connect to it fails.
                     self.count_ended(listener, Outcome::Refused, closed);
                 }
             }
@@ -743,10 +794,10 @@ impl Server {
                 }
             }
             Output::AcceptAndClose { listener } => {
-                let mut dropped = 0;
+                let mut dropped = VecDeque::new();
                 if let Some(l) = self.listeners.get_mut(&listener) {
                     l.reported = None;
-                    dropped = std::mem::take(&mut l.queue.borrow_mut().conns).len();
+                    dropped = std::mem::take(&mut l.queue.borrow_mut().conns);
                 }
                 self.count_ended(listener, Outcome::Dropped, dropped);
             }
@@ -810,9 +861,19 @@ impl Server {
             })
             .unwrap_or((String::new(), 1, 0, false));
         *self.step_spawns.entry(name.clone()).or_default() += 1;
-        let queue = view::service_listeners(&self.master, request.service)
+        let queues = view::service_listeners(&self.master, request.service)
             .into_iter()
-            .find_map(|l| self.listeners.get(&l).map(|l| l.queue.clone()));
+            .filter_map(|l| self.listeners.get(&l).map(|l| l.queue.clone()))
+            .collect();
+        // Dovecot's login processes hand logged-in clients to `login/<protocol>` (§5.2).
+        let handoff = name
+            .strip_suffix("-login")
+            .filter(|_| login)
+            .map(|protocol| HandoffTo {
+                path: format!("login/{protocol}"),
+                unix: self.unix.clone(),
+                events: self.events.clone(),
+            });
         let login_full = self
             .login_full
             .entry(request.service)
@@ -837,7 +898,8 @@ impl Server {
             pid,
             uid: request.uid,
             name,
-            queue,
+            queues,
+            handoff,
             spec: ProcSpec {
                 client_limit,
                 service_count,
@@ -870,7 +932,7 @@ async fn acceptor(
                 shared.borrow_mut().stats(&name).ended(Outcome::BacklogFull);
                 continue;
             }
-            q.conns.push_back((stream, now()));
+            q.conns.push_back((Pending::Client(stream), now()));
             q.notify.clone()
         };
         notify.notify_waiters();
@@ -886,7 +948,10 @@ struct Process {
     uid: ProcessUid,
     /// Its service's name (for the statistics).
     name: String,
-    queue: Option<Rc<RefCell<Queue>>>,
+    /// The accept queues of its listeners (inherited fds).
+    queues: Vec<Rc<RefCell<Queue>>>,
+    /// A login process: where it hands logged-in clients.
+    handoff: Option<HandoffTo>,
     spec: ProcSpec,
     login_full: Rc<Cell<bool>>,
     exec: Duration,
@@ -907,10 +972,51 @@ struct Connection {
 
 /// What a connection's task tells its process.
 enum ConnEvent {
-    /// The client sent its login line (a login process: it is logged in, never killed).
-    LoggedIn(u64),
-    /// The connection is over.
+    /// The client moved on in its login: it sent its login line and is logged in (proxied
+    /// here, never killed) or being handed to the post-login service.
+    State(u64, ClientState),
+    /// The connection is over (or handed off: the post-login process has it).
     Closed(u64),
+}
+
+/// Where a login process hands its logged-in clients: the unix socket `login/P` of a login
+/// service `P-login`, as Dovecot's login processes do (reference §5.2; docs/mail-host.md).
+#[derive(Clone)]
+struct HandoffTo {
+    /// `login/P`.
+    path: String,
+    /// The host's unix sockets.
+    unix: UnixSockets,
+    /// Wakes the server's driver, so the master sees the socket readable.
+    events: UnboundedSender<KernelEvent>,
+}
+
+impl HandoffTo {
+    /// The socket a connect to the path reaches (the newest at that path, open or not), if
+    /// the configuration has one at all.
+    fn socket(&self) -> Option<Rc<RefCell<Queue>>> {
+        let suffix = format!("/{}", self.path);
+        self.unix
+            .borrow()
+            .iter()
+            .find(|(path, _)| **path == self.path || path.ends_with(&suffix))
+            .map(|(_, queue)| queue.clone())
+    }
+}
+
+/// Where a connection's conversation starts.
+enum Start {
+    /// A client just accepted: the greeting, then its login line.
+    Greet {
+        /// The process is a login process (its machine has the pre-auth timeout).
+        login: bool,
+        /// Where a logged-in client goes, for a login process with a post-login service.
+        handoff: Option<HandoffTo>,
+        /// The process's service, for the statistics.
+        service: String,
+    },
+    /// A client a login process handed off: logged in, its session starts here.
+    HandedOff,
 }
 
 impl Process {
@@ -973,7 +1079,7 @@ impl Process {
         None
     }
 
-    /// A connection's news: a login, or its end (news of a client the machine already
+    /// A connection's news: its login, or its end (news of a client the machine already
     /// disconnected is stale).
     fn on_conn_event(
         &self,
@@ -982,13 +1088,9 @@ impl Process {
         conns: &mut BTreeMap<u64, Connection>,
     ) -> Option<ExitStatus> {
         match event {
-            ConnEvent::LoggedIn(id) => {
+            ConnEvent::State(id, state) => {
                 conns.get(&id)?;
-                self.step(
-                    machine,
-                    Event::ClientState(id, ClientState::LoggedIn),
-                    conns,
-                )
+                self.step(machine, Event::ClientState(id, state), conns)
             }
             ConnEvent::Closed(id) => {
                 conns.remove(&id)?;
@@ -1028,13 +1130,29 @@ async fn process(mut p: Process) {
         // overflow mode is told the listener is readable instead (its machine decides whom to
         // kill, and when).
         while exit.is_none() {
-            let Some(queue) = &p.queue else { break };
-            if queue.borrow().conns.is_empty() {
-                break;
-            }
+            let waiting = p.queues.iter().find(|q| !q.borrow().conns.is_empty());
+            let Some(queue) = waiting else { break };
             if machine.can_accept() {
-                let Some((stream, queued)) = queue.borrow_mut().conns.pop_front() else {
+                let Some((pending, queued)) = queue.borrow_mut().conns.pop_front() else {
                     break;
+                };
+                let (stream, start) = match pending {
+                    Pending::Client(stream) => (
+                        stream,
+                        Start::Greet {
+                            login: p.spec.login,
+                            handoff: p.handoff.clone(),
+                            service: p.name.clone(),
+                        },
+                    ),
+                    Pending::Handoff { client, answer } => {
+                        // The login process gave the handoff up (its client is gone).
+                        let Some(stream) = client.borrow_mut().take() else {
+                            continue;
+                        };
+                        let _ = answer.send(());
+                        (stream, Start::HandedOff)
+                    }
                 };
                 let wait = (now() - queued).as_millis() as u64;
                 p.shared.borrow_mut().stats(&p.name).accepted(wait);
@@ -1043,7 +1161,7 @@ async fn process(mut p: Process) {
                 let (disconnect, told) = oneshot::channel();
                 let task = tokio::task::spawn_local(serve(
                     stream,
-                    p.spec.login,
+                    start,
                     told,
                     conn_tx.clone(),
                     id,
@@ -1064,7 +1182,8 @@ async fn process(mut p: Process) {
             p.end(conns, status);
             return;
         }
-        let notify = p.queue.as_ref().map(|q| q.borrow().notify.clone());
+        let notifies: Vec<Rc<Notify>> =
+            p.queues.iter().map(|q| q.borrow().notify.clone()).collect();
         let can_take = machine.can_accept() || machine.wants_readable();
         let timer = machine.poll_timeout().map(|at| at - now());
         tokio::select! {
@@ -1093,65 +1212,182 @@ async fn process(mut p: Process) {
             _ = tokio::time::sleep(timer.unwrap_or(Duration::ZERO)), if timer.is_some() => {
                 exit = p.step(&mut machine, Event::Timeout, &mut conns);
             },
-            _ = async {
-                match &notify {
-                    Some(n) => n.notified().await,
-                    None => std::future::pending().await,
-                }
-            }, if can_take => {}
+            _ = notified_any(&notifies), if can_take => {}
         }
+    }
+}
+
+/// Resolves when one of the queues is woken. A `ServiceSpec` has at most two listeners (one
+/// unix, one inet), so two are watched.
+async fn notified_any(notifies: &[Rc<Notify>]) {
+    match notifies {
+        [] => std::future::pending().await,
+        [only] => only.notified().await,
+        [first, second, ..] => tokio::select! {
+            biased;
+            _ = first.notified() => {}
+            _ = second.notified() => {}
+        },
     }
 }
 
 /// One connection: greeting, a login line, the session, and QUIT. A login process's machine
 /// may end it early with a reason (a kill to make room, the pre-auth timeout), which the
 /// client is told; a process of any other service closes a connection that sends no login line
-/// within the pre-auth timeout itself, as the discrete-event driver does.
+/// within the pre-auth timeout itself, as the discrete-event driver does. A login process with
+/// a post-login service hands the logged-in client to it instead of holding the session.
 async fn serve(
     stream: TcpStream,
-    login: bool,
+    start: Start,
     mut told: oneshot::Receiver<DisconnectReason>,
     events: UnboundedSender<ConnEvent>,
     id: u64,
     shared: SharedRef,
 ) {
     let mut stream = BufReader::new(stream);
-    let reason = {
-        let conversation = async {
-            stream.get_mut().write_all(b"+OK roost ready\r\n").await?;
-            let mut line = String::new();
-            let read = if login {
-                Ok(stream.read_line(&mut line).await)
-            } else {
-                tokio::time::timeout(PRE_AUTH_TIMEOUT, stream.read_line(&mut line)).await
-            };
-            if read.is_err() {
-                let mut shared = shared.borrow_mut();
-                shared.summary.pre_auth_timeouts += 1;
+    if let Start::Greet {
+        login,
+        handoff,
+        service,
+    } = start
+    {
+        let greeted = {
+            let greeting = greet(&mut stream, login, &shared);
+            tokio::select! {
+                biased;
+                Ok(reason) = &mut told => Err(reason),
+                logged_in = greeting => Ok(logged_in),
             }
-            if !matches!(read, Ok(Ok(n)) if n > 0) {
-                return Ok::<(), std::io::Error>(());
-            }
-            let _ = events.send(ConnEvent::LoggedIn(id));
-            stream.get_mut().write_all(b"+OK logged in\r\n").await?;
-            line.clear();
-            stream.read_line(&mut line).await?;
-            stream.get_mut().write_all(b"+OK bye\r\n").await?;
-            Ok(())
         };
+        match greeted {
+            // The process has already forgotten the client.
+            Err(reason) => return tell(&mut stream, reason).await,
+            Ok(false) => {
+                let _ = events.send(ConnEvent::Closed(id));
+                return;
+            }
+            Ok(true) => {}
+        }
+        if let Some(to) = handoff.filter(|to| to.socket().is_some()) {
+            // The client sends nothing before the answer to its login, so nothing is buffered.
+            let stream = stream.into_inner();
+            return hand_off(stream, to, told, events, id, &shared, &service).await;
+        }
+        let _ = events.send(ConnEvent::State(id, ClientState::LoggedIn));
+    }
+    let reason = {
+        let rest = logged_in(&mut stream);
         tokio::select! {
             biased;
             Ok(reason) = &mut told => Some(reason),
-            _ = conversation => None,
+            _ = rest => None,
         }
     };
     match reason {
-        // The process has already forgotten the client.
-        Some(reason) => {
-            let line = format!("{}\r\n", told_line(reason));
-            let _ = stream.get_mut().write_all(line.as_bytes()).await;
-        }
+        Some(reason) => tell(&mut stream, reason).await,
         None => {
+            let _ = events.send(ConnEvent::Closed(id));
+        }
+    }
+}
+
+/// The greeting and the client's login line; `true` when the line came.
+async fn greet(stream: &mut BufReader<TcpStream>, login: bool, shared: &SharedRef) -> bool {
+    if stream
+        .get_mut()
+        .write_all(b"+OK roost ready\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut line = String::new();
+    let read = if login {
+        Ok(stream.read_line(&mut line).await)
+    } else {
+        tokio::time::timeout(PRE_AUTH_TIMEOUT, stream.read_line(&mut line)).await
+    };
+    if read.is_err() {
+        shared.borrow_mut().summary.pre_auth_timeouts += 1;
+    }
+    matches!(read, Ok(Ok(n)) if n > 0)
+}
+
+/// The session of a logged-in client: `+OK logged in`, its QUIT, `+OK bye`.
+async fn logged_in(stream: &mut BufReader<TcpStream>) {
+    let _ = async {
+        stream.get_mut().write_all(b"+OK logged in\r\n").await?;
+        let mut line = String::new();
+        stream.read_line(&mut line).await?;
+        stream.get_mut().write_all(b"+OK bye\r\n").await
+    }
+    .await;
+}
+
+/// Sends the client the line of a disconnect and closes it.
+async fn tell(stream: &mut BufReader<TcpStream>, reason: DisconnectReason) {
+    let line = format!("{}\r\n", told_line(reason));
+    let _ = stream.get_mut().write_all(line.as_bytes()).await;
+}
+
+/// Hands a logged-in client to the post-login service: the client's connection goes into the
+/// unix socket's queue, and the login process holds the client (`HandingOff`) until a
+/// post-login process answers. A connect that fails (the socket is closed, or its backlog is
+/// full: reference §7.2 item 4) or a handoff the master drops unanswered ends the client, as
+/// pop3-login does; a handoff outlives its login process (the fd is in the socket already).
+async fn hand_off(
+    stream: TcpStream,
+    to: HandoffTo,
+    mut told: oneshot::Receiver<DisconnectReason>,
+    events: UnboundedSender<ConnEvent>,
+    id: u64,
+    shared: &SharedRef,
+    service: &str,
+) {
+    let _ = events.send(ConnEvent::State(id, ClientState::HandingOff));
+    let client = Rc::new(RefCell::new(Some(stream)));
+    let (answer, answered) = oneshot::channel();
+    let mut answer = Some(answer);
+    if let Some(queue) = to.socket() {
+        let mut q = queue.borrow_mut();
+        if q.open && q.conns.len() < q.backlog {
+            if let Some(answer) = answer.take() {
+                let handoff = Pending::Handoff {
+                    client: client.clone(),
+                    answer,
+                };
+                q.conns.push_back((handoff, now()));
+                q.notify.notify_waiters();
+            }
+        }
+    }
+    if answer.is_some() {
+        shared.borrow_mut().stats(service).ended(Outcome::Refused);
+        let taken = client.borrow_mut().take();
+        if let Some(mut stream) = taken {
+            let line = b"-ERR [SYS/TEMP] Internal error occurred. Refer to server log.\r\n";
+            let _ = stream.write_all(line).await;
+        }
+        let _ = events.send(ConnEvent::Closed(id));
+        return;
+    }
+    let _ = to.events.send(KernelEvent::Queued);
+    tokio::select! {
+        biased;
+        Ok(reason) = &mut told => {
+            // The machine gave the client up (the pre-auth timeout while finishing the login,
+            // or a kill): it is closed here unless a post-login process has it already.
+            let taken = client.borrow_mut().take();
+            if let Some(stream) = taken {
+                tell(&mut BufReader::new(stream), reason).await;
+            }
+        }
+        answer = answered => {
+            if answer.is_err() {
+                // Dropped unanswered: the login process closes the client.
+                shared.borrow_mut().stats(service).ended(Outcome::Dropped);
+                drop(client.borrow_mut().take());
+            }
             let _ = events.send(ConnEvent::Closed(id));
         }
     }

@@ -144,3 +144,23 @@ fn clients_cut_off_mid_login_reconnect_and_the_pre_auth_timeout_cleans_up() {
     );
     assert_eq!(count(&summary.heard, inactivity), 0, "{summary}\n{again}");
 }
+
+/// Scenario 22 (the login→post-login handoff over the unix listener login/pop3) in the turmoil
+/// world: the handed-off TcpStream reaches a pop3 process forked on demand, which answers the
+/// login, and every expectation the discrete-event driver meets holds here too (pop3 bounded
+/// by its process_limit of 3, one process per handoff, every client served, none dropped).
+#[test]
+fn the_post_login_handoff_holds_over_tcp_as_in_the_event_driver() {
+    let test = "the_post_login_handoff_holds_over_tcp_as_in_the_event_driver";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios/22_post_login_handoff.ron");
+    let text = std::fs::read_to_string(path).expect("scenario 22 is readable");
+    let mut scenario = sim::scenario::parse(&text).expect("scenario 22 parses");
+    scenario.world = sim::scenario::WorldKind::Turmoil {
+        tick_ms: 10,
+        client_hosts: 1,
+    };
+    if let Err(e) = sim::scenario::run(&scenario) {
+        panic!("{e}\n{}", replay(test));
+    }
+}
