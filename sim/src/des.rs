@@ -8,11 +8,21 @@
 //! and the statistics a [`Report`] is made of. The driver only translates (STYLE.md §3): every
 //! decision about processes is the master's, every decision of a process is its child
 //! machine's. A process of a login service runs the real `roost_core::login::Login` machine
-//! instead (it wraps the child machine): which pre-login client a full login process kills and
+//! instead (it wraps the child machine; both are fed through [`crate::machine`], the same way
+//! the turmoil world feeds them): which pre-login client a full login process kills and
 //! when (§2.8, with the overflow policy of the load profile, jitter drawn from the seeded rng),
 //! the "all processes full" state it reads on SIGUSR1 and re-checks, and the pre-auth timeout
 //! are all core's decisions; the driver only reports accepts, readable listeners, logins and
 //! closes, and carries out disconnects.
+//!
+//! Sockets are inet (clients connect to them) or unix (by path). A login process of service
+//! `P-login` hands a logged-in client to the unix socket `login/P` when the configuration has
+//! one, as Dovecot's login processes do (reference §5.2): the client waits in that socket's
+//! queue, held by its login process as `HandingOff`, until a process of the post-login service
+//! accepts it and the login process forgets it; the master forks post-login processes for
+//! that socket as for any listener. A failed connect (nothing listens, full backlog) or a
+//! handoff the master drops ends the client. Without such a socket the client stays in its
+//! login process for its session (proxied, as with TLS).
 //!
 //! Determinism: one `SmallRng` seeded from the load profile, `BTreeMap`/`VecDeque` only, time
 //! only from the virtual clock. Every input to the master is one step; its line (`time input ->
@@ -28,21 +38,20 @@ use std::fmt;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use roost_core::child::{Child, ChildConfig, Input as ChildInput, Output as ChildOutput};
 use roost_core::ids::{Generation, ListenerId, Pid, ProcessUid, ServiceId};
 use roost_core::input::Input;
-use roost_core::login::{
-    ClientId, ClientState as LoginState, DisconnectReason, Input as LoginInput, ListenMode, Login,
-    LoginConfig, Output as LoginOutput, OverflowPolicy, DEFAULT_OVERFLOW_POLICY,
-};
+use roost_core::login::{ClientState as LoginState, OverflowPolicy, DEFAULT_OVERFLOW_POLICY};
 use roost_core::master::Master;
 use roost_core::output::Output;
-use roost_core::setup::{MasterConfig, ServiceType};
+use roost_core::setup::{ListenerKind, MasterConfig, ServiceType};
 use roost_core::signal::{ExitStatus, Signal};
 use roost_core::time::{Duration, Instant};
 
 use crate::load::{Behaviour, Event, LoadProfile};
-use crate::plan::{Report, Sample, ServiceReport};
+use crate::machine::{Action, Event as ProcEvent, ProcMachine, ProcSpec, Surroundings};
+use crate::plan::{Report, Sample};
+pub use crate::stats::{percentile, Outcome};
+use crate::stats::{told_line, warnings, Stats};
 use crate::view;
 
 /// How long a process of a non-login service lets a `PreAuthIdle` client sit (reference §8's
@@ -85,25 +94,6 @@ pub struct Options {
     pub keep_lines: bool,
 }
 
-/// How a client's attempt ended.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Logged in (login services) or had its session (others), and left.
-    Served,
-    /// Accepted and closed by the master (listen_pending drop, throttling).
-    Dropped,
-    /// The accept queue was full.
-    BacklogFull,
-    /// Nothing listens on the service (no such service, no listener, or closed).
-    Refused,
-    /// Killed by a login process to make room (reference §2.8 "Connection queue full").
-    LoginKilled,
-    /// Its process died under it (crash, SIGTERM, SIGKILL, master death).
-    Lost,
-    /// Disconnected by the pre-auth timeout without logging in.
-    TimedOut,
-}
-
 /// Where a client is.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum ClientState {
@@ -111,6 +101,14 @@ enum ClientState {
     Waiting,
     /// In an accept queue since that time.
     Queued { socket: usize, since: Instant },
+    /// Logged in at login process `login` (as its connection `conn`), which handed it to the
+    /// post-login service's unix socket; in that socket's queue since that time.
+    HandingOff {
+        login: Pid,
+        conn: u64,
+        socket: usize,
+        since: Instant,
+    },
     /// Accepted by a process.
     Connected { pid: Pid },
     /// Done for good.
@@ -150,6 +148,9 @@ struct Client {
 /// to it (the master's listener and the inherited copies in its children).
 #[derive(Clone, Debug)]
 struct Socket {
+    /// The path of a unix socket (login processes hand clients to it); `None` for an inet
+    /// socket (clients connect to it).
+    path: Option<String>,
     /// Clients waiting to be accepted, oldest first.
     queue: VecDeque<usize>,
     /// The listen backlog.
@@ -204,58 +205,6 @@ struct Conn {
     logged_in: bool,
 }
 
-/// The machine a simulated process runs.
-#[derive(Clone, Debug)]
-enum Machine {
-    /// Any service but a login one: the child machine.
-    Plain(Child),
-    /// A login service: the login machine, which wraps its own child machine.
-    Login(Box<Login>),
-}
-
-impl Machine {
-    fn child(&self) -> &Child {
-        match self {
-            Machine::Plain(child) => child,
-            Machine::Login(login) => login.child(),
-        }
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        match self {
-            Machine::Plain(child) => child.poll_timeout(),
-            Machine::Login(login) => login.poll_timeout(),
-        }
-    }
-}
-
-/// What happens to a process, in the driver's words; [`World::step`] turns it into the input
-/// of the machine the process runs (or nothing, where that machine has no such input).
-#[derive(Copy, Clone, Debug)]
-enum ProcEvent {
-    InitDone,
-    Signal(Signal),
-    Timeout,
-    MasterDead,
-    Accepted(u64),
-    ClientState(u64, LoginState),
-    ClientClosed(u64),
-    /// A watched listener is readable in overflow mode, with the jitter drawn for it.
-    Readable(u32),
-}
-
-/// One input to one of the two machines.
-enum MachineInput {
-    Child(ChildInput),
-    Login(LoginInput),
-}
-
-/// One output of one of the two machines.
-enum MachineOutput {
-    Child(ChildOutput),
-    Login(LoginOutput),
-}
-
 /// One simulated service process.
 #[derive(Clone, Debug)]
 struct Proc {
@@ -271,25 +220,13 @@ struct Proc {
     sockets: Vec<usize>,
     /// Connections, by connection id.
     conns: BTreeMap<u64, Conn>,
-    /// The real machine: roost_core::child (slots, service_count budget, status coalescing,
-    /// idle-kill answer, master death), or roost_core::login around it for login services.
-    machine: Machine,
-    /// The child asked to accept (`SetAccepting`).
-    accepting: bool,
-    /// The child closed its listening fds.
-    listeners_closed: bool,
-    /// The child's timer, as scheduled in the event queue.
+    /// The real machine (roost_core::child, or roost_core::login around it for login
+    /// services) and what it asked for.
+    machine: ProcMachine,
+    /// The machine's timer, as scheduled in the event queue.
     timer: Option<Instant>,
-    /// The master's side of the generation is gone (reference §4.4): its status pipe is
-    /// no longer read.
-    master_dead: bool,
     /// An idle SIGINT was dropped by the `ignores_sigint` fault (delivered when faults stop).
     dropped_sigint: bool,
-    /// How a login machine watches the listeners (`SetListening`).
-    listen: ListenMode,
-    /// The listeners were reported readable since the last `SetListening` (level-triggered
-    /// readiness is reported once per registration: every report changes the mode).
-    readable_reported: bool,
     /// Fault: ignores the idle SIGINT.
     ignores_sigint: bool,
     /// Fault: never sends its first status.
@@ -298,14 +235,11 @@ struct Proc {
 
 impl Proc {
     fn available(&self) -> u32 {
-        self.machine.child().available_count()
+        self.machine.available()
     }
 
     fn can_accept(&self) -> bool {
-        self.state == ProcState::Running
-            && self.accepting
-            && !self.listeners_closed
-            && self.available() > 0
+        self.state == ProcState::Running && self.machine.can_accept()
     }
 }
 
@@ -330,29 +264,6 @@ enum Ev {
     FaultsOff,
     /// An event of the load profile.
     Load(Event),
-}
-
-/// Per-service statistics, by service name (over generations).
-#[derive(Clone, Debug, Default)]
-struct Stats {
-    /// Most processes alive at once.
-    peak_processes: u32,
-    /// Connections accepted by a process.
-    accepted: u64,
-    /// Accepted connections that had waited in the queue.
-    queued: u64,
-    /// Queue waits of every accepted connection, ms.
-    waits: Vec<u64>,
-    /// Time from a served client's first connect attempt to its login (or session start), ms.
-    logins: Vec<u64>,
-    /// Outcome counts.
-    outcomes: BTreeMap<&'static str, u64>,
-    /// Processes created.
-    spawned: u64,
-    /// Spawns per step that had any, in order (shows the top-up batches of §2.2).
-    spawn_steps: Vec<u32>,
-    /// The service was throttled and has not been back at process_min_avail since.
-    throttled_since_spawn: bool,
 }
 
 /// The fake kernel, its processes and clients, and the master they drive.
@@ -395,6 +306,8 @@ pub struct World {
     stats: BTreeMap<String, Stats>,
     /// Every notice with its time.
     notices: Vec<(u64, String)>,
+    /// Every line a process sent a client it disconnected, with its time.
+    told: Vec<(u64, String)>,
     /// The master exited with this code.
     exited: Option<i32>,
     /// Master inputs so far.
@@ -530,6 +443,7 @@ impl World {
             clients,
             stats: BTreeMap::new(),
             notices: Vec::new(),
+            told: Vec::new(),
             exited: None,
             steps: 0,
             hash: FNV_OFFSET,
@@ -730,6 +644,12 @@ impl World {
         &self.notices
     }
 
+    /// Every line a login process sent a client it disconnected (`-ERR Connection queue
+    /// full`, …) with its time (ms), in order.
+    pub fn told(&self) -> &[(u64, String)] {
+        &self.told
+    }
+
     /// How many processes are alive now (zombies included), as the fake kernel sees them.
     pub fn live_processes(&self) -> usize {
         self.procs.len()
@@ -740,7 +660,7 @@ impl World {
     pub fn login_latencies(&self, name: &str) -> Vec<u64> {
         self.stats
             .get(name)
-            .map(|s| s.logins.clone())
+            .map(|s| s.logins().to_vec())
             .unwrap_or_default()
     }
 
@@ -748,48 +668,21 @@ impl World {
     pub fn spawn_steps(&self, name: &str) -> Vec<u32> {
         self.stats
             .get(name)
-            .map(|s| s.spawn_steps.clone())
+            .map(|s| s.spawn_steps().to_vec())
             .unwrap_or_default()
     }
 
     /// The report of the run so far.
     pub fn report(&self) -> Report {
-        let mut services = Vec::new();
-        for name in &self.names {
-            let stats = self.stats.get(name).cloned().unwrap_or_default();
-            let mut waits = stats.waits.clone();
-            waits.sort_unstable();
-            let mut logins = stats.logins.clone();
-            logins.sort_unstable();
-            let outcome = |k: &str| stats.outcomes.get(k).copied().unwrap_or(0);
-            services.push(ServiceReport {
-                name: name.clone(),
-                peak_processes: stats.peak_processes,
-                final_processes: self.processes_of(name),
-                accepted: stats.accepted,
-                queued: stats.queued,
-                wait_p50_ms: percentile(&waits, 50),
-                wait_p99_ms: percentile(&waits, 99),
-                wait_max_ms: waits.last().copied().unwrap_or(0),
-                login_p50_ms: percentile(&logins, 50),
-                login_p99_ms: percentile(&logins, 99),
-                login_max_ms: logins.last().copied().unwrap_or(0),
-                served: outcome("served"),
-                dropped: outcome("dropped") + outcome("backlog_full") + outcome("refused"),
-                backlog_full: outcome("backlog_full"),
-                login_killed: outcome("login_killed"),
-                lost: outcome("lost"),
-                timed_out: outcome("timed_out"),
-                spawned: stats.spawned,
-            });
-        }
-        let mut warnings: Vec<(String, u64)> = Vec::new();
-        for (_, text) in &self.notices {
-            match warnings.iter_mut().find(|(t, _)| t == text) {
-                Some((_, n)) => *n += 1,
-                None => warnings.push((text.clone(), 1)),
-            }
-        }
+        let services = self
+            .names
+            .iter()
+            .map(|name| {
+                let stats = self.stats.get(name).cloned().unwrap_or_default();
+                stats.report(name, self.processes_of(name))
+            })
+            .collect();
+        let warnings = warnings(&self.notices);
         Report {
             duration_ms: self.now.as_millis(),
             services,
@@ -867,9 +760,7 @@ impl World {
         self.master.handle(input, self.now);
         let outputs = self.drain_outputs();
         for (name, count) in std::mem::take(&mut self.step_spawns) {
-            let stats = self.stats.entry(name).or_default();
-            stats.spawned += u64::from(count);
-            stats.spawn_steps.push(count);
+            self.stats.entry(name).or_default().spawned(count);
         }
         let line = format!("{line_head} -> {outputs}");
         self.hash = fnv1a(self.hash, line.as_bytes());
@@ -906,24 +797,6 @@ impl World {
                 "the fake kernel has {live} live children, the master counts {counted}"
             ));
         }
-        // Track, per service, whether it has been throttled since it was last at
-        // process_min_avail (see check_settled).
-        let current = self.master.current_generation();
-        let mut flags = Vec::new();
-        for status in view::services(&self.master) {
-            if status.generation != current {
-                continue;
-            }
-            let min_avail = status.config.process_min_avail;
-            if status.throttled {
-                flags.push((status.name, true));
-            } else if status.process_avail >= min_avail {
-                flags.push((status.name, false));
-            }
-        }
-        for (name, throttled) in flags {
-            self.stats.entry(name).or_default().throttled_since_spawn = throttled;
-        }
         let mut per_name: BTreeMap<&str, u32> = BTreeMap::new();
         for proc in self.procs.values() {
             if let Some(service) = self.services.get(&proc.service) {
@@ -931,8 +804,7 @@ impl World {
             }
         }
         for (name, count) in per_name {
-            let stats = self.stats.entry(name.to_owned()).or_default();
-            stats.peak_processes = stats.peak_processes.max(count);
+            self.stats.entry(name.to_owned()).or_default().alive(count);
         }
     }
 
@@ -961,7 +833,7 @@ impl World {
                         .is_some_and(|s| &s.name == name)
                     {
                         processes += 1;
-                        if proc.state == ProcState::Running && !proc.master_dead {
+                        if proc.state == ProcState::Running && !proc.machine.master_dead() {
                             free += proc.available();
                         }
                         connections += proc.conns.len() as u32;
@@ -1002,17 +874,18 @@ impl World {
     fn apply_output(&mut self, output: Output) {
         match output {
             Output::OpenListener {
-                listener, service, ..
+                listener,
+                service,
+                config,
             } => {
-                let backlog = self.load.backlog.unwrap_or_else(|| {
-                    let config = view::service_config(&self.master, service);
-                    config
-                        .map(|c| c.process_limit.saturating_mul(c.client_limit).max(4))
-                        .unwrap_or(4)
-                        .min(SOMAXCONN)
-                });
+                let backlog = view::listen_backlog(&self.master, service, self.load.backlog);
                 self.note_service(service);
+                let path = match config.kind {
+                    ListenerKind::Unix { path, .. } | ListenerKind::Fifo { path, .. } => Some(path),
+                    ListenerKind::Inet { .. } => None,
+                };
                 self.sockets.push(Socket {
+                    path,
                     queue: VecDeque::new(),
                     backlog,
                     open: true,
@@ -1048,7 +921,7 @@ impl World {
                         socket.open = false;
                         let queued: Vec<usize> = socket.queue.drain(..).collect();
                         for client in queued {
-                            self.finish_client(client, Outcome::Refused);
+                            self.drop_queued(client, Outcome::Refused);
                         }
                     }
                 }
@@ -1067,7 +940,7 @@ impl World {
                     l.reported = None;
                     let queued: Vec<usize> = self.sockets[l.socket].queue.drain(..).collect();
                     for client in queued {
-                        self.finish_client(client, Outcome::Dropped);
+                        self.drop_queued(client, Outcome::Dropped);
                     }
                 }
             }
@@ -1170,7 +1043,7 @@ impl World {
         let pid = Pid(self.next_pid);
         self.next_pid += 1;
         let service = self.services.get(&request.service);
-        let (client_limit, service_count, is_login) = service
+        let (client_limit, service_count, login) = service
             .map(|s| {
                 (
                     s.client_limit,
@@ -1179,28 +1052,16 @@ impl World {
                 )
             })
             .unwrap_or((1, 0, false));
-        // Like imap's and the login processes' callbacks: clients are told and the process is
-        // stopped 30 s later at the latest (reference §4.4).
-        let machine = if is_login {
-            let mut config = LoginConfig::new(client_limit, service_count);
-            config.die_with_master = self.config.shutdown_clients;
-            config.has_die_callback = true;
-            config.overflow = self.overflow;
-            Machine::Login(Box::new(Login::new(config, self.now)))
-        } else {
-            Machine::Plain(Child::new(
-                ChildConfig {
-                    client_limit,
-                    service_count,
-                    never_idle_die: false,
-                    die_with_master: self.config.shutdown_clients,
-                    has_die_callback: true,
-                    is_login,
-                    starts_with_client: false,
-                },
-                self.now,
-            ))
-        };
+        let machine = ProcMachine::new(
+            ProcSpec {
+                client_limit,
+                service_count,
+                login,
+                die_with_master: self.config.shutdown_clients,
+                overflow: self.overflow,
+            },
+            self.now,
+        );
         let sockets = view::service_listeners(&self.master, request.service)
             .into_iter()
             .filter_map(|l| self.listeners.get(&l).map(|l| l.socket))
@@ -1215,13 +1076,8 @@ impl World {
                 sockets,
                 conns: BTreeMap::new(),
                 machine,
-                accepting: false,
-                listeners_closed: false,
                 timer: None,
-                master_dead: false,
                 dropped_sigint: false,
-                listen: ListenMode::Off,
-                readable_reported: false,
                 ignores_sigint,
                 never_status,
             },
@@ -1280,168 +1136,73 @@ impl World {
     // ---------------------------------------------------------------------------------------
     // The processes.
 
-    /// Feeds one event to a process's machine and carries out what it asks: status records go
-    /// to the master (while its end of the pipe is read), listening modes, closing listeners,
-    /// reading the login "full" state, disconnecting clients, exiting. The machine's
-    /// invariants are checked after every input.
+    /// Feeds one event to a process's machine (the machine's invariants are checked after
+    /// every input) and carries out what it asks: status records go to the master, clients it
+    /// disconnects are finished, and it may exit.
     fn step(&mut self, pid: Pid, event: ProcEvent) {
-        let Some(proc) = self.procs.get(&pid) else {
+        let now = self.now;
+        let Some(proc) = self.procs.get_mut(&pid) else {
             return;
         };
-        let first = match &proc.machine {
-            Machine::Plain(_) => match event {
-                ProcEvent::InitDone => Some(ChildInput::InitDone),
-                ProcEvent::Signal(Signal::Usr1) => None,
-                ProcEvent::Signal(signal) => Some(ChildInput::Signal(signal)),
-                ProcEvent::Timeout => Some(ChildInput::Timeout),
-                ProcEvent::MasterDead => Some(ChildInput::MasterDead),
-                ProcEvent::Accepted(_) => Some(ChildInput::Accepted),
-                ProcEvent::ClientClosed(_) => Some(ChildInput::ClientClosed),
-                ProcEvent::ClientState(..) | ProcEvent::Readable(_) => None,
-            }
-            .map(MachineInput::Child),
-            Machine::Login(_) => Some(MachineInput::Login(match event {
-                ProcEvent::InitDone => LoginInput::InitDone,
-                ProcEvent::Signal(signal) => LoginInput::Signal(signal),
-                ProcEvent::Timeout => LoginInput::Timeout,
-                ProcEvent::MasterDead => LoginInput::MasterDead,
-                ProcEvent::Accepted(conn) => LoginInput::Accepted {
-                    client: ClientId(conn),
-                },
-                ProcEvent::ClientState(conn, state) => LoginInput::ClientState {
-                    client: ClientId(conn),
-                    state,
-                },
-                ProcEvent::ClientClosed(conn) => LoginInput::ClientClosed {
-                    client: ClientId(conn),
-                },
-                ProcEvent::Readable(jitter) => LoginInput::ListenerReadable { jitter },
-            })),
+        if proc.state == ProcState::Zombie {
+            return;
+        }
+        let world = Surroundings {
+            master_gone: self.exited.is_some(),
+            login_full: self
+                .services
+                .get(&proc.service)
+                .is_some_and(|s| s.login_full),
         };
-        let mut inputs: VecDeque<MachineInput> = first.into_iter().collect();
-        while let Some(input) = inputs.pop_front() {
-            let now = self.now;
-            let Some(proc) = self.procs.get_mut(&pid) else {
-                return;
-            };
-            if proc.state == ProcState::Zombie {
-                return;
+        let result = proc.machine.step(event, now, world);
+        let timer = proc.machine.poll_timeout();
+        if timer.is_some() && timer != proc.timer {
+            if let Some(at) = timer {
+                self.schedule(at.max(now), Ev::ChildTimeout(pid));
             }
-            let mut outputs = Vec::new();
-            let checked = match (&mut proc.machine, input) {
-                (Machine::Plain(child), MachineInput::Child(input)) => {
-                    child.handle(input, now);
-                    while let Some(output) = child.poll_output() {
-                        outputs.push(MachineOutput::Child(output));
-                    }
-                    child.check_invariants()
-                }
-                (Machine::Login(login), MachineInput::Login(input)) => {
-                    login.handle(input, now);
-                    while let Some(output) = login.poll_output() {
-                        outputs.push(MachineOutput::Login(output));
-                    }
-                    login.check_invariants()
-                }
-                _ => unreachable!("inputs are made for the machine the process runs"),
-            };
-            if let Err(violation) = checked {
+        }
+        let Some(proc) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        proc.timer = timer;
+        let uid = proc.uid;
+        let actions = match result {
+            Ok(actions) => actions,
+            Err(violation) => {
                 self.fail(format!("pid {pid}: {violation}"));
                 return;
             }
-            let timer = proc.machine.poll_timeout();
-            if timer.is_some() && timer != proc.timer {
-                if let Some(at) = timer {
-                    self.schedule(at.max(now), Ev::ChildTimeout(pid));
+        };
+        for action in actions {
+            match action {
+                Action::Status { available_count } => self.pending.push_back(Input::Status {
+                    pid,
+                    uid,
+                    available_count,
+                }),
+                Action::Disconnect { conn, reason } => {
+                    let conn = self.procs.get_mut(&pid).and_then(|p| p.conns.remove(&conn));
+                    if let Some(c) = conn {
+                        if let ClientState::HandingOff { socket, .. } = self.clients[c.client].state
+                        {
+                            // The login process closes the client: its handoff is void.
+                            self.sockets[socket]
+                                .queue
+                                .retain(|&queued| queued != c.client);
+                        }
+                        self.told.push((now.as_millis(), told_line(reason)));
+                        self.finish_client(c.client, Outcome::of_disconnect(reason));
+                    }
                 }
-            }
-            if let Some(proc) = self.procs.get_mut(&pid) {
-                proc.timer = timer;
-            }
-            for output in outputs {
-                let Some(proc) = self.procs.get_mut(&pid) else {
+                Action::Refused => {
+                    self.fail(format!(
+                        "pid {pid} refused a connection the kernel gave it while it accepted"
+                    ));
                     return;
-                };
-                let login = matches!(proc.machine, Machine::Login(_));
-                let wrap = |child: ChildInput, login_input: LoginInput| {
-                    if login {
-                        MachineInput::Login(login_input)
-                    } else {
-                        MachineInput::Child(child)
-                    }
-                };
-                match output {
-                    MachineOutput::Child(ChildOutput::WriteStatus { available_count })
-                    | MachineOutput::Login(LoginOutput::WriteStatus { available_count }) => {
-                        if proc.master_dead || self.exited.is_some() {
-                            inputs.push_back(wrap(
-                                ChildInput::StatusWriteFailed,
-                                LoginInput::StatusWriteFailed,
-                            ));
-                        } else {
-                            let uid = proc.uid;
-                            self.pending.push_back(Input::Status {
-                                pid,
-                                uid,
-                                available_count,
-                            });
-                            inputs.push_back(wrap(
-                                ChildInput::StatusWritten,
-                                LoginInput::StatusWritten,
-                            ));
-                        }
-                    }
-                    // The simulated pipe never fills up.
-                    MachineOutput::Child(ChildOutput::AwaitStatusWritable)
-                    | MachineOutput::Login(LoginOutput::AwaitStatusWritable) => inputs
-                        .push_back(wrap(ChildInput::StatusWritable, LoginInput::StatusWritable)),
-                    MachineOutput::Child(ChildOutput::SetAccepting { on }) => proc.accepting = on,
-                    MachineOutput::Login(LoginOutput::SetListening { mode }) => {
-                        proc.listen = mode;
-                        proc.accepting = mode == ListenMode::Accept;
-                        proc.readable_reported = false;
-                    }
-                    MachineOutput::Child(ChildOutput::CloseListeners)
-                    | MachineOutput::Login(LoginOutput::CloseListeners) => {
-                        proc.listeners_closed = true
-                    }
-                    MachineOutput::Login(LoginOutput::ReadFullState) => {
-                        // The notify fd's offset is the master's state at this instant.
-                        let full = self
-                            .services
-                            .get(&proc.service)
-                            .is_some_and(|s| s.login_full);
-                        inputs.push_back(MachineInput::Login(LoginInput::FullState { full }));
-                    }
-                    MachineOutput::Login(LoginOutput::Disconnect { client, reason }) => {
-                        let ClientId(conn) = client;
-                        if let Some(c) = proc.conns.remove(&conn) {
-                            let outcome = match reason {
-                                DisconnectReason::QueueFull => Outcome::LoginKilled,
-                                DisconnectReason::Inactivity
-                                | DisconnectReason::InactivityDuringAuth
-                                | DisconnectReason::FinishingLogin => Outcome::TimedOut,
-                            };
-                            self.finish_client(c.client, outcome);
-                        }
-                        // Nothing outstanding in the simulated process: closed at once.
-                        inputs.push_back(MachineInput::Login(LoginInput::ClientClosed { client }));
-                    }
-                    MachineOutput::Child(ChildOutput::Refuse)
-                    | MachineOutput::Login(LoginOutput::Refuse) => {
-                        self.fail(format!(
-                            "pid {pid} refused a connection the kernel gave it while it accepted"
-                        ));
-                        return;
-                    }
-                    // The callback's effect (telling clients) is not the master's business.
-                    MachineOutput::Child(ChildOutput::DieCallback)
-                    | MachineOutput::Login(LoginOutput::DieCallback) => {}
-                    MachineOutput::Child(ChildOutput::Exit(code))
-                    | MachineOutput::Login(LoginOutput::Exit(code)) => {
-                        self.exit(pid, ExitStatus::Exited(code));
-                        return;
-                    }
+                }
+                Action::Exit(code) => {
+                    self.exit(pid, ExitStatus::Exited(code));
+                    return;
                 }
             }
         }
@@ -1458,7 +1219,14 @@ impl World {
         proc.state = ProcState::Zombie;
         let conns: Vec<Conn> = std::mem::take(&mut proc.conns).into_values().collect();
         for conn in conns {
-            self.finish_client(conn.client, Outcome::Lost);
+            // A client being handed off is in the post-login socket's queue with its fd: the
+            // post-login process still takes it.
+            if !matches!(
+                self.clients[conn.client].state,
+                ClientState::HandingOff { .. }
+            ) {
+                self.finish_client(conn.client, Outcome::Lost);
+            }
         }
         self.pending.push_back(Input::Exited { pid, status });
     }
@@ -1468,10 +1236,9 @@ impl World {
         let Some(proc) = self.procs.get_mut(&pid) else {
             return;
         };
-        if proc.master_dead || proc.state == ProcState::Zombie {
+        if proc.machine.master_dead() || proc.state == ProcState::Zombie {
             return;
         }
-        proc.master_dead = true;
         self.step(pid, ProcEvent::MasterDead);
     }
 
@@ -1519,6 +1286,11 @@ impl World {
                 };
                 c.logged_in = true;
                 let client = c.client;
+                let service = proc.service;
+                if let Some(socket) = self.handoff_socket(service) {
+                    self.hand_off(pid, conn, client, socket);
+                    return;
+                }
                 self.mark_served(client);
                 let session = self.clients[client].session;
                 self.schedule(self.now + session, Ev::End(pid, conn, Outcome::Served));
@@ -1593,7 +1365,7 @@ impl World {
             .flat_map(|s| s.listeners)
             .filter_map(|l| self.listeners.get(&l))
             .map(|l| l.socket)
-            .find(|s| self.sockets[*s].open);
+            .find(|s| self.sockets[*s].open && self.sockets[*s].path.is_none());
         let Some(socket) = socket else {
             self.finish_client(client, Outcome::Refused);
             return;
@@ -1628,24 +1400,13 @@ impl World {
             c.served = true;
             let name = c.service.clone();
             let latency = c.first_try.map_or(0, |t| (self.now - t).as_millis() as u64);
-            let stats = self.stats.entry(name).or_default();
-            *stats.outcomes.entry("served").or_default() += 1;
-            stats.logins.push(latency);
+            self.stats.entry(name).or_default().served(latency);
         }
     }
 
     /// A client's attempt ended: count it, and reconnect later if it may.
     fn finish_client(&mut self, client: usize, outcome: Outcome) {
         let c = &mut self.clients[client];
-        let key = match outcome {
-            Outcome::Served => "completed",
-            Outcome::Dropped => "dropped",
-            Outcome::BacklogFull => "backlog_full",
-            Outcome::Refused => "refused",
-            Outcome::LoginKilled => "login_killed",
-            Outcome::Lost => "lost",
-            Outcome::TimedOut => "timed_out",
-        };
         let name = c.service.clone();
         let retry = !c.served
             && c.retries_left > 0
@@ -1658,13 +1419,7 @@ impl World {
         } else {
             c.state = ClientState::Done(outcome);
         }
-        *self
-            .stats
-            .entry(name)
-            .or_default()
-            .outcomes
-            .entry(key)
-            .or_default() += 1;
+        self.stats.entry(name).or_default().ended(outcome);
     }
 
     fn end_conn(&mut self, pid: Pid, conn: u64, outcome: Outcome) {
@@ -1697,16 +1452,14 @@ impl World {
                     self.accept(pid, socket);
                     continue;
                 }
-                let readable = proc.listen == ListenMode::Overflow
-                    && !proc.readable_reported
-                    && proc.state == ProcState::Running
-                    && !proc.master_dead
-                    && !proc.listeners_closed;
+                let running = proc.state == ProcState::Running;
+                let readable = running
+                    && self
+                        .procs
+                        .get_mut(&pid)
+                        .is_some_and(|p| p.machine.take_readable());
                 if !readable {
                     break;
-                }
-                if let Some(p) = self.procs.get_mut(&pid) {
-                    p.readable_reported = true;
                 }
                 let jitter = self.rng.random();
                 // Performance mode kills at once and takes the freed slot in this pass.
@@ -1719,6 +1472,18 @@ impl World {
         let Some(client) = self.sockets[socket].queue.pop_front() else {
             return;
         };
+        for l in self.listeners.values_mut() {
+            if l.socket == socket {
+                l.reported = None;
+            }
+        }
+        if let ClientState::HandingOff {
+            login, conn, since, ..
+        } = self.clients[client].state
+        {
+            self.take_handoff(pid, client, login, conn, since);
+            return;
+        }
         let ClientState::Queued { since, .. } = self.clients[client].state else {
             self.fail(format!(
                 "client {client} was in a queue in state {:?}",
@@ -1727,13 +1492,7 @@ impl World {
             return;
         };
         let wait = (self.now - since).as_millis() as u64;
-        let name = self.clients[client].service.clone();
-        let stats = self.stats.entry(name).or_default();
-        stats.accepted += 1;
-        stats.waits.push(wait);
-        if wait > 0 {
-            stats.queued += 1;
-        }
+        self.count_accepted(pid, wait);
         let conn = self.next_conn;
         self.next_conn += 1;
         let login_service = self
@@ -1776,12 +1535,112 @@ impl World {
                 self.schedule(at, Ev::End(pid, conn, Outcome::Served));
             }
         }
-        for l in self.listeners.values_mut() {
-            if l.socket == socket {
-                l.reported = None;
+        self.step(pid, ProcEvent::Accepted(conn));
+    }
+
+    /// Counts an accept by `pid` after `wait_ms` in the queue, under the process's service.
+    fn count_accepted(&mut self, pid: Pid, wait_ms: u64) {
+        let name = self
+            .procs
+            .get(&pid)
+            .and_then(|p| self.services.get(&p.service))
+            .map(|s| s.name.clone());
+        if let Some(name) = name {
+            self.stats.entry(name).or_default().accepted(wait_ms);
+        }
+    }
+
+    /// The unix socket a login process of `service` hands logged-in clients to, as Dovecot's
+    /// login processes do (`login/<protocol>`, the protocol being the service's name without
+    /// `-login`; reference §5.2): `None` when the configuration has no such socket, and the
+    /// client then stays in its login process for its session (proxied, as with TLS).
+    fn handoff_socket(&self, service: ServiceId) -> Option<usize> {
+        let name = self.services.get(&service)?.name.as_str();
+        let protocol = name.strip_suffix("-login")?;
+        let wanted = format!("login/{protocol}");
+        let matches = |path: &str| path == wanted || path.ends_with(&format!("/{wanted}"));
+        let mut found = None;
+        for (index, socket) in self.sockets.iter().enumerate() {
+            if socket.path.as_deref().is_some_and(matches) {
+                // The newest socket at that path is the one a connect reaches.
+                found = Some(index);
             }
         }
+        found
+    }
+
+    /// A login process hands a logged-in client to the post-login service: the client's
+    /// connection waits in the unix socket's queue (the machine keeps it as `HandingOff`) until a
+    /// post-login process accepts it. A connect that fails (nothing listens, or the backlog is
+    /// full: reference §7.2 item 4) ends the client at once.
+    fn hand_off(&mut self, pid: Pid, conn: u64, client: usize, socket: usize) {
+        self.step(pid, ProcEvent::ClientState(conn, LoginState::HandingOff));
+        let still_there = self
+            .procs
+            .get(&pid)
+            .is_some_and(|p| p.state != ProcState::Zombie && p.conns.contains_key(&conn));
+        if !still_there {
+            return;
+        }
+        let s = &mut self.sockets[socket];
+        if !s.open || s.queue.len() as u32 >= s.backlog {
+            self.end_conn(pid, conn, Outcome::Refused);
+            return;
+        }
+        s.queue.push_back(client);
+        self.clients[client].state = ClientState::HandingOff {
+            login: pid,
+            conn,
+            socket,
+            since: self.now,
+        };
+    }
+
+    /// Post-login process `pid` accepted a handed-off client: the login process is done with
+    /// it (the post-login process answered OK), and the client has its session here.
+    fn take_handoff(&mut self, pid: Pid, client: usize, login: Pid, conn: u64, since: Instant) {
+        let wait = (self.now - since).as_millis() as u64;
+        self.count_accepted(pid, wait);
+        let handed = self
+            .procs
+            .get_mut(&login)
+            .and_then(|p| p.conns.remove(&conn))
+            .is_some();
+        if handed {
+            self.step(login, ProcEvent::ClientClosed(conn));
+        }
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        if let Some(proc) = self.procs.get_mut(&pid) {
+            proc.conns.insert(
+                conn,
+                Conn {
+                    client,
+                    logged_in: true,
+                },
+            );
+        }
+        self.clients[client].state = ClientState::Connected { pid };
+        self.mark_served(client);
+        let at = self.now + self.clients[client].session;
+        self.schedule(at, Ev::End(pid, conn, Outcome::Served));
         self.step(pid, ProcEvent::Accepted(conn));
+    }
+
+    /// A queued client's socket was closed or drained by the master. A client being handed off
+    /// is closed by its login process, which reads the end of the handoff connection.
+    fn drop_queued(&mut self, client: usize, outcome: Outcome) {
+        match self.clients[client].state {
+            ClientState::HandingOff { login, conn, .. }
+                if self
+                    .procs
+                    .get(&login)
+                    .is_some_and(|p| p.conns.contains_key(&conn)) =>
+            {
+                self.end_conn(login, conn, outcome)
+            }
+            _ => self.finish_client(client, outcome),
+        }
     }
 
     /// Level-triggered readiness: a watched listener with connections waiting is reported
@@ -1802,15 +1661,6 @@ impl World {
     }
 }
 
-/// The `p`th percentile of sorted values by rank (0 when empty).
-pub fn percentile(sorted: &[u64], p: usize) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = (sorted.len() * p).div_ceil(100).max(1) - 1;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 /// Runs `config` under `load` to its end and returns the world (for checks and the report).
 pub fn run(
     config: MasterConfig,
@@ -1826,15 +1676,6 @@ pub fn run(
 mod tests {
     use super::*;
 
-    #[test]
-    fn percentiles_pick_the_rank_not_an_average() {
-        let waits: Vec<u64> = (1..=100).collect();
-        assert_eq!(percentile(&waits, 50), 50);
-        assert_eq!(percentile(&waits, 99), 99);
-        assert_eq!(percentile(&[7], 99), 7);
-        assert_eq!(percentile(&[], 50), 0);
-    }
-
     fn small_world() -> World {
         let config = crate::load::SimConfig {
             services: vec![crate::load::ServiceSpec {
@@ -1846,6 +1687,7 @@ mod tests {
                 process_min_avail: 2,
                 idle_kill_ms: Some(10_000),
                 port: 143,
+                unix_listener: None,
             }],
             shutdown_clients: true,
         };
@@ -1863,6 +1705,8 @@ mod tests {
                 retry_ms: 1_000,
                 syn_retries: 0,
                 auth_ms: (0, 0),
+                client_host: None,
+                patience_ms: None,
             }],
             ..LoadProfile::default()
         };

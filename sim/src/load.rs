@@ -164,6 +164,15 @@ pub struct ClientGroup {
     /// reference: `InAuth`, not killable under `OldestKillableOnly`), drawn from `[min, max]`.
     #[serde(default)]
     pub auth_ms: (u64, u64),
+    /// The turmoil world only: the client host (`client0`, `client1`, …) these clients run on,
+    /// so a network fault can single them out; `None` = dealt round-robin over the hosts.
+    #[serde(default)]
+    pub client_host: Option<usize>,
+    /// The turmoil world only: how long a client waits for an answer (connect, greeting, login
+    /// reply) before it gives the attempt up, ms; `None` = 10 s. The discrete-event driver has
+    /// no network delays, so its clients never give up.
+    #[serde(default)]
+    pub patience_ms: Option<u64>,
 }
 
 fn default_login_delay() -> (u64, u64) {
@@ -311,6 +320,10 @@ pub struct ServiceSpec {
     /// The TCP port of its one inet listener; 0 = no listener.
     #[serde(default)]
     pub port: u16,
+    /// The path of its one unix listener (e.g. `login/pop3`, the post-login service's socket a
+    /// login service hands logged-in clients to); `None` = no unix listener.
+    #[serde(default)]
+    pub unix_listener: Option<String>,
 }
 
 fn default_type() -> ServiceType {
@@ -344,6 +357,36 @@ impl SimConfig {
 }
 
 impl ServiceSpec {
+    /// Its listeners in the order a child receives them (unix before inet).
+    fn listeners(&self) -> Vec<ListenerConfig> {
+        let mut listeners = Vec::new();
+        if let Some(path) = &self.unix_listener {
+            listeners.push(ListenerConfig {
+                // A unix listener is named by the last part of its path (reference §1.2).
+                name: path.rsplit('/').next().unwrap_or(path).to_owned(),
+                kind: ListenerKind::Unix {
+                    path: path.clone(),
+                    mode: 0o666,
+                    user: String::new(),
+                    group: String::new(),
+                },
+            });
+        }
+        if self.port != 0 {
+            listeners.push(ListenerConfig {
+                name: self.name.clone(),
+                kind: ListenerKind::Inet {
+                    address: "0.0.0.0".to_owned(),
+                    port: self.port,
+                    ssl: false,
+                    haproxy: false,
+                    reuse_port: false,
+                },
+            });
+        }
+        listeners
+    }
+
     /// The effective settings of this service.
     pub fn service_config(&self) -> ServiceConfig {
         let mut client_limit = self.client_limit.max(1);
@@ -361,20 +404,7 @@ impl ServiceSpec {
             idle_kill: self.idle_kill_ms.map(Duration::from_millis),
             vsz_limit: 256 << 20,
             foreign: false,
-            listeners: if self.port == 0 {
-                Vec::new()
-            } else {
-                vec![ListenerConfig {
-                    name: self.name.clone(),
-                    kind: ListenerKind::Inet {
-                        address: "0.0.0.0".to_owned(),
-                        port: self.port,
-                        ssl: false,
-                        haproxy: false,
-                        reuse_port: false,
-                    },
-                }]
-            },
+            listeners: self.listeners(),
         }
     }
 }

@@ -5,30 +5,47 @@
 //! clients connect over turmoil's TCP, wait in the listener's accept queue until a process
 //! takes them, read a greeting, log in with a line, hold the session, and quit. It is the place
 //! for network-shaped scenarios (many clients, floods of connections that never log in,
-//! reconnects), at a coarse tick (10 ms by default).
+//! reconnects, partitions and held links), at a coarse tick (10 ms by default).
 //!
 //! Model: turmoil has no unix sockets, processes or signals, so the server host carries a
 //! small kernel: an acceptor task per listening socket fills an accept queue (with the
 //! service's backlog) that the master's listener and every child share through `Rc` clones,
 //! which is how fd inheritance is modelled; processes are tasks with a signal channel, each
-//! running the real `roost_core::child::Child` machine; status records and exits come back to
-//! the driver on one channel. Each service has at most one
-//! listener here (the scenario configurations have one), and processes wait on its queue.
+//! running the same machine as in the discrete-event driver, fed the same way
+//! ([`crate::machine`]): core's `Login` machine for a login service (who is killed with
+//! `-ERR Connection queue full` when the service is full and when, the "all processes full"
+//! state read on SIGUSR1, the pre-auth timeout), core's `Child` machine otherwise. A
+//! connection is a task that reports the client's login to its process and that the process
+//! can tell to disconnect with a reason, which the client reads. Status records and exits come
+//! back to the driver on one channel. A service has at most one inet and one unix listener here
+//! (a `ServiceSpec` has no more), and its processes wait on both queues.
+//!
+//! Unix sockets live inside the server host: a queue known by its path, which only login
+//! processes reach. A login process of `P-login` hands each logged-in client to `login/P` when
+//! the configuration has it, as in the discrete-event driver: the client's `TcpStream` goes into
+//! that queue (fd passing), the Login machine holds the client as `HandingOff`, and the
+//! post-login process that accepts it answers and has the session; the client reads its
+//! `+OK logged in` from there.
 //!
 //! Determinism: `Builder::rng_seed`, every `select!` is `biased`, time only from turmoil
-//! (`turmoil::elapsed`) and tokio's paused clock, `BTreeMap` only. The driver folds every step
-//! into the same FNV-1a hash as the discrete-event driver.
+//! (`turmoil::elapsed`) and tokio's paused clock, `BTreeMap` only, and every random draw from
+//! a `SmallRng` seeded from the load's seed. The driver folds every step into the same FNV-1a
+//! hash as the discrete-event driver.
+//!
+//! Checks: [`Master::check_invariants`] after every step and each process machine's invariants
+//! after every input; the server's live processes equal the master's process count; no signal
+//! goes to a pid the master was told had exited.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::rc::Rc;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use roost_core::child::{Child, ChildConfig, Input as ChildInput, Output as ChildOutput};
 use roost_core::ids::{ListenerId, Pid, ProcessUid, ServiceId};
 use roost_core::input::Input;
+use roost_core::login::{ClientState, DisconnectReason, OverflowPolicy, DEFAULT_OVERFLOW_POLICY};
 use roost_core::master::Master;
 use roost_core::output::{Output, SpawnRequest};
 use roost_core::setup::{ListenerKind, ServiceType};
@@ -36,12 +53,15 @@ use roost_core::signal::{ExitStatus, Signal};
 use roost_core::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use turmoil::net::{TcpListener, TcpStream};
 
 use crate::des::{fnv1a, PRE_AUTH_TIMEOUT};
 use crate::load::{Behaviour, LoadProfile, NetFault, SimConfig};
+use crate::machine::{Action, Event, ProcMachine, ProcSpec, Surroundings};
+use crate::plan::ServiceReport;
+use crate::stats::{told_line, Outcome, Stats};
 use crate::view;
 
 /// How the turmoil world is built.
@@ -85,11 +105,25 @@ pub struct NetSummary {
     pub peak_processes: usize,
     /// Server-side connections closed by the pre-auth timeout (no login line in time).
     pub pre_auth_timeouts: u64,
-    /// Client attempts abandoned after [`CLIENT_TIMEOUT`] without an answer.
+    /// Pre-login clients a full login process killed to make room (`Connection queue full`).
+    pub login_killed: u64,
+    /// Client attempts abandoned after their patience ran out without an answer.
     pub client_timeouts: u64,
+    /// Every line a process sent a client it disconnected, with the time it was sent (ms).
+    pub told: Vec<(u64, String)>,
+    /// Every `-ERR` line a client read, with the time it read it (ms): what `told` became
+    /// after the network had its say.
+    pub heard: Vec<(u64, String)>,
+    /// Per service (configuration order), the capacity report's figures.
+    pub services: Vec<ServiceReport>,
+    /// Per service, processes created by each master step that created any.
+    pub spawn_steps: BTreeMap<String, Vec<u32>>,
+    /// The master's exit status, if it exited.
+    pub exit: Option<i32>,
 }
 
-/// A client gives up an attempt (connect, greeting or login reply) after this long.
+/// A client gives up an attempt (connect, greeting or login reply) after this long unless its
+/// group says otherwise (`ClientGroup::patience_ms`).
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl fmt::Display for NetSummary {
@@ -103,7 +137,7 @@ impl fmt::Display for NetSummary {
         };
         write!(
             f,
-            "{} served, {} failed attempts, {} never served, wait p50 {} ms p99 {} ms, peak {} processes, {} client timeouts, {} pre-auth timeouts, {} steps, hash {:016x}",
+            "{} served, {} failed attempts, {} never served, wait p50 {} ms p99 {} ms, peak {} processes, {} client timeouts, {} pre-auth timeouts, {} killed, {} steps, hash {:016x}",
             self.served,
             self.failed_attempts,
             self.never_served,
@@ -112,6 +146,7 @@ impl fmt::Display for NetSummary {
             self.peak_processes,
             self.client_timeouts,
             self.pre_auth_timeouts,
+            self.login_killed,
             self.steps,
             self.hash
         )
@@ -120,13 +155,34 @@ impl fmt::Display for NetSummary {
 
 /// The kernel's accept queue of one listening socket.
 struct Queue {
-    /// Accepted by the kernel, not yet by a process.
-    conns: VecDeque<TcpStream>,
+    /// Accepted by the kernel, not yet by a process, with the time each was queued.
+    conns: VecDeque<(Pending, Instant)>,
     /// The listen backlog.
     backlog: usize,
     /// Woken when a connection is queued.
     notify: Rc<Notify>,
+    /// Still open: a unix socket the master closed refuses connects.
+    open: bool,
 }
+
+/// A connection in an accept queue.
+enum Pending {
+    /// A client's TCP connection (inet socket).
+    Client(TcpStream),
+    /// A login process's handoff of a logged-in client (unix socket `login/P`): the client's
+    /// connection travels with it, as an fd does over SCM_RIGHTS.
+    Handoff {
+        /// The client's connection. Whoever takes it first has it: the post-login process
+        /// that accepts the handoff, or the login process that gives the handoff up.
+        client: Rc<RefCell<Option<TcpStream>>>,
+        /// The post-login process's answer; dropped unanswered = the handoff failed.
+        answer: oneshot::Sender<()>,
+    },
+}
+
+/// The unix sockets of the server host by path, newest last opened: where a login process
+/// connects to hand a client off.
+type UnixSockets = Rc<RefCell<BTreeMap<String, Rc<RefCell<Queue>>>>>;
 
 /// Messages from the server's kernel and processes to its driver.
 enum KernelEvent {
@@ -158,12 +214,39 @@ struct NetListener {
     reported: Option<usize>,
 }
 
+impl NetListener {
+    /// A listener on this queue, not watched yet (a fresh registration).
+    fn new(queue: Rc<RefCell<Queue>>) -> NetListener {
+        NetListener {
+            queue,
+            watched: false,
+            reported: None,
+        }
+    }
+}
+
 /// Everything the world shares (one OS thread: `Rc`).
 #[derive(Default)]
 struct Shared {
     summary: NetSummary,
     violation: Option<String>,
     waits: Vec<u64>,
+    /// Per-service counts, by service name.
+    stats: BTreeMap<String, Stats>,
+    /// Processes alive now, by service name (the last settle's count).
+    alive: BTreeMap<String, u32>,
+}
+
+impl Shared {
+    fn stats(&mut self, name: &str) -> &mut Stats {
+        self.stats.entry(name.to_owned()).or_default()
+    }
+
+    fn violation(&mut self, what: String) {
+        if self.violation.is_none() {
+            self.violation = Some(what);
+        }
+    }
 }
 
 type SharedRef = Rc<RefCell<Shared>>;
@@ -175,11 +258,17 @@ pub fn run(
     options: NetOptions,
 ) -> Result<NetSummary, String> {
     let shared: SharedRef = Rc::new(RefCell::new(Shared::default()));
+    let longest_patience = load
+        .clients
+        .iter()
+        .filter_map(|g| g.patience_ms)
+        .max()
+        .unwrap_or(0);
     let mut sim = turmoil::Builder::new()
         .rng_seed(load.seed)
         .tick_duration(std::time::Duration::from_millis(options.tick_ms))
         .simulation_duration(std::time::Duration::from_millis(
-            load.duration_ms + PRE_AUTH_TIMEOUT.as_millis() as u64 + 60_000,
+            load.duration_ms + (PRE_AUTH_TIMEOUT.as_millis() as u64).max(longest_patience) + 60_000,
         ))
         .min_message_latency(std::time::Duration::from_millis(1))
         .max_message_latency(std::time::Duration::from_millis(5))
@@ -188,6 +277,10 @@ pub fn run(
 
     let master_config = config.master_config();
     let backlog = load.backlog;
+    let overflow = load
+        .overflow_policy
+        .as_ref()
+        .map_or(DEFAULT_OVERFLOW_POLICY, |p| p.policy());
     {
         let shared = shared.clone();
         let seed = load.seed;
@@ -195,16 +288,17 @@ pub fn run(
             let shared = shared.clone();
             let master_config = master_config.clone();
             async move {
-                server(master_config, backlog, seed, shared).await;
+                server(master_config, backlog, overflow, seed, shared).await;
                 Ok(())
             }
         });
     }
 
-    // Clients, dealt round-robin over a few hosts: turmoil polls every host every tick, so
-    // few hosts keep the simulation fast.
+    // Clients, dealt round-robin over a few hosts unless their group names one: turmoil polls
+    // every host every tick, so few hosts keep the simulation fast.
     let mut rng = SmallRng::seed_from_u64(load.seed ^ 0x006e_6574_776f_726b);
-    let mut per_host: Vec<Vec<ClientSpec>> = vec![Vec::new(); options.client_hosts.max(1)];
+    let hosts = options.client_hosts.max(1);
+    let mut per_host: Vec<Vec<ClientSpec>> = vec![Vec::new(); hosts];
     let mut n = 0usize;
     for group in &load.clients {
         let port = config
@@ -213,6 +307,12 @@ pub fn run(
             .find(|s| s.name == group.service)
             .map(|s| s.port)
             .unwrap_or(0);
+        if let Some(host) = group.client_host.filter(|h| *h >= hosts) {
+            return Err(format!(
+                "clients of {} are on client host {host}, but the world has {hosts}",
+                group.service
+            ));
+        }
         for i in 0..group.count {
             let at = group.start_ms
                 + if group.count > 1 {
@@ -228,6 +328,7 @@ pub fn run(
                 }
             };
             let spec = ClientSpec {
+                service: group.service.clone(),
                 port,
                 at_ms: at,
                 behaviour: group.behaviour,
@@ -235,9 +336,12 @@ pub fn run(
                 session_ms: draw(&mut rng, group.session_ms),
                 reconnect: group.reconnect,
                 retry_ms: group.retry_ms,
+                patience: group
+                    .patience_ms
+                    .map_or(CLIENT_TIMEOUT, Duration::from_millis),
             };
-            let hosts = per_host.len();
-            per_host[n % hosts].push(spec);
+            let host = group.client_host.unwrap_or(n % hosts);
+            per_host[host].push(spec);
             n += 1;
         }
     }
@@ -280,6 +384,20 @@ pub fn run(
     let mut waits = shared.waits.clone();
     waits.sort_unstable();
     summary.waits_ms = waits;
+    let mut names: Vec<&str> = Vec::new();
+    for service in &config.services {
+        if !names.contains(&service.name.as_str()) {
+            names.push(&service.name);
+        }
+    }
+    for name in names {
+        let stats = shared.stats.get(name).cloned().unwrap_or_default();
+        let alive = shared.alive.get(name).copied().unwrap_or(0);
+        summary.services.push(stats.report(name, alive));
+        summary
+            .spawn_steps
+            .insert(name.to_owned(), stats.spawn_steps().to_vec());
+    }
     Ok(summary)
 }
 
@@ -303,6 +421,7 @@ async fn net_fault(fault: NetFault, host: usize) {
 /// One scripted client.
 #[derive(Clone, Debug)]
 struct ClientSpec {
+    service: String,
     port: u16,
     at_ms: u64,
     behaviour: Behaviour,
@@ -310,6 +429,8 @@ struct ClientSpec {
     session_ms: u64,
     reconnect: u32,
     retry_ms: u64,
+    /// How long it waits for an answer before it gives the attempt up.
+    patience: Duration,
 }
 
 /// How one attempt ended.
@@ -320,8 +441,9 @@ enum Attempt {
 
 async fn client(spec: ClientSpec, shared: SharedRef) {
     tokio::time::sleep(std::time::Duration::from_millis(spec.at_ms)).await;
+    let first_try = now();
     for attempt in 0..=spec.reconnect {
-        match session(&spec, &shared).await {
+        match session(&spec, first_try, &shared).await {
             Attempt::Served => {
                 shared.borrow_mut().summary.served += 1;
                 return;
@@ -338,10 +460,14 @@ async fn client(spec: ClientSpec, shared: SharedRef) {
     shared.borrow_mut().summary.never_served += 1;
 }
 
-/// Waits for `io` at most [`CLIENT_TIMEOUT`]; `None` (counted) when the answer never came, as
-/// when the network was lost mid-login.
-async fn within<T>(shared: &SharedRef, io: impl std::future::Future<Output = T>) -> Option<T> {
-    match tokio::time::timeout(CLIENT_TIMEOUT, io).await {
+/// Waits for `io` at most the client's patience; `None` (counted) when the answer never came,
+/// as when the network was lost mid-login.
+async fn within<T>(
+    spec: &ClientSpec,
+    shared: &SharedRef,
+    io: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match tokio::time::timeout(spec.patience, io).await {
         Ok(value) => Some(value),
         Err(_) => {
             shared.borrow_mut().summary.client_timeouts += 1;
@@ -350,54 +476,88 @@ async fn within<T>(shared: &SharedRef, io: impl std::future::Future<Output = T>)
     }
 }
 
-async fn session(spec: &ClientSpec, shared: &SharedRef) -> Attempt {
+/// Reads one line; an `-ERR` line is recorded as heard. `true` when a line came.
+async fn read_reply(
+    stream: &mut BufReader<TcpStream>,
+    line: &mut String,
+    shared: &SharedRef,
+) -> bool {
+    line.clear();
+    let read = matches!(stream.read_line(line).await, Ok(n) if n > 0);
+    if read && line.starts_with("-ERR") {
+        let heard = line.trim_end().to_owned();
+        shared
+            .borrow_mut()
+            .summary
+            .heard
+            .push((now().as_millis(), heard));
+    }
+    read
+}
+
+async fn session(spec: &ClientSpec, first_try: Instant, shared: &SharedRef) -> Attempt {
     let started = turmoil::elapsed();
-    let Some(Ok(stream)) = within(shared, TcpStream::connect(("server", spec.port))).await else {
+    let Some(Ok(stream)) = within(spec, shared, TcpStream::connect(("server", spec.port))).await
+    else {
         return Attempt::Failed;
     };
     let mut stream = BufReader::new(stream);
     let mut line = String::new();
-    if !matches!(within(shared, stream.read_line(&mut line)).await, Some(Ok(n)) if n > 0) {
+    if within(spec, shared, read_reply(&mut stream, &mut line, shared)).await != Some(true) {
         return Attempt::Failed;
     }
     let wait = (turmoil::elapsed() - started).as_millis() as u64;
     if spec.behaviour == Behaviour::PreAuthIdle {
         // Never log in: hold the slot until the server closes the connection.
-        line.clear();
-        let _ = stream.read_line(&mut line).await;
+        read_reply(&mut stream, &mut line, shared).await;
         return Attempt::Failed;
     }
     tokio::time::sleep(std::time::Duration::from_millis(spec.login_delay_ms)).await;
     if stream.get_mut().write_all(b"LOGIN\r\n").await.is_err() {
         return Attempt::Failed;
     }
-    line.clear();
-    let reply = within(shared, stream.read_line(&mut line)).await;
-    if !matches!(reply, Some(Ok(n)) if n > 0) || !line.starts_with("+OK") {
+    let reply = within(spec, shared, read_reply(&mut stream, &mut line, shared)).await;
+    if reply != Some(true) || !line.starts_with("+OK") {
         return Attempt::Failed;
     }
-    shared.borrow_mut().waits.push(wait);
+    {
+        let mut shared = shared.borrow_mut();
+        shared.waits.push(wait);
+        let latency = (now() - first_try).as_millis() as u64;
+        shared.stats(&spec.service).served(latency);
+    }
     tokio::time::sleep(std::time::Duration::from_millis(spec.session_ms)).await;
     let _ = stream.get_mut().write_all(b"QUIT\r\n").await;
-    line.clear();
-    let _ = stream.read_line(&mut line).await;
+    read_reply(&mut stream, &mut line, shared).await;
     Attempt::Served
+}
+
+/// What the server knows of a live process.
+struct NetProc {
+    service: ServiceId,
+    name: String,
+    signals: UnboundedSender<ProcMsg>,
 }
 
 /// The server host's driver.
 struct Server {
     master: Master,
     listeners: BTreeMap<ListenerId, NetListener>,
-    procs: BTreeMap<Pid, (ServiceId, UnboundedSender<ProcMsg>)>,
-    reaped: std::collections::BTreeSet<Pid>,
+    procs: BTreeMap<Pid, NetProc>,
+    reaped: BTreeSet<Pid>,
     login_full: BTreeMap<ServiceId, Rc<Cell<bool>>>,
     next_pid: i32,
     events: UnboundedSender<KernelEvent>,
     backlog: Option<u32>,
+    overflow: OverflowPolicy,
     rng: SmallRng,
     shared: SharedRef,
     pending: VecDeque<Input>,
     shutdown_clients: bool,
+    /// Processes created in the current step, by service name.
+    step_spawns: BTreeMap<String, u32>,
+    /// The unix sockets, by path.
+    unix: UnixSockets,
 }
 
 fn now() -> Instant {
@@ -407,6 +567,7 @@ fn now() -> Instant {
 async fn server(
     config: roost_core::setup::MasterConfig,
     backlog: Option<u32>,
+    overflow: OverflowPolicy,
     seed: u64,
     shared: SharedRef,
 ) {
@@ -417,14 +578,17 @@ async fn server(
         master: Master::new(config, now()),
         listeners: BTreeMap::new(),
         procs: BTreeMap::new(),
-        reaped: std::collections::BTreeSet::new(),
+        reaped: BTreeSet::new(),
         login_full: BTreeMap::new(),
         next_pid: 100,
         events,
         backlog,
+        overflow,
         rng: SmallRng::seed_from_u64(seed),
         shared: shared.clone(),
         pending: VecDeque::new(),
+        step_spawns: BTreeMap::new(),
+        unix: UnixSockets::default(),
     };
     server.drain(String::new()).await;
     loop {
@@ -475,10 +639,18 @@ impl Server {
         }
         let live = self.procs.len();
         let counted = view::process_total(&self.master);
+        let mut alive: BTreeMap<String, u32> = BTreeMap::new();
+        for proc in self.procs.values() {
+            *alive.entry(proc.name.clone()).or_default() += 1;
+        }
         let mut shared = self.shared.borrow_mut();
+        for (name, count) in &alive {
+            shared.stats(name).alive(*count);
+        }
+        shared.alive = alive;
         shared.summary.peak_processes = shared.summary.peak_processes.max(live);
-        if live != counted && shared.violation.is_none() {
-            shared.violation = Some(format!(
+        if live != counted {
+            shared.violation(format!(
                 "at {} ms: the server has {live} live processes, the master counts {counted}",
                 now().as_millis()
             ));
@@ -495,10 +667,9 @@ impl Server {
         self.master.handle(input, at);
         self.drain(head).await;
         if let Err(violation) = self.master.check_invariants() {
-            let mut shared = self.shared.borrow_mut();
-            if shared.violation.is_none() {
-                shared.violation = Some(format!("at {} ms: {violation}", at.as_millis()));
-            }
+            self.shared
+                .borrow_mut()
+                .violation(format!("at {} ms: {violation}", at.as_millis()));
         }
     }
 
@@ -510,6 +681,9 @@ impl Server {
             self.apply(output).await;
         }
         let mut shared = self.shared.borrow_mut();
+        for (name, count) in std::mem::take(&mut self.step_spawns) {
+            shared.stats(&name).spawned(count);
+        }
         shared.summary.steps += 1;
         let hash = if shared.summary.hash == 0 {
             0xcbf2_9ce4_8422_2325
@@ -519,6 +693,30 @@ impl Server {
         shared.summary.hash = fnv1a(fnv1a(hash, line.as_bytes()), b"\n");
     }
 
+    /// Counts the clients of `closed` (connections taken from the listener's queue and closed)
+    /// as attempts of the listener's service that ended so. A handoff among them is counted by
+    /// its login process, which sees it fail.
+    fn count_ended(
+        &self,
+        listener: ListenerId,
+        outcome: Outcome,
+        closed: VecDeque<(Pending, Instant)>,
+    ) {
+        let count = closed
+            .iter()
+            .filter(|(pending, _)| matches!(pending, Pending::Client(_)))
+            .count();
+        if count == 0 {
+            return;
+        }
+        if let Some(name) = view::listener_service_name(&self.master, listener) {
+            let mut shared = self.shared.borrow_mut();
+            for _ in 0..count {
+                shared.stats(&name).ended(outcome);
+            }
+        }
+    }
+
     async fn apply(&mut self, output: Output) {
         match output {
             Output::OpenListener {
@@ -526,43 +724,43 @@ impl Server {
                 service,
                 config,
             } => {
+                let backlog = view::listen_backlog(&self.master, service, self.backlog) as usize;
+                let queue = Rc::new(RefCell::new(Queue {
+                    conns: VecDeque::new(),
+                    backlog,
+                    notify: Rc::new(Notify::new()),
+                    open: true,
+                }));
                 let port = match config.kind {
                     ListenerKind::Inet { port, .. } => port,
-                    _ => {
+                    ListenerKind::Unix { path, .. } => {
+                        // Only login processes connect to it, inside the host.
+                        self.unix.borrow_mut().insert(path, queue.clone());
+                        self.listeners.insert(listener, NetListener::new(queue));
+                        return;
+                    }
+                    ListenerKind::Fifo { .. } => {
                         self.pending.push_back(Input::ListenFailed {
                             listener,
                             soft: false,
-                            error: "the turmoil world has TCP listeners only".to_owned(),
+                            error: "the turmoil world has no fifos".to_owned(),
                         });
                         return;
                     }
                 };
-                let backlog = self.backlog.unwrap_or_else(|| {
-                    view::service_config(&self.master, service)
-                        .map(|c| c.process_limit.saturating_mul(c.client_limit).max(4))
-                        .unwrap_or(4)
-                        .min(crate::des::SOMAXCONN)
-                }) as usize;
+                let name = view::service_config(&self.master, service)
+                    .map(|c| c.name)
+                    .unwrap_or_default();
                 match TcpListener::bind(("0.0.0.0", port)).await {
                     Ok(socket) => {
-                        let queue = Rc::new(RefCell::new(Queue {
-                            conns: VecDeque::new(),
-                            backlog,
-                            notify: Rc::new(Notify::new()),
-                        }));
                         tokio::task::spawn_local(acceptor(
                             socket,
                             queue.clone(),
+                            name,
                             self.events.clone(),
+                            self.shared.clone(),
                         ));
-                        self.listeners.insert(
-                            listener,
-                            NetListener {
-                                queue,
-                                watched: false,
-                                reported: None,
-                            },
-                        );
+                        self.listeners.insert(listener, NetListener::new(queue));
                     }
                     Err(e) => self.pending.push_back(Input::ListenFailed {
                         listener,
@@ -573,19 +771,18 @@ impl Server {
             }
             Output::TakeOverListener { from, to } => {
                 if let Some(old) = self.listeners.remove(&from) {
-                    self.listeners.insert(
-                        to,
-                        NetListener {
-                            queue: old.queue,
-                            watched: false,
-                            reported: None,
-                        },
-                    );
+                    self.listeners.insert(to, NetListener::new(old.queue));
                 }
             }
             Output::CloseListener { listener } => {
                 if let Some(old) = self.listeners.remove(&listener) {
-                    old.queue.borrow_mut().conns.clear();
+                    let closed = {
+                        let mut queue = old.queue.borrow_mut();
+                        queue.open = false;
+                        std::mem::take(&mut queue.conns)
+                    };
+                    // A unix socket stays known by its path, closed: a connect to it fails.
+                    self.count_ended(listener, Outcome::Refused, closed);
                 }
             }
             Output::SetListening { listener, on } => {
@@ -597,21 +794,22 @@ impl Server {
                 }
             }
             Output::AcceptAndClose { listener } => {
+                let mut dropped = VecDeque::new();
                 if let Some(l) = self.listeners.get_mut(&listener) {
                     l.reported = None;
-                    l.queue.borrow_mut().conns.clear();
+                    dropped = std::mem::take(&mut l.queue.borrow_mut().conns);
                 }
+                self.count_ended(listener, Outcome::Dropped, dropped);
             }
             Output::Spawn(request) => self.spawn(request),
             Output::Kill { pid, signal } => {
                 if self.reaped.contains(&pid) {
-                    let mut shared = self.shared.borrow_mut();
-                    if shared.violation.is_none() {
-                        shared.violation = Some(format!("{signal} sent to reaped pid {pid}"));
-                    }
-                } else if let Some((_, tx)) = self.procs.get(&pid) {
+                    self.shared
+                        .borrow_mut()
+                        .violation(format!("{signal} sent to reaped pid {pid}"));
+                } else if let Some(proc) = self.procs.get(&pid) {
                     // A process that already ended has dropped its receiver; that is a zombie.
-                    let _ = tx.send(ProcMsg::Signal(signal));
+                    let _ = proc.signals.send(ProcMsg::Signal(signal));
                 }
             }
             Output::SetLoginFull { service, full } => {
@@ -626,15 +824,16 @@ impl Server {
                     .filter(|s| s.generation == generation)
                     .map(|s| s.id)
                     .collect();
-                for (service, tx) in self.procs.values() {
-                    if services.contains(service) {
-                        let _ = tx.send(ProcMsg::MasterDead);
+                for proc in self.procs.values() {
+                    if services.contains(&proc.service) {
+                        let _ = proc.signals.send(ProcMsg::MasterDead);
                     }
                 }
             }
-            Output::Exit(_) => {
-                for (_, tx) in self.procs.values() {
-                    let _ = tx.send(ProcMsg::MasterDead);
+            Output::Exit(code) => {
+                self.shared.borrow_mut().summary.exit = Some(code);
+                for proc in self.procs.values() {
+                    let _ = proc.signals.send(ProcMsg::MasterDead);
                 }
             }
             Output::Log(notice) => self
@@ -651,40 +850,66 @@ impl Server {
         let pid = Pid(self.next_pid);
         self.next_pid += 1;
         let config = view::service_config(&self.master, request.service);
-        let (client_limit, service_count, login) = config
+        let (name, client_limit, service_count, login) = config
             .map(|c| {
                 (
+                    c.name,
                     c.client_limit,
                     c.service_count,
                     c.service_type == ServiceType::Login,
                 )
             })
-            .unwrap_or((1, 0, false));
-        let queue = view::service_listeners(&self.master, request.service)
+            .unwrap_or((String::new(), 1, 0, false));
+        *self.step_spawns.entry(name.clone()).or_default() += 1;
+        let queues = view::service_listeners(&self.master, request.service)
             .into_iter()
-            .find_map(|l| self.listeners.get(&l).map(|l| l.queue.clone()));
+            .filter_map(|l| self.listeners.get(&l).map(|l| l.queue.clone()))
+            .collect();
+        // Dovecot's login processes hand logged-in clients to `login/<protocol>` (§5.2).
+        let handoff = name
+            .strip_suffix("-login")
+            .filter(|_| login)
+            .map(|protocol| HandoffTo {
+                path: format!("login/{protocol}"),
+                unix: self.unix.clone(),
+                events: self.events.clone(),
+            });
         let login_full = self
             .login_full
             .entry(request.service)
             .or_insert_with(|| Rc::new(Cell::new(false)))
             .clone();
         let (tx, rx) = unbounded_channel();
-        self.procs.insert(pid, (request.service, tx));
+        self.procs.insert(
+            pid,
+            NetProc {
+                service: request.service,
+                name: name.clone(),
+                signals: tx,
+            },
+        );
         self.pending.push_back(Input::Spawned {
             process: request.process,
             pid,
         });
         let exec = Duration::from_millis(self.rng.random_range(1..=5));
+        let jitter_seed = self.rng.random();
         tokio::task::spawn_local(process(Process {
             pid,
             uid: request.uid,
-            queue,
-            client_limit,
-            service_count,
-            login,
+            name,
+            queues,
+            handoff,
+            spec: ProcSpec {
+                client_limit,
+                service_count,
+                login,
+                die_with_master: self.shutdown_clients,
+                overflow: self.overflow,
+            },
             login_full,
             exec,
-            shutdown_clients: self.shutdown_clients,
+            jitter_seed,
             signals: rx,
             events: self.events.clone(),
             shared: self.shared.clone(),
@@ -695,16 +920,19 @@ impl Server {
 async fn acceptor(
     socket: TcpListener,
     queue: Rc<RefCell<Queue>>,
+    name: String,
     events: UnboundedSender<KernelEvent>,
+    shared: SharedRef,
 ) {
     while let Ok((stream, _)) = socket.accept().await {
         let notify = {
             let mut q = queue.borrow_mut();
             if q.conns.len() >= q.backlog {
                 // Over the backlog: the connection is dropped (the client sees EOF).
+                shared.borrow_mut().stats(&name).ended(Outcome::BacklogFull);
                 continue;
             }
-            q.conns.push_back(stream);
+            q.conns.push_back((Pending::Client(stream), now()));
             q.notify.clone()
         };
         notify.notify_waiters();
@@ -718,13 +946,17 @@ async fn acceptor(
 struct Process {
     pid: Pid,
     uid: ProcessUid,
-    queue: Option<Rc<RefCell<Queue>>>,
-    client_limit: u32,
-    service_count: u32,
-    login: bool,
+    /// Its service's name (for the statistics).
+    name: String,
+    /// The accept queues of its listeners (inherited fds).
+    queues: Vec<Rc<RefCell<Queue>>>,
+    /// A login process: where it hands logged-in clients.
+    handoff: Option<HandoffTo>,
+    spec: ProcSpec,
     login_full: Rc<Cell<bool>>,
     exec: Duration,
-    shutdown_clients: bool,
+    /// Seeds the overflow jitter this process draws.
+    jitter_seed: u64,
     signals: UnboundedReceiver<ProcMsg>,
     events: UnboundedSender<KernelEvent>,
     shared: SharedRef,
@@ -732,215 +964,431 @@ struct Process {
 
 /// One connection of a process.
 struct Connection {
+    /// The task serving it.
     task: JoinHandle<()>,
-    logged_in: Rc<Cell<bool>>,
-    accepted: Instant,
+    /// Tells the task to send the client a reason and close.
+    disconnect: oneshot::Sender<DisconnectReason>,
 }
 
-/// What a process does with the outputs of its child machine.
-struct ChildDriver {
-    /// The child asked to accept.
-    accepting: bool,
-    /// The child closed its listening fds.
-    closed: bool,
-    /// The master's end of the generation is gone: status records are no longer read.
-    master_dead: bool,
+/// What a connection's task tells its process.
+enum ConnEvent {
+    /// The client moved on in its login: it sent its login line and is logged in (proxied
+    /// here, never killed) or being handed to the post-login service.
+    State(u64, ClientState),
+    /// The connection is over (or handed off: the post-login process has it).
+    Closed(u64),
 }
 
-impl ChildDriver {
-    /// Feeds one input to the child machine and carries out its outputs; `Some(code)` when
-    /// it exits.
-    fn step(&mut self, p: &Process, child: &mut Child, input: ChildInput) -> Option<i32> {
-        let mut inputs = VecDeque::from([input]);
-        while let Some(input) = inputs.pop_front() {
-            child.handle(input, now());
-            while let Some(output) = child.poll_output() {
-                match output {
-                    ChildOutput::WriteStatus { available_count } => {
-                        if self.master_dead {
-                            inputs.push_back(ChildInput::StatusWriteFailed);
-                        } else {
-                            let _ = p.events.send(KernelEvent::Status {
-                                pid: p.pid,
-                                uid: p.uid,
-                                available_count,
-                            });
-                            inputs.push_back(ChildInput::StatusWritten);
-                        }
-                    }
-                    // The simulated pipe never fills up.
-                    ChildOutput::AwaitStatusWritable => {
-                        inputs.push_back(ChildInput::StatusWritable)
-                    }
-                    ChildOutput::SetAccepting { on } => self.accepting = on,
-                    ChildOutput::CloseListeners => self.closed = true,
-                    // The process only accepts while the child says so; nothing to refuse.
-                    ChildOutput::Refuse | ChildOutput::DieCallback => {}
-                    ChildOutput::Exit(code) => return Some(code),
+/// Where a login process hands its logged-in clients: the unix socket `login/P` of a login
+/// service `P-login`, as Dovecot's login processes do (reference §5.2; docs/mail-host.md).
+#[derive(Clone)]
+struct HandoffTo {
+    /// `login/P`.
+    path: String,
+    /// The host's unix sockets.
+    unix: UnixSockets,
+    /// Wakes the server's driver, so the master sees the socket readable.
+    events: UnboundedSender<KernelEvent>,
+}
+
+impl HandoffTo {
+    /// The socket a connect to the path reaches (the newest at that path, open or not), if
+    /// the configuration has one at all.
+    fn socket(&self) -> Option<Rc<RefCell<Queue>>> {
+        let suffix = format!("/{}", self.path);
+        self.unix
+            .borrow()
+            .iter()
+            .find(|(path, _)| **path == self.path || path.ends_with(&suffix))
+            .map(|(_, queue)| queue.clone())
+    }
+}
+
+/// Where a connection's conversation starts.
+enum Start {
+    /// A client just accepted: the greeting, then its login line.
+    Greet {
+        /// The process is a login process (its machine has the pre-auth timeout).
+        login: bool,
+        /// Where a logged-in client goes, for a login process with a post-login service.
+        handoff: Option<HandoffTo>,
+        /// The process's service, for the statistics.
+        service: String,
+    },
+    /// A client a login process handed off: logged in, its session starts here.
+    HandedOff,
+}
+
+impl Process {
+    /// Feeds one event to the machine and carries out what it asks; `Some(status)` when the
+    /// process exits.
+    fn step(
+        &self,
+        machine: &mut ProcMachine,
+        event: Event,
+        conns: &mut BTreeMap<u64, Connection>,
+    ) -> Option<ExitStatus> {
+        let world = Surroundings {
+            // Once the master exits every process hears MasterDead; until then it reads.
+            master_gone: false,
+            login_full: self.login_full.get(),
+        };
+        let actions = match machine.step(event, now(), world) {
+            Ok(actions) => actions,
+            Err(violation) => {
+                self.shared.borrow_mut().violation(format!(
+                    "at {} ms: pid {}: {violation}",
+                    now().as_millis(),
+                    self.pid
+                ));
+                return None;
+            }
+        };
+        for action in actions {
+            match action {
+                Action::Status { available_count } => {
+                    let _ = self.events.send(KernelEvent::Status {
+                        pid: self.pid,
+                        uid: self.uid,
+                        available_count,
+                    });
                 }
+                Action::Disconnect { conn, reason } => {
+                    if let Some(c) = conns.remove(&conn) {
+                        let _ = c.disconnect.send(reason);
+                        let mut shared = self.shared.borrow_mut();
+                        let outcome = Outcome::of_disconnect(reason);
+                        match outcome {
+                            Outcome::LoginKilled => shared.summary.login_killed += 1,
+                            _ => shared.summary.pre_auth_timeouts += 1,
+                        }
+                        shared.stats(&self.name).ended(outcome);
+                        shared
+                            .summary
+                            .told
+                            .push((now().as_millis(), told_line(reason)));
+                    }
+                }
+                Action::Refused => self.shared.borrow_mut().violation(format!(
+                    "pid {} refused a connection it was given while it accepted",
+                    self.pid
+                )),
+                Action::Exit(code) => return Some(ExitStatus::Exited(code)),
             }
         }
         None
     }
+
+    /// A connection's news: its login, or its end (news of a client the machine already
+    /// disconnected is stale).
+    fn on_conn_event(
+        &self,
+        machine: &mut ProcMachine,
+        event: ConnEvent,
+        conns: &mut BTreeMap<u64, Connection>,
+    ) -> Option<ExitStatus> {
+        match event {
+            ConnEvent::State(id, state) => {
+                conns.get(&id)?;
+                self.step(machine, Event::ClientState(id, state), conns)
+            }
+            ConnEvent::Closed(id) => {
+                conns.remove(&id)?;
+                self.step(machine, Event::ClientClosed(id), conns)
+            }
+        }
+    }
+
+    /// The process ends: its connections go with it.
+    fn end(&self, conns: BTreeMap<u64, Connection>, status: ExitStatus) {
+        if !conns.is_empty() {
+            let mut shared = self.shared.borrow_mut();
+            for _ in 0..conns.len() {
+                shared.stats(&self.name).ended(Outcome::Lost);
+            }
+        }
+        for c in conns.values() {
+            c.task.abort();
+        }
+        let _ = self.events.send(KernelEvent::Exited {
+            pid: self.pid,
+            status,
+        });
+    }
 }
 
 async fn process(mut p: Process) {
-    let mut child = Child::new(
-        ChildConfig {
-            client_limit: p.client_limit,
-            service_count: p.service_count,
-            never_idle_die: false,
-            die_with_master: p.shutdown_clients,
-            has_die_callback: true,
-            is_login: p.login,
-            starts_with_client: false,
-        },
-        now(),
-    );
-    let mut driver = ChildDriver {
-        accepting: false,
-        closed: false,
-        master_dead: false,
-    };
+    let mut machine = ProcMachine::new(p.spec, now());
     tokio::time::sleep(p.exec).await;
-    let (done_tx, mut done_rx) = unbounded_channel::<u64>();
+    let mut rng = SmallRng::seed_from_u64(p.jitter_seed);
+    let (conn_tx, mut conn_rx) = unbounded_channel::<ConnEvent>();
     let mut conns: BTreeMap<u64, Connection> = BTreeMap::new();
     let mut next_conn = 0u64;
-    let mut overflow = false;
-    let mut exit = driver.step(&p, &mut child, ChildInput::InitDone);
+    let mut exit = p.step(&mut machine, Event::InitDone, &mut conns);
     loop {
-        // Accept while the child machine says so; a full login process allowed to overflow
-        // kills its oldest pre-login client first (reference §2.8, performance mode).
+        // Take waiting connections while the machine accepts; a login process watching in
+        // overflow mode is told the listener is readable instead (its machine decides whom to
+        // kill, and when).
         while exit.is_none() {
-            let Some(queue) = &p.queue else { break };
-            if driver.closed || driver.master_dead || queue.borrow().conns.is_empty() {
-                break;
-            }
-            if child.available_count() == 0 || !driver.accepting {
-                if !(p.login && overflow && child.total_available() > 1) {
+            let waiting = p.queues.iter().find(|q| !q.borrow().conns.is_empty());
+            let Some(queue) = waiting else { break };
+            if machine.can_accept() {
+                let Some((pending, queued)) = queue.borrow_mut().conns.pop_front() else {
                     break;
-                }
-                let victim = conns
-                    .iter()
-                    .filter(|(_, c)| !c.logged_in.get())
-                    .min_by_key(|(id, c)| (c.accepted, **id))
-                    .map(|(id, _)| *id);
-                let Some(id) = victim else { break };
-                if let Some(c) = conns.remove(&id) {
-                    c.task.abort();
-                }
-                exit = driver.step(&p, &mut child, ChildInput::ClientClosed);
+                };
+                let (stream, start) = match pending {
+                    Pending::Client(stream) => (
+                        stream,
+                        Start::Greet {
+                            login: p.spec.login,
+                            handoff: p.handoff.clone(),
+                            service: p.name.clone(),
+                        },
+                    ),
+                    Pending::Handoff { client, answer } => {
+                        // The login process gave the handoff up (its client is gone).
+                        let Some(stream) = client.borrow_mut().take() else {
+                            continue;
+                        };
+                        let _ = answer.send(());
+                        (stream, Start::HandedOff)
+                    }
+                };
+                let wait = (now() - queued).as_millis() as u64;
+                p.shared.borrow_mut().stats(&p.name).accepted(wait);
+                let id = next_conn;
+                next_conn += 1;
+                let (disconnect, told) = oneshot::channel();
+                let task = tokio::task::spawn_local(serve(
+                    stream,
+                    start,
+                    told,
+                    conn_tx.clone(),
+                    id,
+                    p.shared.clone(),
+                ));
+                conns.insert(id, Connection { task, disconnect });
+                exit = p.step(&mut machine, Event::Accepted(id), &mut conns);
                 continue;
             }
-            let Some(stream) = queue.borrow_mut().conns.pop_front() else {
-                break;
-            };
-            let logged_in = Rc::new(Cell::new(false));
-            let id = next_conn;
-            next_conn += 1;
-            let task = tokio::task::spawn_local(serve(
-                stream,
-                logged_in.clone(),
-                done_tx.clone(),
-                id,
-                p.shared.clone(),
-            ));
-            conns.insert(
-                id,
-                Connection {
-                    task,
-                    logged_in,
-                    accepted: now(),
-                },
-            );
-            exit = driver.step(&p, &mut child, ChildInput::Accepted);
-        }
-        if let Some(code) = exit {
-            for c in conns.values() {
-                c.task.abort();
+            if machine.take_readable() {
+                let jitter = rng.random();
+                exit = p.step(&mut machine, Event::Readable(jitter), &mut conns);
+                continue;
             }
-            let _ = p.events.send(KernelEvent::Exited {
-                pid: p.pid,
-                status: ExitStatus::Exited(code),
-            });
+            break;
+        }
+        if let Some(status) = exit {
+            p.end(conns, status);
             return;
         }
-        let notify = p.queue.as_ref().map(|q| q.borrow().notify.clone());
-        let can_take = !driver.master_dead && !driver.closed;
-        let timer = child.poll_timeout().map(|at| at - now());
+        let notifies: Vec<Rc<Notify>> =
+            p.queues.iter().map(|q| q.borrow().notify.clone()).collect();
+        let can_take = machine.can_accept() || machine.wants_readable();
+        let timer = machine.poll_timeout().map(|at| at - now());
         tokio::select! {
             biased;
             msg = p.signals.recv() => match msg {
-                Some(ProcMsg::Signal(Signal::Term | Signal::Kill)) | None => {
-                    let signal = match msg {
-                        Some(ProcMsg::Signal(s)) => s.number(),
-                        _ => 9,
-                    };
-                    for c in conns.values() {
-                        c.task.abort();
-                    }
-                    let _ = p.events.send(KernelEvent::Exited {
-                        pid: p.pid,
-                        status: ExitStatus::Signaled { signal, core_dumped: false },
-                    });
+                Some(ProcMsg::Signal(signal @ (Signal::Term | Signal::Kill))) => {
+                    p.end(conns, ExitStatus::Signaled { signal: signal.number(), core_dumped: false });
                     return;
                 }
-                Some(ProcMsg::Signal(signal @ (Signal::Int | Signal::Quit))) => {
-                    exit = driver.step(&p, &mut child, ChildInput::Signal(signal));
+                None => {
+                    p.end(conns, ExitStatus::Signaled { signal: 9, core_dumped: false });
+                    return;
                 }
-                Some(ProcMsg::Signal(Signal::Usr1)) => overflow = p.login_full.get(),
+                // Nothing here reopens files on SIGHUP.
                 Some(ProcMsg::Signal(Signal::Hup)) => {}
+                Some(ProcMsg::Signal(signal)) => {
+                    exit = p.step(&mut machine, Event::Signal(signal), &mut conns);
+                }
                 Some(ProcMsg::MasterDead) => {
-                    driver.master_dead = true;
-                    exit = driver.step(&p, &mut child, ChildInput::MasterDead);
+                    exit = p.step(&mut machine, Event::MasterDead, &mut conns);
                 }
             },
-            done = done_rx.recv() => {
-                if let Some(id) = done {
-                    if conns.remove(&id).is_some() {
-                        exit = driver.step(&p, &mut child, ChildInput::ClientClosed);
-                    }
-                }
+            Some(event) = conn_rx.recv() => {
+                exit = p.on_conn_event(&mut machine, event, &mut conns);
             },
             _ = tokio::time::sleep(timer.unwrap_or(Duration::ZERO)), if timer.is_some() => {
-                exit = driver.step(&p, &mut child, ChildInput::Timeout);
+                exit = p.step(&mut machine, Event::Timeout, &mut conns);
             },
-            _ = async {
-                match &notify {
-                    Some(n) => n.notified().await,
-                    None => std::future::pending().await,
-                }
-            }, if can_take => {}
+            _ = notified_any(&notifies), if can_take => {}
         }
     }
 }
 
-/// One connection: greeting, a login line, the session, and QUIT.
+/// Resolves when one of the queues is woken. A `ServiceSpec` has at most two listeners (one
+/// unix, one inet), so two are watched.
+async fn notified_any(notifies: &[Rc<Notify>]) {
+    match notifies {
+        [] => std::future::pending().await,
+        [only] => only.notified().await,
+        [first, second, ..] => tokio::select! {
+            biased;
+            _ = first.notified() => {}
+            _ = second.notified() => {}
+        },
+    }
+}
+
+/// One connection: greeting, a login line, the session, and QUIT. A login process's machine
+/// may end it early with a reason (a kill to make room, the pre-auth timeout), which the
+/// client is told; a process of any other service closes a connection that sends no login line
+/// within the pre-auth timeout itself, as the discrete-event driver does. A login process with
+/// a post-login service hands the logged-in client to it instead of holding the session.
 async fn serve(
     stream: TcpStream,
-    logged_in: Rc<Cell<bool>>,
-    done: UnboundedSender<u64>,
+    start: Start,
+    mut told: oneshot::Receiver<DisconnectReason>,
+    events: UnboundedSender<ConnEvent>,
     id: u64,
     shared: SharedRef,
 ) {
     let mut stream = BufReader::new(stream);
+    if let Start::Greet {
+        login,
+        handoff,
+        service,
+    } = start
+    {
+        let greeted = {
+            let greeting = greet(&mut stream, login, &shared);
+            tokio::select! {
+                biased;
+                Ok(reason) = &mut told => Err(reason),
+                logged_in = greeting => Ok(logged_in),
+            }
+        };
+        match greeted {
+            // The process has already forgotten the client.
+            Err(reason) => return tell(&mut stream, reason).await,
+            Ok(false) => {
+                let _ = events.send(ConnEvent::Closed(id));
+                return;
+            }
+            Ok(true) => {}
+        }
+        if let Some(to) = handoff.filter(|to| to.socket().is_some()) {
+            // The client sends nothing before the answer to its login, so nothing is buffered.
+            let stream = stream.into_inner();
+            return hand_off(stream, to, told, events, id, &shared, &service).await;
+        }
+        let _ = events.send(ConnEvent::State(id, ClientState::LoggedIn));
+    }
+    let reason = {
+        let rest = logged_in(&mut stream);
+        tokio::select! {
+            biased;
+            Ok(reason) = &mut told => Some(reason),
+            _ = rest => None,
+        }
+    };
+    match reason {
+        Some(reason) => tell(&mut stream, reason).await,
+        None => {
+            let _ = events.send(ConnEvent::Closed(id));
+        }
+    }
+}
+
+/// The greeting and the client's login line; `true` when the line came.
+async fn greet(stream: &mut BufReader<TcpStream>, login: bool, shared: &SharedRef) -> bool {
+    if stream
+        .get_mut()
+        .write_all(b"+OK roost ready\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut line = String::new();
+    let read = if login {
+        Ok(stream.read_line(&mut line).await)
+    } else {
+        tokio::time::timeout(PRE_AUTH_TIMEOUT, stream.read_line(&mut line)).await
+    };
+    if read.is_err() {
+        shared.borrow_mut().summary.pre_auth_timeouts += 1;
+    }
+    matches!(read, Ok(Ok(n)) if n > 0)
+}
+
+/// The session of a logged-in client: `+OK logged in`, its QUIT, `+OK bye`.
+async fn logged_in(stream: &mut BufReader<TcpStream>) {
     let _ = async {
-        stream.get_mut().write_all(b"+OK roost ready\r\n").await?;
-        let mut line = String::new();
-        let read = tokio::time::timeout(PRE_AUTH_TIMEOUT, stream.read_line(&mut line)).await;
-        if read.is_err() {
-            shared.borrow_mut().summary.pre_auth_timeouts += 1;
-        }
-        if !matches!(read, Ok(Ok(n)) if n > 0) {
-            return Ok::<(), std::io::Error>(());
-        }
-        logged_in.set(true);
         stream.get_mut().write_all(b"+OK logged in\r\n").await?;
-        line.clear();
+        let mut line = String::new();
         stream.read_line(&mut line).await?;
-        stream.get_mut().write_all(b"+OK bye\r\n").await?;
-        Ok(())
+        stream.get_mut().write_all(b"+OK bye\r\n").await
     }
     .await;
-    let _ = done.send(id);
+}
+
+/// Sends the client the line of a disconnect and closes it.
+async fn tell(stream: &mut BufReader<TcpStream>, reason: DisconnectReason) {
+    let line = format!("{}\r\n", told_line(reason));
+    let _ = stream.get_mut().write_all(line.as_bytes()).await;
+}
+
+/// Hands a logged-in client to the post-login service: the client's connection goes into the
+/// unix socket's queue, and the login process holds the client (`HandingOff`) until a
+/// post-login process answers. A connect that fails (the socket is closed, or its backlog is
+/// full: reference §7.2 item 4) or a handoff the master drops unanswered ends the client, as
+/// pop3-login does; a handoff outlives its login process (the fd is in the socket already).
+async fn hand_off(
+    stream: TcpStream,
+    to: HandoffTo,
+    mut told: oneshot::Receiver<DisconnectReason>,
+    events: UnboundedSender<ConnEvent>,
+    id: u64,
+    shared: &SharedRef,
+    service: &str,
+) {
+    let _ = events.send(ConnEvent::State(id, ClientState::HandingOff));
+    let client = Rc::new(RefCell::new(Some(stream)));
+    let (answer, answered) = oneshot::channel();
+    let mut answer = Some(answer);
+    if let Some(queue) = to.socket() {
+        let mut q = queue.borrow_mut();
+        if q.open && q.conns.len() < q.backlog {
+            if let Some(answer) = answer.take() {
+                let handoff = Pending::Handoff {
+                    client: client.clone(),
+                    answer,
+                };
+                q.conns.push_back((handoff, now()));
+                q.notify.notify_waiters();
+            }
+        }
+    }
+    if answer.is_some() {
+        shared.borrow_mut().stats(service).ended(Outcome::Refused);
+        let taken = client.borrow_mut().take();
+        if let Some(mut stream) = taken {
+            let line = b"-ERR [SYS/TEMP] Internal error occurred. Refer to server log.\r\n";
+            let _ = stream.write_all(line).await;
+        }
+        let _ = events.send(ConnEvent::Closed(id));
+        return;
+    }
+    let _ = to.events.send(KernelEvent::Queued);
+    tokio::select! {
+        biased;
+        Ok(reason) = &mut told => {
+            // The machine gave the client up (the pre-auth timeout while finishing the login,
+            // or a kill): it is closed here unless a post-login process has it already.
+            let taken = client.borrow_mut().take();
+            if let Some(stream) = taken {
+                tell(&mut BufReader::new(stream), reason).await;
+            }
+        }
+        answer = answered => {
+            if answer.is_err() {
+                // Dropped unanswered: the login process closes the client.
+                shared.borrow_mut().stats(service).ended(Outcome::Dropped);
+                drop(client.borrow_mut().take());
+            }
+            let _ = events.send(ConnEvent::Closed(id));
+        }
+    }
 }

@@ -1,16 +1,24 @@
 //! Scenario files (`sim/scenarios/*.ron`): a configuration, a load with faults and timed
 //! events, and what must hold afterwards. `cargo test -p sim` replays every file in the
-//! directory (sim/tests/scenarios.rs) through the discrete-event driver.
+//! directory (sim/tests/scenarios.rs), through the discrete-event driver unless the file asks
+//! for the turmoil world (`world: Turmoil(..)`, for what only a network shows: held or cut links,
+//! clients that give up).
 //!
 //! Notices are matched by their exact text (the operator-visible Display of the core's
 //! `Notice`), optionally within a time window, so a scenario pins both the wording and the
-//! timing of a rule.
+//! timing of a rule. So are the lines login processes send the clients they disconnect
+//! (`told`), and in the turmoil world the lines clients read (`heard`), which a held link
+//! delays.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::des::{self, Options, World};
+use crate::des::{self, Options};
 use crate::load::{LoadProfile, SimConfig};
+use crate::net::{self, NetOptions};
 use crate::plan::Report;
+use crate::stats;
 
 /// One scenario file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,6 +32,24 @@ pub struct Scenario {
     pub load: LoadProfile,
     /// What must hold.
     pub expect: Expect,
+    /// The world that runs it.
+    #[serde(default)]
+    pub world: WorldKind,
+}
+
+/// The world a scenario runs in.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub enum WorldKind {
+    /// The discrete-event driver: no network, the clock jumps to the next event.
+    #[default]
+    Events,
+    /// The turmoil world: clients on simulated TCP, network faults (`net_faults`).
+    Turmoil {
+        /// turmoil's tick, ms.
+        tick_ms: u64,
+        /// Client hosts (`client0`, `client1`, …).
+        client_hosts: usize,
+    },
 }
 
 /// The expectations of a scenario.
@@ -48,6 +74,14 @@ pub struct Expect {
     /// Every client must be done (served, dropped, killed) by the end.
     #[serde(default)]
     pub all_clients_done: bool,
+    /// Lines login processes sent the clients they disconnected (exact text, e.g.
+    /// `-ERR Connection queue full`), with bounds on their count and on when they were sent.
+    #[serde(default)]
+    pub told: Vec<NoticeExpect>,
+    /// The turmoil world only: `-ERR` lines clients read, with bounds on their count and on
+    /// when they were read.
+    #[serde(default)]
+    pub heard: Vec<NoticeExpect>,
 }
 
 /// One expected notice.
@@ -92,6 +126,9 @@ pub struct ServiceExpect {
     /// Connections dropped.
     #[serde(default)]
     pub dropped: Option<(u64, u64)>,
+    /// Connections a process accepted.
+    #[serde(default)]
+    pub accepted: Option<(u64, u64)>,
     /// Connections that waited in the queue.
     #[serde(default)]
     pub queued: Option<(u64, u64)>,
@@ -101,6 +138,9 @@ pub struct ServiceExpect {
     /// Connections lost with their process.
     #[serde(default)]
     pub lost: Option<(u64, u64)>,
+    /// Pre-login clients disconnected by the pre-auth timeout.
+    #[serde(default)]
+    pub timed_out: Option<(u64, u64)>,
     /// 99th percentile queue wait, ms.
     #[serde(default)]
     pub wait_p99_ms: Option<(u64, u64)>,
@@ -123,36 +163,110 @@ pub fn parse(text: &str) -> Result<Scenario, ron::error::SpannedError> {
     ron::from_str(text)
 }
 
+/// What a run left for the checks, from either world.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// The capacity report (per-service figures, notices, exit).
+    pub report: Report,
+    /// Lines sent to disconnected clients, with their times.
+    pub told: Vec<(u64, String)>,
+    /// Lines clients read, with their times (the turmoil world only).
+    pub heard: Option<Vec<(u64, String)>>,
+    /// Per service, processes created by each step that created any.
+    pub spawn_steps: BTreeMap<String, Vec<u32>>,
+    /// Clients neither done nor waiting, one line each.
+    pub unfinished: Vec<String>,
+}
+
+/// Runs a scenario in its world; a broken rule of a machine or of the driver's outside checks
+/// is an `Err`.
+pub fn play(scenario: &Scenario) -> Result<Seen, String> {
+    match &scenario.world {
+        WorldKind::Events => {
+            let (world, result) = des::run(
+                scenario.config.master_config(),
+                &scenario.load,
+                Options::default(),
+            );
+            let report = world.report();
+            if let Err(error) = result {
+                return Err(format!(
+                    "the run broke a rule: {error}\n{}",
+                    notices(&report)
+                ));
+            }
+            let spawn_steps = report
+                .names
+                .iter()
+                .map(|name| (name.clone(), world.spawn_steps(name)))
+                .collect();
+            Ok(Seen {
+                told: world.told().to_vec(),
+                heard: None,
+                spawn_steps,
+                unfinished: world.unfinished_clients(),
+                report,
+            })
+        }
+        WorldKind::Turmoil {
+            tick_ms,
+            client_hosts,
+        } => {
+            let options = NetOptions {
+                tick_ms: *tick_ms,
+                client_hosts: *client_hosts,
+            };
+            let summary = net::run(&scenario.config, &scenario.load, options)
+                .map_err(|error| format!("the run broke a rule: {error}"))?;
+            let report = Report {
+                duration_ms: scenario.load.duration_ms,
+                names: summary.services.iter().map(|s| s.name.clone()).collect(),
+                services: summary.services.clone(),
+                warnings: stats::warnings(&summary.notices),
+                notices: summary.notices.clone(),
+                samples: Vec::new(),
+                steps: summary.steps,
+                trace_hash: summary.hash,
+                exit: summary.exit,
+                // The world ends when every client has finished.
+                unfinished_clients: 0,
+                violation: None,
+            };
+            Ok(Seen {
+                report,
+                told: summary.told,
+                heard: Some(summary.heard),
+                spawn_steps: summary.spawn_steps,
+                unfinished: Vec::new(),
+            })
+        }
+    }
+}
+
 /// Runs a scenario and checks it; on failure the error lists every unmet expectation and
 /// the notices seen.
 pub fn run(scenario: &Scenario) -> Result<Report, String> {
-    let (world, result) = des::run(
-        scenario.config.master_config(),
-        &scenario.load,
-        Options::default(),
-    );
-    let report = world.report();
-    if let Err(error) = result {
-        return Err(format!(
-            "the run broke a rule: {error}\n{}",
-            notices(&report)
-        ));
-    }
-    let failures = check(&scenario.expect, &world, &report);
+    let seen = play(scenario)?;
+    let failures = check(&scenario.expect, &seen);
     if failures.is_empty() {
-        Ok(report)
+        Ok(seen.report)
     } else {
         Err(format!(
-            "{}\n--- report\n{report}--- notices\n{}",
+            "{}\n--- report\n{}--- notices\n{}--- told\n{}",
             failures.join("\n"),
-            notices(&report)
+            seen.report,
+            notices(&seen.report),
+            lines(&seen.told),
         ))
     }
 }
 
 fn notices(report: &Report) -> String {
-    report
-        .notices
+    lines(&report.notices)
+}
+
+fn lines(lines: &[(u64, String)]) -> String {
+    lines
         .iter()
         .map(|(t, n)| format!("{t:>8} ms {n}\n"))
         .collect()
@@ -171,31 +285,52 @@ fn within<T: PartialOrd + Copy + std::fmt::Debug>(
     }
 }
 
+/// Counts the lines `n` matches (exact text, or containing it) within its window, and says
+/// what is wrong with the count, if anything.
+fn count_lines(what: &str, n: &NoticeExpect, lines: &[(u64, String)]) -> Option<String> {
+    let count = lines
+        .iter()
+        .filter(|(t, text)| {
+            (if n.contains {
+                text.contains(n.text.as_str())
+            } else {
+                *text == n.text
+            }) && n.window_ms.is_none_or(|(from, to)| *t >= from && *t <= to)
+        })
+        .count() as u64;
+    if count < n.min || n.max.is_some_and(|max| count > max) {
+        Some(format!(
+            "{what} {:?} seen {count} times{}, expected {}..={}",
+            n.text,
+            n.window_ms
+                .map(|(a, b)| format!(" in [{a}, {b}] ms"))
+                .unwrap_or_default(),
+            n.min,
+            n.max.map(|m| m.to_string()).unwrap_or_else(|| "∞".into())
+        ))
+    } else {
+        None
+    }
+}
+
 /// Every unmet expectation.
-pub fn check(expect: &Expect, world: &World, report: &Report) -> Vec<String> {
+pub fn check(expect: &Expect, seen: &Seen) -> Vec<String> {
+    let report = &seen.report;
     let mut failures = Vec::new();
     for n in &expect.notices {
-        let count = report
-            .notices
-            .iter()
-            .filter(|(t, text)| {
-                (if n.contains {
-                    text.contains(n.text.as_str())
-                } else {
-                    *text == n.text
-                }) && n.window_ms.is_none_or(|(from, to)| *t >= from && *t <= to)
-            })
-            .count() as u64;
-        if count < n.min || n.max.is_some_and(|max| count > max) {
-            failures.push(format!(
-                "notice {:?} seen {count} times{}, expected {}..={}",
-                n.text,
-                n.window_ms
-                    .map(|(a, b)| format!(" in [{a}, {b}] ms"))
-                    .unwrap_or_default(),
-                n.min,
-                n.max.map(|m| m.to_string()).unwrap_or_else(|| "∞".into())
-            ));
+        failures.extend(count_lines("notice", n, &report.notices));
+    }
+    for n in &expect.told {
+        failures.extend(count_lines("told", n, &seen.told));
+    }
+    if !expect.heard.is_empty() {
+        match &seen.heard {
+            Some(heard) => {
+                for n in &expect.heard {
+                    failures.extend(count_lines("heard", n, heard));
+                }
+            }
+            None => failures.push("`heard` needs the turmoil world (world: Turmoil(..))".into()),
         }
     }
     for part in &expect.unique {
@@ -244,6 +379,12 @@ pub fn check(expect: &Expect, world: &World, report: &Report) -> Vec<String> {
             r.dropped,
             s.dropped,
         );
+        within(
+            &mut failures,
+            &format!("{name} accepted"),
+            r.accepted,
+            s.accepted,
+        );
         within(&mut failures, &format!("{name} queued"), r.queued, s.queued);
         within(
             &mut failures,
@@ -252,6 +393,12 @@ pub fn check(expect: &Expect, world: &World, report: &Report) -> Vec<String> {
             s.login_killed,
         );
         within(&mut failures, &format!("{name} lost"), r.lost, s.lost);
+        within(
+            &mut failures,
+            &format!("{name} timed_out"),
+            r.timed_out,
+            s.timed_out,
+        );
         within(
             &mut failures,
             &format!("{name} wait_p99_ms"),
@@ -277,10 +424,10 @@ pub fn check(expect: &Expect, world: &World, report: &Report) -> Vec<String> {
             s.spawned,
         );
         if let Some(steps) = &s.spawn_steps {
-            let seen = world.spawn_steps(name);
-            if !seen.starts_with(steps) {
+            let spawned = seen.spawn_steps.get(name).cloned().unwrap_or_default();
+            if !spawned.starts_with(steps) {
                 failures.push(format!(
-                    "{name} spawns per step are {seen:?}, expected to start with {steps:?}"
+                    "{name} spawns per step are {spawned:?}, expected to start with {steps:?}"
                 ));
             }
         }
@@ -291,11 +438,8 @@ pub fn check(expect: &Expect, world: &World, report: &Report) -> Vec<String> {
             report.exit, expect.exit
         ));
     }
-    if expect.all_clients_done {
-        let unfinished = world.unfinished_clients();
-        if !unfinished.is_empty() {
-            failures.push(format!("clients not done: {}", unfinished.join("; ")));
-        }
+    if expect.all_clients_done && !seen.unfinished.is_empty() {
+        failures.push(format!("clients not done: {}", seen.unfinished.join("; ")));
     }
     failures
 }

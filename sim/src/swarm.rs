@@ -80,6 +80,7 @@ pub fn draw(seed: u64) -> Drawn {
                 None
             },
             port: 100 + i as u16,
+            unix_listener: None,
         });
     }
     let config = SimConfig {
@@ -111,6 +112,8 @@ pub fn draw(seed: u64) -> Drawn {
                 retry_ms: range(&mut rng, 100, 5_000),
                 syn_retries: range(&mut rng, 0, 2) as u32,
                 auth_ms: (0, range(&mut rng, 0, 50)),
+                client_host: None,
+                patience_ms: None,
             });
         }
     }

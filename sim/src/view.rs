@@ -60,6 +60,17 @@ pub fn service_config(master: &Master, id: ServiceId) -> Option<ServiceConfig> {
     master.service_config(id).cloned()
 }
 
+/// The listen backlog of a service's sockets: the load profile's, or as the shell sets it,
+/// max(process_limit × client_limit, 4) capped at somaxconn (reference §2.3).
+pub fn listen_backlog(master: &Master, service: ServiceId, configured: Option<u32>) -> u32 {
+    configured.unwrap_or_else(|| {
+        service_config(master, service)
+            .map(|c| c.process_limit.saturating_mul(c.client_limit).max(4))
+            .unwrap_or(4)
+            .min(crate::des::SOMAXCONN)
+    })
+}
+
 /// The listeners of one service.
 pub fn service_listeners(master: &Master, id: ServiceId) -> Vec<ListenerId> {
     master.service_listeners(id).to_vec()

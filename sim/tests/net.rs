@@ -2,7 +2,7 @@
 //! client hosts.
 
 use sim::load::{LoadProfile, SimConfig};
-use sim::net::{self, NetOptions};
+use sim::net::{self, NetOptions, NetSummary};
 
 #[derive(serde::Deserialize)]
 struct World {
@@ -12,6 +12,22 @@ struct World {
 
 fn world(text: &str) -> World {
     ron::from_str(text).expect("the test's RON parses")
+}
+
+/// The one command that replays a test of this file (the seeds are in the tests' RON).
+fn replay(test: &str) -> String {
+    format!("replay: cargo test -p sim --test net -- --exact {test}")
+}
+
+/// Runs the world; a broken rule fails the test with the command that replays it.
+fn run(w: &World, test: &str) -> NetSummary {
+    net::run(&w.config, &w.load, NetOptions::default())
+        .unwrap_or_else(|e| panic!("the run broke a rule: {e}\n{}", replay(test)))
+}
+
+/// How many of `lines` are exactly `text`.
+fn count(lines: &[(u64, String)], text: &str) -> u64 {
+    lines.iter().filter(|(_, t)| t == text).count() as u64
 }
 
 /// Both login modes under the same 100 logins over TCP: every client logs in, the
@@ -35,20 +51,21 @@ fn both_login_modes_serve_every_client_over_tcp() {
         ),
     )"#,
     );
-    let first =
-        net::run(&w.config, &w.load, NetOptions::default()).expect("the run breaks no rule");
-    assert_eq!(first.served, 100, "{first}");
-    assert_eq!(first.never_served, 0, "{first}");
-    assert!(first.steps > 100, "{first}");
-    let second =
-        net::run(&w.config, &w.load, NetOptions::default()).expect("the run breaks no rule");
-    assert_eq!(first.hash, second.hash, "same seed, same trace");
-    assert_eq!(first, second);
+    let test = "both_login_modes_serve_every_client_over_tcp";
+    let first = run(&w, test);
+    let again = replay(test);
+    assert_eq!(first.served, 100, "{first}\n{again}");
+    assert_eq!(first.never_served, 0, "{first}\n{again}");
+    assert!(first.steps > 100, "{first}\n{again}");
+    let second = run(&w, test);
+    assert_eq!(first.hash, second.hash, "same seed, same trace\n{again}");
+    assert_eq!(first, second, "{again}");
 }
 
 /// Reference §2.8 over TCP: 200 connections that never log in fill a performance-mode login
 /// service; 20 legitimate clients arriving during the flood still log in, because full
-/// processes kill their oldest pre-login client to make room.
+/// processes kill their oldest pre-login client to make room. The kills are core's Login
+/// machine's, and each victim reads `-ERR Connection queue full` before its connection closes.
 #[test]
 fn pre_auth_flood_over_tcp_lets_legitimate_clients_in() {
     let w = world(
@@ -66,16 +83,30 @@ fn pre_auth_flood_over_tcp_lets_legitimate_clients_in() {
         ),
     )"#,
     );
-    let summary =
-        net::run(&w.config, &w.load, NetOptions::default()).expect("the run breaks no rule");
-    assert_eq!(summary.served, 20, "{summary}");
-    assert_eq!(summary.peak_processes, 4, "{summary}");
+    let test = "pre_auth_flood_over_tcp_lets_legitimate_clients_in";
+    let summary = run(&w, test);
+    let again = replay(test);
+    assert_eq!(summary.served, 20, "{summary}\n{again}");
+    assert_eq!(summary.peak_processes, 4, "{summary}\n{again}");
+    assert!(summary.login_killed >= 20, "{summary}\n{again}");
+    let queue_full = "-ERR Connection queue full";
+    assert_eq!(
+        count(&summary.told, queue_full),
+        summary.login_killed,
+        "{summary}\n{again}"
+    );
+    assert_eq!(
+        count(&summary.heard, queue_full),
+        summary.login_killed,
+        "every victim reads why: {summary}\n{again}"
+    );
 }
 
 /// Issue 5's network faults: the only client host loses the server for 3 s while its clients
 /// are between greeting and login. Their login lines are lost; the server's side of those
 /// connections is closed by the pre-auth timeout (180 s), and the clients give up after their
-/// own timeout and reconnect, so every client logs in in the end.
+/// own timeout and reconnect, so every client logs in in the end. Nobody hears the server's
+/// `-ERR Disconnected for inactivity.`: each client had hung up long before.
 #[test]
 fn clients_cut_off_mid_login_reconnect_and_the_pre_auth_timeout_cleans_up() {
     let w = world(
@@ -93,15 +124,43 @@ fn clients_cut_off_mid_login_reconnect_and_the_pre_auth_timeout_cleans_up() {
         ),
     )"#,
     );
-    let summary =
-        net::run(&w.config, &w.load, NetOptions::default()).expect("the run breaks no rule");
-    assert_eq!(summary.served, 30, "{summary}");
+    let test = "clients_cut_off_mid_login_reconnect_and_the_pre_auth_timeout_cleans_up";
+    let summary = run(&w, test);
+    let again = replay(test);
+    assert_eq!(summary.served, 30, "{summary}\n{again}");
     assert!(
         summary.client_timeouts > 0,
-        "some clients were cut off: {summary}"
+        "some clients were cut off: {summary}\n{again}"
     );
     assert!(
         summary.pre_auth_timeouts > 0,
-        "the server cleaned up: {summary}"
+        "the server cleaned up: {summary}\n{again}"
     );
+    let inactivity = "-ERR Disconnected for inactivity.";
+    assert_eq!(
+        count(&summary.told, inactivity),
+        summary.pre_auth_timeouts,
+        "{summary}\n{again}"
+    );
+    assert_eq!(count(&summary.heard, inactivity), 0, "{summary}\n{again}");
+}
+
+/// Scenario 22 (the login→post-login handoff over the unix listener login/pop3) in the turmoil
+/// world: the handed-off TcpStream reaches a pop3 process forked on demand, which answers the
+/// login, and every expectation the discrete-event driver meets holds here too (pop3 bounded
+/// by its process_limit of 3, one process per handoff, every client served, none dropped).
+#[test]
+fn the_post_login_handoff_holds_over_tcp_as_in_the_event_driver() {
+    let test = "the_post_login_handoff_holds_over_tcp_as_in_the_event_driver";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios/22_post_login_handoff.ron");
+    let text = std::fs::read_to_string(path).expect("scenario 22 is readable");
+    let mut scenario = sim::scenario::parse(&text).expect("scenario 22 parses");
+    scenario.world = sim::scenario::WorldKind::Turmoil {
+        tick_ms: 10,
+        client_hosts: 1,
+    };
+    if let Err(e) = sim::scenario::run(&scenario) {
+        panic!("{e}\n{}", replay(test));
+    }
 }

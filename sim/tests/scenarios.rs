@@ -1,5 +1,6 @@
 //! Replays every scenario in sim/scenarios/ and checks its expectations. A new file in the
-//! directory is a new test case; a file that does not parse fails the run.
+//! directory is a new test case; a file that does not parse fails the run. With
+//! `SIM_CHECK_DETERMINISM=1` each scenario runs twice and the two trace hashes must agree.
 
 use std::fs;
 use std::path::Path;
@@ -19,6 +20,7 @@ fn every_scenario_holds() {
         paths.len()
     );
     let only = std::env::var("SIM_SCENARIO").ok();
+    let check_determinism = std::env::var("SIM_CHECK_DETERMINISM").is_ok_and(|v| v == "1");
     let mut failures = Vec::new();
     for path in &paths {
         let name = path
@@ -37,9 +39,24 @@ fn every_scenario_holds() {
                 continue;
             }
         };
+        let replay = format!("replay: SIM_SCENARIO={name} cargo test -p sim --test scenarios");
         match sim::scenario::run(&scenario) {
-            Ok(report) => println!("ok {name}\n{report}"),
-            Err(e) => failures.push(format!("== {name} ({})\n{e}", scenario.story)),
+            Ok(report) => {
+                println!("ok {name}\n{report}");
+                if check_determinism {
+                    match sim::scenario::run(&scenario) {
+                        Ok(again) if again.trace_hash == report.trace_hash => {}
+                        Ok(again) => failures.push(format!(
+                            "== {name}: trace hash {:016x}, then {:016x}\nSIM_CHECK_DETERMINISM=1 {replay}",
+                            report.trace_hash, again.trace_hash
+                        )),
+                        Err(e) => failures.push(format!(
+                            "== {name}: held once, then not:\n{e}\nSIM_CHECK_DETERMINISM=1 {replay}"
+                        )),
+                    }
+                }
+            }
+            Err(e) => failures.push(format!("== {name} ({})\n{e}\n{replay}", scenario.story)),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
