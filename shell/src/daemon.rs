@@ -236,7 +236,7 @@ pub struct Daemon {
     anvil_dead_pipe: Option<OwnedFd>,
 }
 
-/// What every child of one service of one generation shares (`Daemon::template`).
+/// What every child of one service of one generation shares (`Daemon::make_template`).
 struct SpawnTemplate {
     /// The service as written.
     service: ServiceSettings,
