@@ -63,12 +63,14 @@ impl ReferenceStateMachine for Reference {
             any::<[bool; 3]>(),
             0u32..3,
             prop_oneof![Just(180_000u64), 500u64..5_000],
+            prop_oneof![Just(30_000u64), 200u64..3_000],
         )
-            .prop_map(|(client_limit, service_count, f, delayed, timeout)| {
+            .prop_map(|(client_limit, service_count, f, delayed, timeout, auth)| {
                 let mut config = LoginConfig::new(client_limit, service_count);
                 config.die_with_master = f[0];
                 config.has_die_callback = f[1];
                 config.pre_auth_timeout = Duration::from_millis(timeout);
+                config.auth_timeout = Duration::from_millis(auth);
                 config.overflow = ORIGINAL_OVERFLOW_POLICY;
                 config.overflow.delayed_kill_max_slots = delayed;
                 if f[2] {
@@ -108,6 +110,8 @@ impl ReferenceStateMachine for Reference {
 struct Entry {
     created: Instant,
     state: ClientState,
+    /// Since when its lookup is out, until it comes back or is reported late.
+    in_auth_since: Option<Instant>,
     closing: bool,
 }
 
@@ -193,6 +197,22 @@ impl World {
                         followups.push(Input::ClientClosed { client });
                     }
                 }
+                Output::AuthTimedOut { client } => {
+                    let entry = self.table.get_mut(&client).expect("a known client");
+                    assert!(!entry.closing, "{client} reported late while closing");
+                    assert_eq!(entry.state, ClientState::InAuth, "{client} is not in auth");
+                    let since = entry.in_auth_since.take().expect("reported once");
+                    assert!(
+                        since + self.config.auth_timeout <= self.now,
+                        "{client} reported early"
+                    );
+                    // The driver gives up on the lookup: the client is back to pre-login.
+                    entry.state = ClientState::PreLogin;
+                    followups.push(Input::ClientState {
+                        client,
+                        state: ClientState::PreLogin,
+                    });
+                }
                 Output::Refuse => panic!("refused though the driver kept the contract"),
                 Output::CloseListeners | Output::AwaitStatusWritable | Output::DieCallback => {}
                 Output::Exit(code) => {
@@ -260,6 +280,7 @@ impl StateMachineTest for LoginTest {
                         Entry {
                             created: world.now,
                             state: ClientState::PreLogin,
+                            in_auth_since: None,
                             closing: false,
                         },
                     );
@@ -272,6 +293,11 @@ impl StateMachineTest for LoginTest {
                 if let Some(id) = world.open_client(client, false) {
                     let entry = world.table.get_mut(&id).expect("listed");
                     if entry.state != ClientState::LoggedIn {
+                        if state != ClientState::InAuth {
+                            entry.in_auth_since = None;
+                        } else if entry.state != ClientState::InAuth {
+                            entry.in_auth_since = Some(world.now);
+                        }
                         entry.state = state;
                     }
                     world.handle(Input::ClientState { client: id, state });

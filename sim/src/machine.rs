@@ -320,6 +320,14 @@ impl ProcMachine {
                         // Nothing outstanding in the simulated process: closed at once.
                         inputs.push_back(MachineInput::Login(LoginInput::ClientClosed { client }));
                     }
+                    // A lookup out for the auth timeout: the simulated driver gives up on it as
+                    // the real one does (the client hears "try again" and is pre-login again).
+                    LoginOutput::AuthTimedOut { client } => {
+                        inputs.push_back(MachineInput::Login(LoginInput::ClientState {
+                            client,
+                            state: ClientState::PreLogin,
+                        }))
+                    }
                     LoginOutput::Refuse => {
                         actions.push(Action::Refused);
                         return Ok(actions);

@@ -8,7 +8,10 @@
 //! SIGUSR1), and decides what an overflow does: when a listener is readable, the process has no
 //! free slot and the service is full, the oldest killable pre-login client is told `Connection
 //! queue full` and destroyed, at once when the process has several slots, after the overflow
-//! delay when it has one. Pre-login clients are disconnected after the pre-auth timeout.
+//! delay when it has one. Pre-login clients are disconnected after the pre-auth timeout. A client
+//! whose auth or anvil lookup has not come back within the auth timeout is reported
+//! (`AuthTimedOut`), so that the driver gives up on the peer that does not answer instead of
+//! leaving the client to the pre-auth timeout.
 //!
 //! Invariants (checked by [`Login::check_invariants`]):
 //!
@@ -21,6 +24,8 @@
 //! 5. The 1000 ms re-check timer is armed only while the service is not known to be full.
 //! 6. The listening mode told to the driver is the one the state asks for.
 //! 7. After `Exit` nothing is armed.
+//! 8. The auth index holds exactly the clients in `InAuth` whose lookup has not yet been
+//!    reported late, keyed by `(since, id)`.
 //!
 //! Every client ends with exactly one `ClientClosed` from the driver, also one the machine told
 //! to `Disconnect`: its slot is freed only then (a client killed in the middle of an auth lookup
@@ -37,6 +42,12 @@ use crate::time::{Duration, Instant};
 
 /// A pre-login client is disconnected this long after it connected (§8: 180 s).
 pub const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// An auth lookup (with the anvil penalty lookup and wait before it, at most 15 s) that has not
+/// come back after this long is given up: the client hears a temporary failure at once. The
+/// original leaves it to the auth server's 150 s; a login that hangs for minutes because auth
+/// or anvil is stuck is worse than one that says "try again".
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The original's re-check period: while the service is not full and this process has no free
 /// slot, the state is re-read this often, a safety net against a lost SIGUSR1 (§2.8, §8).
@@ -206,6 +217,8 @@ pub struct LoginConfig {
     pub has_die_callback: bool,
     /// The pre-auth timeout ([`PRE_AUTH_TIMEOUT`] by default).
     pub pre_auth_timeout: Duration,
+    /// The auth timeout ([`AUTH_TIMEOUT`] by default).
+    pub auth_timeout: Duration,
     /// The overflow answer ([`DEFAULT_OVERFLOW_POLICY`] by default).
     pub overflow: OverflowPolicy,
 }
@@ -219,6 +232,7 @@ impl LoginConfig {
             die_with_master: true,
             has_die_callback: false,
             pre_auth_timeout: PRE_AUTH_TIMEOUT,
+            auth_timeout: AUTH_TIMEOUT,
             overflow: DEFAULT_OVERFLOW_POLICY,
         }
     }
@@ -318,6 +332,13 @@ pub enum Output {
     CloseListeners,
     /// Read the notify fd's state (lseek, §2.8) and report it with `FullState`.
     ReadFullState,
+    /// The client's auth (or anvil) lookup has been out for the auth timeout: give up on it,
+    /// tell the client to try again, and report its state (`PreLogin`) as for any lookup that
+    /// ends. Each lookup is reported once.
+    AuthTimedOut {
+        /// The client.
+        client: ClientId,
+    },
     /// Send the client `reason` in its protocol, close it, and report `ClientClosed` once its
     /// outstanding requests are gone.
     Disconnect {
@@ -344,6 +365,8 @@ struct Client {
     created: Instant,
     /// Its login state.
     state: ClientState,
+    /// Since when its lookup is out, until it comes back or is reported late.
+    in_auth_since: Option<Instant>,
     /// Told to disconnect; waiting for its `ClientClosed`.
     closing: bool,
 }
@@ -412,6 +435,8 @@ pub struct Login {
     /// Clients neither logged in nor closing, by arrival then id: the kill order and the
     /// pre-auth deadline order at once (the timeout is the same for all).
     arrival: BTreeSet<(Instant, ClientId)>,
+    /// Clients whose lookup is out, by the time it went out: the auth deadline order.
+    in_auth: BTreeSet<(Instant, ClientId)>,
     /// The master says all processes are full ("overflow allowed").
     full: bool,
     /// The overflow answer under way.
@@ -440,6 +465,7 @@ impl Login {
             now,
             clients: BTreeMap::new(),
             arrival: BTreeSet::new(),
+            in_auth: BTreeSet::new(),
             full: false,
             phase: Phase::Idle,
             mode: ListenMode::Off,
@@ -515,10 +541,20 @@ impl Login {
             Phase::Scheduled { at } => Some(at),
             _ => None,
         };
-        [self.child.poll_timeout(), pre_auth, kill, self.recheck]
-            .into_iter()
-            .flatten()
-            .min()
+        let auth = self
+            .in_auth
+            .first()
+            .map(|&(since, _)| since + self.config.auth_timeout);
+        [
+            self.child.poll_timeout(),
+            pre_auth,
+            kill,
+            self.recheck,
+            auth,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The child machine inside (slots, budget, status).
@@ -596,6 +632,7 @@ impl Login {
             Client {
                 created: now,
                 state: ClientState::PreLogin,
+                in_auth_since: None,
                 closing: false,
             },
         );
@@ -609,7 +646,16 @@ impl Login {
         if client.closing || client.state == ClientState::LoggedIn {
             return;
         }
+        let was = client.state;
         client.state = state;
+        if state == ClientState::InAuth && was != ClientState::InAuth {
+            client.in_auth_since = Some(self.now);
+            self.in_auth.insert((self.now, id));
+        } else if state != ClientState::InAuth {
+            if let Some(since) = client.in_auth_since.take() {
+                self.in_auth.remove(&(since, id));
+            }
+        }
         if state == ClientState::LoggedIn {
             // §2.8: logged-in clients leave the list and are never killed.
             self.arrival.remove(&(client.created, id));
@@ -624,6 +670,9 @@ impl Login {
             return;
         };
         self.arrival.remove(&(client.created, id));
+        if let Some(since) = client.in_auth_since {
+            self.in_auth.remove(&(since, id));
+        }
         if matches!(self.phase, Phase::Killing { victim } if victim == id)
             || self.phase == Phase::Blocked
         {
@@ -705,6 +754,18 @@ impl Login {
                 ClientState::PreLogin | ClientState::LoggedIn => DisconnectReason::Inactivity,
             };
             self.disconnect(id, reason);
+        }
+        while let Some(&(since, id)) = self.in_auth.first() {
+            if since + self.config.auth_timeout > now {
+                break;
+            }
+            self.in_auth.remove(&(since, id));
+            if let Some(client) = self.clients.get_mut(&id) {
+                client.in_auth_since = None;
+                if !client.closing {
+                    self.outputs.push_back(Output::AuthTimedOut { client: id });
+                }
+            }
         }
         if matches!(self.phase, Phase::Scheduled { at } if at <= now) {
             // Re-check that the service is still full before killing (§2.8).
@@ -854,6 +915,19 @@ impl Login {
         }
         if self.exited && self.poll_timeout().is_some() {
             return fail(7, "timer armed after exit".into());
+        }
+        let in_auth: BTreeSet<(Instant, ClientId)> = self
+            .clients
+            .iter()
+            .filter_map(|(&id, c)| c.in_auth_since.map(|since| (since, id)))
+            .collect();
+        if in_auth != self.in_auth
+            || self
+                .clients
+                .values()
+                .any(|c| c.in_auth_since.is_some() && c.state != ClientState::InAuth)
+        {
+            return fail(8, "the auth index disagrees with the table".into());
         }
         Ok(())
     }

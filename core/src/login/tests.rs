@@ -62,6 +62,11 @@ impl Harness {
         self.input(Input::Signal(Signal::Usr1))
     }
 
+    /// The driver reports a client's progress.
+    fn set_state(&mut self, client: ClientId, state: ClientState) -> Vec<Output> {
+        self.input(Input::ClientState { client, state })
+    }
+
     fn timeout(&mut self) -> Vec<Output> {
         let at = self.login.poll_timeout().expect("a timer is armed");
         self.now = self.now.max(at);
@@ -372,6 +377,47 @@ fn the_pre_auth_timeout_disconnects_with_the_state_s_text_section_8() {
         4,
         "slots come back with ClientClosed"
     );
+}
+
+fn auth_timed_out(out: &[Output]) -> Vec<ClientId> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::AuthTimedOut { client } => Some(*client),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_lookup_out_for_the_auth_timeout_is_reported_once_and_a_returned_one_never() {
+    let mut h = Harness::new(LoginConfig::new(10, 0));
+    let late = h.accept();
+    let answered = h.accept();
+    let again = h.accept();
+    for client in [late, answered, again] {
+        h.set_state(client, ClientState::InAuth);
+    }
+    h.at(10_000);
+    h.set_state(answered, ClientState::PreLogin);
+    // A second lookup starts its own 30 s.
+    h.at(20_000);
+    h.set_state(again, ClientState::PreLogin);
+    h.set_state(again, ClientState::InAuth);
+    let reported = |h: &mut Harness, at: u64| {
+        h.at(at);
+        auth_timed_out(&h.input(Input::Timeout))
+    };
+    assert_eq!(reported(&mut h, 29_999), vec![]);
+    assert_eq!(reported(&mut h, 30_000), vec![late]);
+    assert_eq!(
+        h.login.client(late),
+        Some((ClientState::InAuth, false)),
+        "the driver ends the lookup: the client is neither moved nor closed"
+    );
+    assert_eq!(reported(&mut h, 49_999), vec![]);
+    assert_eq!(reported(&mut h, 50_000), vec![again]);
+    // Once: no second report before the pre-auth timeout.
+    assert_eq!(reported(&mut h, 179_999), vec![]);
 }
 
 #[test]

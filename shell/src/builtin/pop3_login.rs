@@ -47,9 +47,6 @@ const ANVIL: Token = Token(usize::MAX - 5);
 /// both above this.
 const CLIENT_BASE: usize = 1 << 20;
 
-/// How long auth may take to answer a login before the client hears a temporary failure.
-const AUTH_TIMEOUT: StdDuration = StdDuration::from_secs(30);
-
 /// A listener's flags from `ROOST_LISTENERS`.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 struct ListenerFlags {
@@ -123,13 +120,15 @@ struct Driver {
     next_client: u64,
     auth: Option<(Conn, LineReader)>,
     /// Auth requests in flight: request id → client.
-    auth_pending: BTreeMap<u32, (ClientId, StdInstant)>,
+    auth_pending: BTreeMap<u32, ClientId>,
     next_auth_id: u32,
     /// The anvil link and its replies' reader; PENALTY-GET answers come in request order.
     anvil: Option<(Conn, LineReader)>,
     penalty_queue: VecDeque<ClientId>,
     /// Disconnects the machine asked for, not yet applied.
     kills: Vec<(ClientId, DisconnectReason)>,
+    /// Clients whose lookup the machine found late (`AuthTimedOut`), not yet applied.
+    late: Vec<ClientId>,
     status_registered: bool,
     rng: u64,
     exit: Option<i32>,
@@ -195,6 +194,7 @@ impl Driver {
             }
             // Applied between events, when no client is taken out of the table.
             Output::Disconnect { client, reason } => self.kills.push((client, reason)),
+            Output::AuthTimedOut { client } => self.late.push(client),
             Output::Refuse => {}
             Output::DieCallback => {}
             Output::Exit(code) => self.exit = Some(code),
@@ -411,7 +411,7 @@ impl Driver {
             }
             _ => {}
         }
-        self.auth_pending.retain(|_, (c, _)| *c != id);
+        self.auth_pending.retain(|_, c| *c != id);
         self.handle(Input::ClientClosed { client: id });
     }
 
@@ -628,8 +628,7 @@ impl Driver {
             None => false,
         };
         if sent {
-            self.auth_pending
-                .insert(self.next_auth_id, (id, StdInstant::now()));
+            self.auth_pending.insert(self.next_auth_id, id);
         } else {
             error("auth is not reachable: the client is told to try again");
             self.auth = None;
@@ -712,9 +711,7 @@ impl Driver {
                 error("auth closed the connection");
             }
             let _ = self.poll.registry().deregister(&mut conn.stream);
-            let pending: Vec<(u32, (ClientId, StdInstant))> =
-                std::mem::take(&mut self.auth_pending).into_iter().collect();
-            for (_, (id, _)) in pending {
+            for (_, id) in std::mem::take(&mut self.auth_pending) {
                 self.with_client(id, |driver, id, client| {
                     driver.auth_unavailable(id, client);
                     driver.run_login_outputs(id, client)
@@ -727,7 +724,7 @@ impl Driver {
                 AuthReply::Fail { id, .. } => (*id, false),
                 _ => continue,
             };
-            let Some((id, _)) = self.auth_pending.remove(&request) else {
+            let Some(id) = self.auth_pending.remove(&request) else {
                 continue;
             };
             self.with_client(id, |driver, id, client| {
@@ -950,8 +947,54 @@ impl Driver {
         });
     }
 
-    /// Tells the clients the machine chose to disconnect (overflow victims, pre-auth timeouts).
+    /// Tells the clients the machine chose to disconnect (overflow victims, pre-auth timeouts),
+    /// and gives up on the peers that left a lookup unanswered for the auth timeout.
     fn apply_kills(&mut self) {
+        let late = std::mem::take(&mut self.late);
+        // Which peer each late lookup waits on, before either is given up on.
+        let stuck = late
+            .iter()
+            .filter(|id| self.auth_pending.values().any(|c| c == *id))
+            .count();
+        if late.iter().any(|id| self.penalty_queue.contains(id)) {
+            // anvil does not answer: every lookup on that connection goes with it, and the
+            // clients go on without penalties, as when anvil hangs up.
+            error(&format!(
+                "anvil did not answer within {} s; going on without penalties",
+                self.table.config().auth_timeout.as_secs()
+            ));
+            if let Some((mut conn, _)) = self.anvil.take() {
+                let _ = self.poll.registry().deregister(&mut conn.stream);
+            }
+            for id in std::mem::take(&mut self.penalty_queue) {
+                // The auth lookup that follows is a new one, with a timeout of its own.
+                for state in [ClientState::PreLogin, ClientState::InAuth] {
+                    self.table
+                        .handle(Input::ClientState { client: id, state }, self.now());
+                }
+                self.with_client(id, |driver, id, client| {
+                    driver.send_auth(id, client);
+                    driver.run_login_outputs(id, client)
+                });
+            }
+        }
+        if stuck > 0 {
+            // auth does not answer: its clients hear a temporary failure instead of waiting
+            // for the pre-auth timeout, and the connection is made anew for the next.
+            error(&format!(
+                "auth did not answer {stuck} request(s) within {} s: clients told to try again",
+                self.table.config().auth_timeout.as_secs()
+            ));
+            if let Some((mut conn, _)) = self.auth.take() {
+                let _ = self.poll.registry().deregister(&mut conn.stream);
+            }
+            for (_, id) in std::mem::take(&mut self.auth_pending) {
+                self.with_client(id, |driver, id, client| {
+                    driver.auth_unavailable(id, client);
+                    driver.run_login_outputs(id, client)
+                });
+            }
+        }
         while !self.kills.is_empty() {
             for (id, reason) in std::mem::take(&mut self.kills) {
                 self.with_client(id, |driver, id, client| {
@@ -967,34 +1010,6 @@ impl Driver {
 
     fn timers(&mut self) {
         let now = StdInstant::now();
-        // An auth that does not answer: its clients hear a temporary failure instead of
-        // waiting for the pre-auth timeout, and the connection is made anew for the next.
-        let late = self
-            .auth_pending
-            .values()
-            .filter(|(_, sent)| now.duration_since(*sent) >= AUTH_TIMEOUT)
-            .count();
-        let mut abandoned = Vec::new();
-        if late > 0 {
-            error(&format!(
-                "auth did not answer {late} request(s) within {} s: clients told to try again",
-                AUTH_TIMEOUT.as_secs()
-            ));
-            // Every request on that connection goes with it.
-            if let Some((mut conn, _)) = self.auth.take() {
-                let _ = self.poll.registry().deregister(&mut conn.stream);
-            }
-            abandoned = std::mem::take(&mut self.auth_pending)
-                .into_iter()
-                .map(|(request, (id, _))| (request, id))
-                .collect();
-        }
-        for (_, id) in abandoned {
-            self.with_client(id, |driver, id, client| {
-                driver.auth_unavailable(id, client);
-                driver.run_login_outputs(id, client)
-            });
-        }
         let due: Vec<ClientId> = self
             .clients
             .iter()
@@ -1014,10 +1029,6 @@ impl Driver {
 
     fn next_timeout(&self) -> StdDuration {
         let mut timeout = StdDuration::from_secs(1);
-        let now = StdInstant::now();
-        for (_, sent) in self.auth_pending.values() {
-            timeout = timeout.min((*sent + AUTH_TIMEOUT).saturating_duration_since(now));
-        }
         if let Some(at) = self.table.poll_timeout() {
             timeout = timeout.min(StdDuration::from_millis(
                 at.as_millis().saturating_sub(self.now().as_millis()),
@@ -1150,6 +1161,7 @@ fn drive(start: Start) -> io::Result<i32> {
         anvil,
         penalty_queue: VecDeque::new(),
         kills: Vec::new(),
+        late: Vec::new(),
         status_registered: false,
         rng: u64::from(std::process::id()) | 1,
         exit: None,
