@@ -14,6 +14,7 @@ pub mod login;
 pub mod master;
 pub mod notice;
 pub mod output;
+pub mod post_login;
 pub mod settings;
 pub mod setup;
 pub mod signal;

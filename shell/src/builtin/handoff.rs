@@ -19,10 +19,6 @@ use crate::mail::authwire::{escape, unescape};
 /// The longest handoff line (the pipelined lines are bounded by the login process).
 pub const MAX_HANDOFF: usize = 64 * 1024;
 
-/// How often a client may be passed on between post-login processes (a process bound to one
-/// uid passes on a client of another uid) before it is refused.
-pub const MAX_HOPS: u32 = 8;
-
 /// What a post-login process learns about a client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Handoff {

@@ -3,10 +3,10 @@
 //! user (as root), registers the session with anvil (mail_max_userip_connections), and serves
 //! [`crate::mail::pop3::Session`] over the user's Maildir.
 //!
-//! One uid per process: a process started as root takes the uid of its first user for good.
-//! A later client of another uid is passed on to the listener again (at most
-//! [`handoff::MAX_HOPS`] times) and the process stops accepting, so whatever service_count says,
-//! no process ever serves two uids.
+//! One uid per process (core's `post_login` rule): a process started as root takes the uid of
+//! its first user for good. A later client of another uid is passed on to the listener again (at
+//! most [`MAX_HOPS`] times) and the process stops accepting, so whatever service_count says, no
+//! process ever serves two uids.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::IpAddr;
@@ -14,6 +14,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use roost_core::post_login::{UidBinding, UidDecision, MAX_HOPS};
 
 use super::conn::{Conn, Stream};
 use super::handoff::{self, Handoff};
@@ -33,8 +35,8 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Pop3Service {
     start: Start,
-    /// The uid this process became (root only).
-    bound_uid: Option<u32>,
+    /// The uid this process became (root only): core's rule of one uid per process.
+    binding: UidBinding,
     /// A client of another uid was passed on: accept nothing more.
     retiring: bool,
     /// The anvil connection, in blocking mode.
@@ -59,12 +61,27 @@ pub struct Pop3Client {
 /// The userdb's fields of a user.
 type Fields = std::collections::BTreeMap<String, String>;
 
-/// What [`Pop3Service::become_user`] found.
-enum Become {
-    /// The process runs as the user now (or never switches).
-    Done,
-    /// The process is bound to another uid: pass the client on.
-    OtherUid,
+/// The uid and gid of the userdb's `uid` (a number or a name) and `gid` fields. auth sends
+/// numbers: with both given, no user database is read here.
+fn resolve_identity(uid: &str, gid: Option<&String>) -> Result<(u32, u32), Refusal> {
+    match (uid.parse::<u32>(), gid) {
+        (Ok(uid), Some(gid)) => Ok((uid, resolve_group(gid).map_err(switch_failed)?)),
+        _ => {
+            let user = resolve_user(uid).map_err(switch_failed)?;
+            match gid {
+                Some(gid) => Ok((user.0, resolve_group(gid).map_err(switch_failed)?)),
+                None => Ok(user),
+            }
+        }
+    }
+}
+
+/// A refusal for a user this process could not become.
+fn switch_failed(log: String) -> Refusal {
+    Refusal {
+        client_text: "[SYS/TEMP] Internal error switching user",
+        log,
+    }
 }
 
 /// Why a handed-over client could not be served; the text goes to the client after `-ERR `.
@@ -128,59 +145,43 @@ impl Pop3Service {
         }
     }
 
-    /// Becomes the user's uid and gid (as root), or says why not.
-    fn become_user(&mut self, fields: &Fields) -> Result<Become, Refusal> {
-        if !nix::unistd::geteuid().is_root() && self.bound_uid.is_none() {
-            return Ok(Become::Done); // unprivileged: every session runs as this process
-        }
-        let Some(uid_text) = fields.get("uid") else {
-            return Ok(Become::Done);
-        };
-        let fail = |log: String| Refusal {
-            client_text: "[SYS/TEMP] Internal error switching user",
-            log,
-        };
-        // auth sends numbers: with both given, no user database is read here.
-        let (uid, gid) = match (uid_text.parse::<u32>(), fields.get("gid")) {
-            (Ok(uid), Some(gid)) => (uid, resolve_group(gid).map_err(fail)?),
-            _ => {
-                let user = resolve_user(uid_text).map_err(fail)?;
-                match fields.get("gid") {
-                    Some(gid) => (user.0, resolve_group(gid).map_err(fail)?),
-                    None => user,
-                }
+    /// Applies core's rule (`post_login::UidBinding`) to a client of the user of `fields`,
+    /// passed on `hops` times: becomes the user's uid and gid when the rule says so, or says
+    /// why not.
+    fn become_user(&mut self, fields: &Fields, hops: u32) -> Result<UidDecision, Refusal> {
+        let as_root = nix::unistd::geteuid().is_root();
+        let user = match fields.get("uid") {
+            // Unprivileged, nothing is switched: the name need not even resolve.
+            Some(uid_text) if as_root || self.binding.bound().is_some() => {
+                Some(resolve_identity(uid_text, fields.get("gid"))?)
             }
+            _ => None,
         };
-        let user = (uid, gid);
-        match self.bound_uid {
-            Some(bound) if bound == user.0 => Ok(Become::Done),
-            Some(_) => Ok(Become::OtherUid),
-            None => {
-                let gid = nix::unistd::Gid::from_raw(gid);
-                nix::unistd::setgroups(&[gid])
-                    .and_then(|()| nix::unistd::setgid(gid))
-                    .and_then(|()| nix::unistd::setuid(nix::unistd::Uid::from_raw(user.0)))
-                    .map_err(|e| fail(format!("setuid({}) failed: {e}", user.0)))?;
-                self.bound_uid = Some(user.0);
-                Ok(Become::Done)
-            }
+        let decision = self.binding.decide(user.map(|(uid, _)| uid), hops, as_root);
+        if let (UidDecision::Become, Some((uid, gid))) = (decision, user) {
+            let gid = nix::unistd::Gid::from_raw(gid);
+            nix::unistd::setgroups(&[gid])
+                .and_then(|()| nix::unistd::setgid(gid))
+                .and_then(|()| nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)))
+                .map_err(|e| switch_failed(format!("setuid({uid}) failed: {e}")))?;
+            self.binding.bind(uid);
         }
+        Ok(decision)
     }
 
-    /// Passes a client this process cannot serve (another uid) on to the listener again.
-    fn pass_on(&mut self, mut handoff: Handoff, client: &OwnedFd) -> Result<(), Refusal> {
-        handoff.hops += 1;
+    /// Passes a client this process cannot serve (another uid) on to the listener again,
+    /// with its hop count after this pass.
+    fn pass_on(
+        &mut self,
+        mut handoff: Handoff,
+        hops: u32,
+        client: &OwnedFd,
+    ) -> Result<(), Refusal> {
+        handoff.hops = hops;
         let refuse = |log: String| Refusal {
             client_text: "[SYS/TEMP] Internal error handing over the session",
             log,
         };
-        if handoff.hops > handoff::MAX_HOPS {
-            return Err(refuse(format!(
-                "user {} passed on {} times: no process for its uid",
-                handoff.user,
-                handoff::MAX_HOPS
-            )));
-        }
         let path = self.start.socket_path(&listener_path(&self.start));
         let stream = UnixStream::connect(&path)
             .map_err(|e| refuse(format!("connect({}): {e}", path.display())))?;
@@ -209,13 +210,26 @@ impl Pop3Service {
             Ok(fields) => fields,
             Err(refusal) => return Err((refusal, client)),
         };
-        match self.become_user(&fields) {
-            Ok(Become::Done) => {}
-            Ok(Become::OtherUid) => {
-                return match self.pass_on(handoff, &client) {
+        match self.become_user(&fields, handoff.hops) {
+            Ok(UidDecision::Serve | UidDecision::Become) => {}
+            Ok(UidDecision::PassOn { hops }) => {
+                return match self.pass_on(handoff, hops, &client) {
                     Ok(()) => Ok(None),
                     Err(refusal) => Err((refusal, client)),
                 };
+            }
+            Ok(UidDecision::Refuse) => {
+                let log = format!(
+                    "user {} passed on {MAX_HOPS} times: no process for its uid",
+                    handoff.user
+                );
+                return Err((
+                    Refusal {
+                        client_text: "[SYS/TEMP] Internal error handing over the session",
+                        log,
+                    },
+                    client,
+                ));
             }
             Err(refusal) => return Err((refusal, client)),
         }
@@ -565,7 +579,7 @@ pub fn main() -> i32 {
         let env = start.env.clone();
         let mut service = Pop3Service {
             start,
-            bound_uid: None,
+            binding: UidBinding::default(),
             retiring: false,
             anvil,
             next_id: 0,
