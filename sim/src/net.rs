@@ -450,7 +450,7 @@ async fn client(spec: ClientSpec, shared: SharedRef) {
             }
             Attempt::Failed => {
                 shared.borrow_mut().summary.failed_attempts += 1;
-                if spec.behaviour == Behaviour::PreAuthIdle || attempt == spec.reconnect {
+                if spec.behaviour != Behaviour::Login || attempt == spec.reconnect {
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(spec.retry_ms)).await;
@@ -496,6 +496,10 @@ async fn read_reply(
 }
 
 async fn session(spec: &ClientSpec, first_try: Instant, shared: &SharedRef) -> Attempt {
+    if spec.behaviour == Behaviour::FifoWrite {
+        // The turmoil world has no fifos (their listeners fail to open): the write fails.
+        return Attempt::Failed;
+    }
     let started = turmoil::elapsed();
     let Some(Ok(stream)) = within(spec, shared, TcpStream::connect(("server", spec.port))).await
     else {

@@ -81,6 +81,7 @@ pub fn draw(seed: u64) -> Drawn {
             },
             port: 100 + i as u16,
             unix_listener: None,
+            fifo_listener: None,
         });
     }
     let config = SimConfig {
