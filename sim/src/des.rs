@@ -15,12 +15,12 @@
 //! are all core's decisions; the driver only reports accepts, readable listeners, logins and
 //! closes, and carries out disconnects.
 //!
-//! Sockets are inet (clients connect to them) or unix (by path). A login process of service
-//! `P-login` hands a logged-in client to the unix socket `login/P` when the configuration has
-//! one, as Dovecot's login processes do (reference §5.2): the client waits in that socket's
-//! queue, held by its login process as `HandingOff`, until a process of the post-login service
-//! accepts it and the login process forgets it; the master forks post-login processes for
-//! that socket as for any listener. A failed connect (nothing listens, full backlog) or a
+//! Sockets are inet (clients connect to them) or unix (by path). A login process of a service
+//! with `protocol` P hands a logged-in client to the unix socket `login/P` when the
+//! configuration has one, as Dovecot's login processes do (reference §5.2): the client waits in
+//! that socket's queue, held by its login process as `HandingOff`, until a process of the
+//! post-login service accepts it and the login process forgets it; the master forks post-login
+//! processes for that socket as for any listener. A failed connect (nothing listens, full backlog) or a
 //! handoff the master drops ends the client. Without such a socket the client stays in its
 //! login process for its session (proxied, as with TLS).
 //!
@@ -191,6 +191,8 @@ struct KListener {
 struct KService {
     /// The service's name.
     name: String,
+    /// Its `protocol` (a login service hands clients to `login/<protocol>`).
+    protocol: String,
     /// Its type.
     service_type: ServiceType,
     /// The login "all processes full" state, as published.
@@ -1028,6 +1030,7 @@ impl World {
             id,
             KService {
                 name: config.name.clone(),
+                protocol: config.protocol.clone(),
                 service_type: config.service_type,
                 login_full: false,
                 client_limit: config.client_limit,
@@ -1647,12 +1650,14 @@ impl World {
     }
 
     /// The unix socket a login process of `service` hands logged-in clients to, as Dovecot's
-    /// login processes do (`login/<protocol>`, the protocol being the service's name without
-    /// `-login`; reference §5.2): `None` when the configuration has no such socket, and the
+    /// login processes do (`login/<protocol>`, the service's `protocol`; reference §5.2):
+    /// `None` when the service has no protocol or the configuration no such socket, and the
     /// client then stays in its login process for its session (proxied, as with TLS).
     fn handoff_socket(&self, service: ServiceId) -> Option<usize> {
-        let name = self.services.get(&service)?.name.as_str();
-        let protocol = name.strip_suffix("-login")?;
+        let protocol = self.services.get(&service)?.protocol.as_str();
+        if protocol.is_empty() {
+            return None;
+        }
         let wanted = format!("login/{protocol}");
         let matches = |path: &str| path == wanted || path.ends_with(&format!("/{wanted}"));
         let mut found = None;
@@ -1780,6 +1785,7 @@ mod tests {
     fn imap() -> crate::load::ServiceSpec {
         crate::load::ServiceSpec {
             name: "imap".into(),
+            protocol: "imap".into(),
             service_type: ServiceType::Default,
             process_limit: 5,
             client_limit: 1,
@@ -1885,6 +1891,7 @@ mod tests {
     fn a_fifo_is_readable_as_one_client() {
         let aggregator = crate::load::ServiceSpec {
             name: "aggregator".into(),
+            protocol: String::new(),
             service_count: 0,
             process_min_avail: 0,
             port: 0,

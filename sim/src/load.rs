@@ -304,6 +304,11 @@ fn yes() -> bool {
 pub struct ServiceSpec {
     /// The service's name.
     pub name: String,
+    /// `protocol`: the protocol it serves (`pop3` for pop3-login and pop3); a login service
+    /// hands logged-in clients to the unix socket `login/<protocol>` when there is one. Empty
+    /// (the default) = none.
+    #[serde(default)]
+    pub protocol: String,
     /// `type`.
     #[serde(default = "default_type")]
     pub service_type: ServiceType,
@@ -417,6 +422,7 @@ impl ServiceSpec {
         let process_limit = self.process_limit.max(1);
         ServiceConfig {
             name: self.name.clone(),
+            protocol: self.protocol.clone(),
             service_type: self.service_type,
             process_limit,
             client_limit,
