@@ -20,6 +20,7 @@ use roost_core::time::{Duration, Instant};
 fn master_with(n: u32) -> (Master, Vec<(Pid, ProcessUid)>, Instant) {
     let service = ServiceConfig {
         name: "imap".to_owned(),
+        protocol: "imap".to_owned(),
         service_type: ServiceType::Default,
         process_limit: n,
         client_limit: 1,

@@ -79,6 +79,11 @@ impl ServiceType {
 pub struct ServiceConfig {
     /// The service's name (`service NAME { }`), unique within a generation.
     pub name: String,
+    /// `protocol`: the protocol it serves (`pop3` for both pop3-login and pop3; a login
+    /// service hands logged-in clients to `login/<protocol>`); empty = none. The master's
+    /// rules do not use it; drivers do. Missing in older RON traces, hence the default.
+    #[serde(default)]
+    pub protocol: String,
     /// `type`.
     pub service_type: ServiceType,
     /// Effective `process_limit`, at least 1.

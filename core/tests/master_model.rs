@@ -81,6 +81,7 @@ fn service_strategy(index: usize) -> impl Strategy<Value = ServiceConfig> {
                 };
                 ServiceConfig {
                     name: format!("s{index}"),
+                    protocol: String::new(),
                     service_type,
                     process_limit,
                     client_limit,

@@ -24,6 +24,7 @@ fuzz_target!(|case: Case| {
     let process_limit = u32::from(case.process_limit % 8) + 1;
     let service = ServiceConfig {
         name: "fuzz".into(),
+        protocol: String::new(),
         service_type: if case.login { ServiceType::Login } else { ServiceType::Default },
         process_limit,
         client_limit: u32::from(case.client_limit % 4) + 1,

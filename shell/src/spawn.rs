@@ -599,6 +599,7 @@ mod tests {
     fn config() -> ServiceConfig {
         ServiceConfig {
             name: "pop3-login".into(),
+            protocol: "pop3".into(),
             service_type: ServiceType::Login,
             process_limit: 100,
             client_limit: 1,

@@ -15,14 +15,24 @@
 //! are all core's decisions; the driver only reports accepts, readable listeners, logins and
 //! closes, and carries out disconnects.
 //!
-//! Sockets are inet (clients connect to them) or unix (by path). A login process of service
-//! `P-login` hands a logged-in client to the unix socket `login/P` when the configuration has
-//! one, as Dovecot's login processes do (reference §5.2): the client waits in that socket's
-//! queue, held by its login process as `HandingOff`, until a process of the post-login service
-//! accepts it and the login process forgets it; the master forks post-login processes for
-//! that socket as for any listener. A failed connect (nothing listens, full backlog) or a
+//! Sockets are inet (clients connect to them) or unix (by path). A login process of a service
+//! with `protocol` P hands a logged-in client to the unix socket `login/P` when the
+//! configuration has one, as Dovecot's login processes do (reference §5.2): the client waits in
+//! that socket's queue, held by its login process as `HandingOff`, until a process of the
+//! post-login service accepts it and the login process forgets it; the master forks post-login
+//! processes for that socket as for any listener. A failed connect (nothing listens, full backlog) or a
 //! handoff the master drops ends the client. Without such a socket the client stays in its
 //! login process for its session (proxied, as with TLS).
+//!
+//! A fifo is a one-way queue of messages at a path, written by `FifoWrite` clients; it is
+//! readable while it holds unread messages, and the master hears `ListenerReadable` for it as
+//! for a socket. A process with a free slot that finds its fifo readable takes the fifo itself
+//! as a connection, as Dovecot's master-service does when `accept()` fails with ENOTSOCK: its
+//! child machine sees one `Accepted` and, at once, the `ClientClosed` that gives the slot back
+//! (master-service: "reading FIFOs stays open forever, don't count them as real clients"). The
+//! process stops listening on the fifo and reads every message written to it for the rest of
+//! its life; when it exits, the master's fd keeps the fifo, and the next message makes it
+//! readable to the master again. A full fifo (`FIFO_CAPACITY` messages) fails a write.
 //!
 //! Determinism: one `SmallRng` seeded from the load profile, `BTreeMap`/`VecDeque` only, time
 //! only from the virtual clock. Every input to the master is one step; its line (`time input ->
@@ -59,6 +69,8 @@ use crate::view;
 pub const PRE_AUTH_TIMEOUT: Duration = roost_core::login::PRE_AUTH_TIMEOUT;
 /// The kernel's cap on a listen backlog.
 pub const SOMAXCONN: u32 = 4096;
+/// Messages a fifo holds before a write fails with EAGAIN (a 64 KiB pipe of 1 KiB messages).
+pub const FIFO_CAPACITY: u32 = 64;
 /// Steps at one instant before the driver calls it a livelock.
 const MAX_STEPS_AT_ONE_INSTANT: u32 = 200_000;
 
@@ -99,7 +111,8 @@ pub struct Options {
 enum ClientState {
     /// Not connected yet (or waiting to reconnect).
     Waiting,
-    /// In an accept queue since that time.
+    /// In an accept queue since that time (or, for a fifo writer, its message unread in the
+    /// fifo since then).
     Queued { socket: usize, since: Instant },
     /// Logged in at login process `login` (as its connection `conn`), which handed it to the
     /// post-login service's unix socket; in that socket's queue since that time.
@@ -148,12 +161,15 @@ struct Client {
 /// to it (the master's listener and the inherited copies in its children).
 #[derive(Clone, Debug)]
 struct Socket {
-    /// The path of a unix socket (login processes hand clients to it); `None` for an inet
-    /// socket (clients connect to it).
+    /// The path of a unix socket (login processes hand clients to it) or of a fifo; `None`
+    /// for an inet socket (clients connect to it).
     path: Option<String>,
-    /// Clients waiting to be accepted, oldest first.
+    /// A fifo: `queue` holds the writers of unread messages, and a reading process drains it.
+    fifo: bool,
+    /// Clients waiting to be accepted (for a fifo: writers whose message is unread), oldest
+    /// first.
     queue: VecDeque<usize>,
-    /// The listen backlog.
+    /// The listen backlog (for a fifo: [`FIFO_CAPACITY`]).
     backlog: u32,
     /// Still open (the master has not closed its last listener on it).
     open: bool,
@@ -175,6 +191,8 @@ struct KListener {
 struct KService {
     /// The service's name.
     name: String,
+    /// Its `protocol` (a login service hands clients to `login/<protocol>`).
+    protocol: String,
     /// Its type.
     service_type: ServiceType,
     /// The login "all processes full" state, as published.
@@ -216,8 +234,10 @@ struct Proc {
     generation: Generation,
     /// Where it is in its life.
     state: ProcState,
-    /// Sockets inherited at fork.
+    /// Sockets inherited at fork that it still listens on.
     sockets: Vec<usize>,
+    /// Fifos it took as its connection: it reads every message written to them.
+    fifos: Vec<usize>,
     /// Connections, by connection id.
     conns: BTreeMap<u64, Conn>,
     /// The real machine (roost_core::child, or roost_core::login around it for login
@@ -880,14 +900,16 @@ impl World {
             } => {
                 let backlog = view::listen_backlog(&self.master, service, self.load.backlog);
                 self.note_service(service);
+                let fifo = matches!(config.kind, ListenerKind::Fifo { .. });
                 let path = match config.kind {
                     ListenerKind::Unix { path, .. } | ListenerKind::Fifo { path, .. } => Some(path),
                     ListenerKind::Inet { .. } => None,
                 };
                 self.sockets.push(Socket {
                     path,
+                    fifo,
                     queue: VecDeque::new(),
-                    backlog,
+                    backlog: if fifo { FIFO_CAPACITY } else { backlog },
                     open: true,
                 });
                 self.listeners.insert(
@@ -936,7 +958,10 @@ impl World {
                 None => self.fail(format!("SetListening on unknown listener {listener}")),
             },
             Output::AcceptAndClose { listener } => {
-                if let Some(l) = self.listeners.get_mut(&listener) {
+                let sockets = &self.sockets;
+                // accept() fails on a fifo (ENOTSOCK): its messages stay, as in the shell.
+                let not_fifo = |l: &&mut KListener| !sockets[l.socket].fifo;
+                if let Some(l) = self.listeners.get_mut(&listener).filter(not_fifo) {
                     l.reported = None;
                     let queued: Vec<usize> = self.sockets[l.socket].queue.drain(..).collect();
                     for client in queued {
@@ -1005,6 +1030,7 @@ impl World {
             id,
             KService {
                 name: config.name.clone(),
+                protocol: config.protocol.clone(),
                 service_type: config.service_type,
                 login_full: false,
                 client_limit: config.client_limit,
@@ -1074,6 +1100,7 @@ impl World {
                 generation: request.generation,
                 state: ProcState::Starting,
                 sockets,
+                fifos: Vec::new(),
                 conns: BTreeMap::new(),
                 machine,
                 timer: None,
@@ -1360,12 +1387,17 @@ impl World {
         let service = view::services(&self.master)
             .into_iter()
             .find(|s| s.name == name && s.generation == current);
+        // A fifo writer opens the service's fifo; every other client connects to its inet socket.
+        let writer = self.clients[client].behaviour == Behaviour::FifoWrite;
         let socket = service
             .into_iter()
             .flat_map(|s| s.listeners)
             .filter_map(|l| self.listeners.get(&l))
             .map(|l| l.socket)
-            .find(|s| self.sockets[*s].open && self.sockets[*s].path.is_none());
+            .find(|s| {
+                let s = &self.sockets[*s];
+                s.open && if writer { s.fifo } else { s.path.is_none() }
+            });
         let Some(socket) = socket else {
             self.finish_client(client, Outcome::Refused);
             return;
@@ -1434,11 +1466,13 @@ impl World {
         self.step(pid, ProcEvent::ClientClosed(conn));
     }
 
-    /// Every process with free slots accepts from its sockets; a login process in overflow
-    /// mode is told its listener is readable (its machine decides whom to kill, and when).
+    /// Every process reads the fifos it took and, with free slots, accepts from its sockets; a
+    /// login process in overflow mode is told its listener is readable (its machine decides
+    /// whom to kill, and when).
     fn accept_pass(&mut self) {
         let pids: Vec<Pid> = self.procs.keys().copied().collect();
         for pid in pids {
+            self.read_fifos(pid);
             while let Some(proc) = self.procs.get(&pid) {
                 let waiting = proc
                     .sockets
@@ -1469,14 +1503,14 @@ impl World {
     }
 
     fn accept(&mut self, pid: Pid, socket: usize) {
+        if self.sockets[socket].fifo {
+            self.take_fifo(pid, socket);
+            return;
+        }
         let Some(client) = self.sockets[socket].queue.pop_front() else {
             return;
         };
-        for l in self.listeners.values_mut() {
-            if l.socket == socket {
-                l.reported = None;
-            }
-        }
+        self.unreported(socket);
         if let ClientState::HandingOff {
             login, conn, since, ..
         } = self.clients[client].state
@@ -1484,15 +1518,9 @@ impl World {
             self.take_handoff(pid, client, login, conn, since);
             return;
         }
-        let ClientState::Queued { since, .. } = self.clients[client].state else {
-            self.fail(format!(
-                "client {client} was in a queue in state {:?}",
-                self.clients[client].state
-            ));
+        if !self.take_queued(pid, client) {
             return;
-        };
-        let wait = (self.now - since).as_millis() as u64;
-        self.count_accepted(pid, wait);
+        }
         let conn = self.next_conn;
         self.next_conn += 1;
         let login_service = self
@@ -1529,6 +1557,11 @@ impl World {
                 }
                 self.schedule(at, Ev::Login(pid, conn));
             }
+            (Behaviour::FifoWrite, _) => {
+                // Writers only ever queue in fifos, which `take_fifo` reads.
+                self.fail(format!("fifo writer {client} was accepted from a socket"));
+                return;
+            }
             (Behaviour::Login, false) => {
                 self.mark_served(client);
                 let at = self.now + login_delay + session;
@@ -1536,6 +1569,72 @@ impl World {
             }
         }
         self.step(pid, ProcEvent::Accepted(conn));
+    }
+
+    /// The socket's queue shrank: its listeners' readability is reported afresh.
+    fn unreported(&mut self, socket: usize) {
+        for l in self.listeners.values_mut() {
+            if l.socket == socket {
+                l.reported = None;
+            }
+        }
+    }
+
+    /// Process `pid`, with a free slot, found its fifo readable and takes the fifo itself as its
+    /// connection (Dovecot's master-service, when `accept()` fails with ENOTSOCK): the child
+    /// machine counts one client, which it gives back at once because a fifo reader stays open
+    /// forever and is not a real client. The process stops listening on the fifo and reads it
+    /// from now on.
+    fn take_fifo(&mut self, pid: Pid, socket: usize) {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        if let Some(proc) = self.procs.get_mut(&pid) {
+            proc.sockets.retain(|&s| s != socket);
+            proc.fifos.push(socket);
+        }
+        self.step(pid, ProcEvent::Accepted(conn));
+        self.step(pid, ProcEvent::ClientClosed(conn));
+        self.read_fifos(pid);
+    }
+
+    /// A running process reads every message waiting in the fifos it took; each writer is
+    /// served.
+    fn read_fifos(&mut self, pid: Pid) {
+        let Some(proc) = self.procs.get(&pid) else {
+            return;
+        };
+        if proc.state != ProcState::Running {
+            return;
+        }
+        for socket in proc.fifos.clone() {
+            if self.sockets[socket].queue.is_empty() {
+                continue;
+            }
+            let writers: Vec<usize> = self.sockets[socket].queue.drain(..).collect();
+            self.unreported(socket);
+            for client in writers {
+                if !self.take_queued(pid, client) {
+                    return;
+                }
+                self.mark_served(client);
+                self.finish_client(client, Outcome::Served);
+            }
+        }
+    }
+
+    /// Process `pid` took `client` from a queue (an accept, or a read of its fifo message):
+    /// counts its wait. `false` (and a broken rule) when the client was not queued.
+    fn take_queued(&mut self, pid: Pid, client: usize) -> bool {
+        let ClientState::Queued { since, .. } = self.clients[client].state else {
+            self.fail(format!(
+                "client {client} was in a queue in state {:?}",
+                self.clients[client].state
+            ));
+            return false;
+        };
+        let wait = (self.now - since).as_millis() as u64;
+        self.count_accepted(pid, wait);
+        true
     }
 
     /// Counts an accept by `pid` after `wait_ms` in the queue, under the process's service.
@@ -1551,17 +1650,19 @@ impl World {
     }
 
     /// The unix socket a login process of `service` hands logged-in clients to, as Dovecot's
-    /// login processes do (`login/<protocol>`, the protocol being the service's name without
-    /// `-login`; reference §5.2): `None` when the configuration has no such socket, and the
+    /// login processes do (`login/<protocol>`, the service's `protocol`; reference §5.2):
+    /// `None` when the service has no protocol or the configuration no such socket, and the
     /// client then stays in its login process for its session (proxied, as with TLS).
     fn handoff_socket(&self, service: ServiceId) -> Option<usize> {
-        let name = self.services.get(&service)?.name.as_str();
-        let protocol = name.strip_suffix("-login")?;
+        let protocol = self.services.get(&service)?.protocol.as_str();
+        if protocol.is_empty() {
+            return None;
+        }
         let wanted = format!("login/{protocol}");
         let matches = |path: &str| path == wanted || path.ends_with(&format!("/{wanted}"));
         let mut found = None;
         for (index, socket) in self.sockets.iter().enumerate() {
-            if socket.path.as_deref().is_some_and(matches) {
+            if !socket.fifo && socket.path.as_deref().is_some_and(matches) {
                 // The newest socket at that path is the one a connect reaches.
                 found = Some(index);
             }
@@ -1644,16 +1745,20 @@ impl World {
     }
 
     /// Level-triggered readiness: a watched listener with connections waiting is reported
-    /// once per queue length.
+    /// once per queue length. A fifo is reported as one waiting client however many messages
+    /// it holds, as the shell reports it (`listen::queued` counts only TCP accept queues): one
+    /// reader drains it all.
     fn report_readable(&mut self) {
         let mut reports = Vec::new();
         for (id, l) in self.listeners.iter_mut() {
-            let len = self.sockets[l.socket].queue.len();
+            let socket = &self.sockets[l.socket];
+            let len = socket.queue.len();
             if l.watched && len > 0 && l.reported != Some(len) {
                 l.reported = Some(len);
+                let queued = if socket.fifo { 1 } else { len as u32 };
                 reports.push(Input::ListenerReadable {
                     listener: *id,
-                    queued: len as u32,
+                    queued,
                 });
             }
         }
@@ -1676,41 +1781,58 @@ pub fn run(
 mod tests {
     use super::*;
 
-    fn small_world() -> World {
+    /// A service of five processes, one client each, process_min_avail 2, on port 143.
+    fn imap() -> crate::load::ServiceSpec {
+        crate::load::ServiceSpec {
+            name: "imap".into(),
+            protocol: "imap".into(),
+            service_type: ServiceType::Default,
+            process_limit: 5,
+            client_limit: 1,
+            service_count: 1,
+            process_min_avail: 2,
+            idle_kill_ms: Some(10_000),
+            port: 143,
+            unix_listener: None,
+            fifo_listener: None,
+        }
+    }
+
+    /// Three clients of `imap` at 100 ms that log in after 10 ms and stay 100 ms.
+    fn imap_clients() -> crate::load::ClientGroup {
+        crate::load::ClientGroup {
+            service: "imap".into(),
+            count: 3,
+            start_ms: 100,
+            spread_ms: 0,
+            behaviour: Behaviour::Login,
+            login_delay_ms: (10, 10),
+            session_ms: (100, 100),
+            reconnect: 0,
+            retry_ms: 1_000,
+            syn_retries: 0,
+            auth_ms: (0, 0),
+            client_host: None,
+            patience_ms: None,
+        }
+    }
+
+    /// A 5 s world of one service and one group of clients.
+    fn world_of(service: crate::load::ServiceSpec, clients: crate::load::ClientGroup) -> World {
         let config = crate::load::SimConfig {
-            services: vec![crate::load::ServiceSpec {
-                name: "imap".into(),
-                service_type: ServiceType::Default,
-                process_limit: 5,
-                client_limit: 1,
-                service_count: 1,
-                process_min_avail: 2,
-                idle_kill_ms: Some(10_000),
-                port: 143,
-                unix_listener: None,
-            }],
+            services: vec![service],
             shutdown_clients: true,
         };
         let load = LoadProfile {
             duration_ms: 5_000,
-            clients: vec![crate::load::ClientGroup {
-                service: "imap".into(),
-                count: 3,
-                start_ms: 100,
-                spread_ms: 0,
-                behaviour: Behaviour::Login,
-                login_delay_ms: (10, 10),
-                session_ms: (100, 100),
-                reconnect: 0,
-                retry_ms: 1_000,
-                syn_retries: 0,
-                auth_ms: (0, 0),
-                client_host: None,
-                patience_ms: None,
-            }],
+            clients: vec![clients],
             ..LoadProfile::default()
         };
         World::new(config.master_config(), &load, Options::default())
+    }
+
+    fn small_world() -> World {
+        world_of(imap(), imap_clients())
     }
 
     /// The outside check "no signal to a reaped pid" must be able to fail: a driver bug that
@@ -1759,6 +1881,55 @@ mod tests {
             .expect("the small world runs cleanly");
         assert!(world.unfinished_clients().is_empty());
         assert_eq!(world.report().services[0].served, 3);
+    }
+
+    /// A fifo is readable as one waiting client however many messages it holds: the shell
+    /// cannot count a fifo's messages (`listen::queued` counts TCP accept queues only) and one
+    /// reader drains them all. Reporting the message count instead made the master fork one
+    /// process per message waiting; this pins the one report and the one fork.
+    #[test]
+    fn a_fifo_is_readable_as_one_client() {
+        let aggregator = crate::load::ServiceSpec {
+            name: "aggregator".into(),
+            protocol: String::new(),
+            service_count: 0,
+            process_min_avail: 0,
+            port: 0,
+            fifo_listener: Some("replication-notify-fifo".into()),
+            ..imap()
+        };
+        // The writers' own arrivals come after the end of the run: the test queues them.
+        let writers = crate::load::ClientGroup {
+            service: "aggregator".into(),
+            start_ms: 60_000,
+            behaviour: Behaviour::FifoWrite,
+            ..imap_clients()
+        };
+        let mut world = world_of(aggregator, writers);
+        world.run_until(50).expect("the fifo world starts cleanly");
+        let fifo = world
+            .sockets
+            .iter()
+            .position(|s| s.fifo)
+            .expect("the fifo is open");
+        for client in 0..3 {
+            world.clients[client].state = ClientState::Queued {
+                socket: fifo,
+                since: world.now,
+            };
+            world.sockets[fifo].queue.push_back(client);
+        }
+        world.report_readable();
+        let reports: Vec<&Input> = world.pending.iter().collect();
+        assert!(
+            matches!(reports[..], [Input::ListenerReadable { queued: 1, .. }]),
+            "{reports:?}"
+        );
+        world.settle();
+        world.run_until(5_000).expect("the fifo world runs cleanly");
+        assert_eq!(world.spawn_steps("aggregator"), vec![1]);
+        assert_eq!(world.report().services[0].served, 3);
+        assert!(world.unfinished_clients().is_empty());
     }
 
     #[test]

@@ -196,6 +196,11 @@ pub enum Behaviour {
     /// Connects and never logs in: a pre-auth flood. The login process disconnects it after
     /// the pre-auth timeout (180 s), unless it is killed to make room first.
     PreAuthIdle,
+    /// Writes one message into the service's fifo listener and is done with it (a one-way
+    /// writer, as of Dovecot's `replication-notify-fifo`); it counts as served once a process
+    /// of the service has read the message. A write to a full fifo fails (EAGAIN) as
+    /// `BacklogFull`. The discrete-event driver only: the turmoil world has no fifos.
+    FifoWrite,
 }
 
 /// Faults. Probabilities are per process created (or per fork for `fork_fail`).
@@ -299,6 +304,11 @@ fn yes() -> bool {
 pub struct ServiceSpec {
     /// The service's name.
     pub name: String,
+    /// `protocol`: the protocol it serves (`pop3` for pop3-login and pop3); a login service
+    /// hands logged-in clients to the unix socket `login/<protocol>` when there is one. Empty
+    /// (the default) = none.
+    #[serde(default)]
+    pub protocol: String,
     /// `type`.
     #[serde(default = "default_type")]
     pub service_type: ServiceType,
@@ -324,6 +334,10 @@ pub struct ServiceSpec {
     /// login service hands logged-in clients to); `None` = no unix listener.
     #[serde(default)]
     pub unix_listener: Option<String>,
+    /// The path of its one fifo listener (e.g. `replication-notify-fifo`, which one-way
+    /// writers fill, [`Behaviour::FifoWrite`]); `None` = no fifo listener.
+    #[serde(default)]
+    pub fifo_listener: Option<String>,
 }
 
 fn default_type() -> ServiceType {
@@ -357,16 +371,28 @@ impl SimConfig {
 }
 
 impl ServiceSpec {
-    /// Its listeners in the order a child receives them (unix before inet).
+    /// Its listeners in the order a child receives them (unix, fifo, inet; reference §1.2).
     fn listeners(&self) -> Vec<ListenerConfig> {
         let mut listeners = Vec::new();
+        // A unix or fifo listener is named by the last part of its path (reference §1.2).
+        let name = |path: &String| path.rsplit('/').next().unwrap_or(path).to_owned();
         if let Some(path) = &self.unix_listener {
             listeners.push(ListenerConfig {
-                // A unix listener is named by the last part of its path (reference §1.2).
-                name: path.rsplit('/').next().unwrap_or(path).to_owned(),
+                name: name(path),
                 kind: ListenerKind::Unix {
                     path: path.clone(),
                     mode: 0o666,
+                    user: String::new(),
+                    group: String::new(),
+                },
+            });
+        }
+        if let Some(path) = &self.fifo_listener {
+            listeners.push(ListenerConfig {
+                name: name(path),
+                kind: ListenerKind::Fifo {
+                    path: path.clone(),
+                    mode: 0o600,
                     user: String::new(),
                     group: String::new(),
                 },
@@ -396,6 +422,7 @@ impl ServiceSpec {
         let process_limit = self.process_limit.max(1);
         ServiceConfig {
             name: self.name.clone(),
+            protocol: self.protocol.clone(),
             service_type: self.service_type,
             process_limit,
             client_limit,

@@ -21,11 +21,11 @@
 //! (a `ServiceSpec` has no more), and its processes wait on both queues.
 //!
 //! Unix sockets live inside the server host: a queue known by its path, which only login
-//! processes reach. A login process of `P-login` hands each logged-in client to `login/P` when
-//! the configuration has it, as in the discrete-event driver: the client's `TcpStream` goes into
-//! that queue (fd passing), the Login machine holds the client as `HandingOff`, and the
-//! post-login process that accepts it answers and has the session; the client reads its
-//! `+OK logged in` from there.
+//! processes reach. A login process of a service with `protocol` P hands each logged-in client
+//! to `login/P` when the configuration has it, as in the discrete-event driver: the client's
+//! `TcpStream` goes into that queue (fd passing), the Login machine holds the client as
+//! `HandingOff`, and the post-login process that accepts it answers and has the session; the
+//! client reads its `+OK logged in` from there.
 //!
 //! Determinism: `Builder::rng_seed`, every `select!` is `biased`, time only from turmoil
 //! (`turmoil::elapsed`) and tokio's paused clock, `BTreeMap` only, and every random draw from
@@ -450,7 +450,7 @@ async fn client(spec: ClientSpec, shared: SharedRef) {
             }
             Attempt::Failed => {
                 shared.borrow_mut().summary.failed_attempts += 1;
-                if spec.behaviour == Behaviour::PreAuthIdle || attempt == spec.reconnect {
+                if spec.behaviour != Behaviour::Login || attempt == spec.reconnect {
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(spec.retry_ms)).await;
@@ -496,6 +496,10 @@ async fn read_reply(
 }
 
 async fn session(spec: &ClientSpec, first_try: Instant, shared: &SharedRef) -> Attempt {
+    if spec.behaviour == Behaviour::FifoWrite {
+        // The turmoil world has no fifos (their listeners fail to open): the write fails.
+        return Attempt::Failed;
+    }
     let started = turmoil::elapsed();
     let Some(Ok(stream)) = within(spec, shared, TcpStream::connect(("server", spec.port))).await
     else {
@@ -850,30 +854,28 @@ impl Server {
         let pid = Pid(self.next_pid);
         self.next_pid += 1;
         let config = view::service_config(&self.master, request.service);
-        let (name, client_limit, service_count, login) = config
+        let (name, protocol, client_limit, service_count, login) = config
             .map(|c| {
                 (
                     c.name,
+                    c.protocol,
                     c.client_limit,
                     c.service_count,
                     c.service_type == ServiceType::Login,
                 )
             })
-            .unwrap_or((String::new(), 1, 0, false));
+            .unwrap_or((String::new(), String::new(), 1, 0, false));
         *self.step_spawns.entry(name.clone()).or_default() += 1;
         let queues = view::service_listeners(&self.master, request.service)
             .into_iter()
             .filter_map(|l| self.listeners.get(&l).map(|l| l.queue.clone()))
             .collect();
         // Dovecot's login processes hand logged-in clients to `login/<protocol>` (§5.2).
-        let handoff = name
-            .strip_suffix("-login")
-            .filter(|_| login)
-            .map(|protocol| HandoffTo {
-                path: format!("login/{protocol}"),
-                unix: self.unix.clone(),
-                events: self.events.clone(),
-            });
+        let handoff = (login && !protocol.is_empty()).then(|| HandoffTo {
+            path: format!("login/{protocol}"),
+            unix: self.unix.clone(),
+            events: self.events.clone(),
+        });
         let login_full = self
             .login_full
             .entry(request.service)
@@ -980,7 +982,8 @@ enum ConnEvent {
 }
 
 /// Where a login process hands its logged-in clients: the unix socket `login/P` of a login
-/// service `P-login`, as Dovecot's login processes do (reference §5.2; docs/mail-host.md).
+/// service with `protocol` P, as Dovecot's login processes do (reference §5.2;
+/// docs/mail-host.md).
 #[derive(Clone)]
 struct HandoffTo {
     /// `login/P`.

@@ -69,6 +69,7 @@ pub fn draw(seed: u64) -> Drawn {
         };
         services.push(ServiceSpec {
             name: format!("svc{i}"),
+            protocol: String::new(),
             service_type,
             process_limit,
             client_limit,
@@ -81,6 +82,7 @@ pub fn draw(seed: u64) -> Drawn {
             },
             port: 100 + i as u16,
             unix_listener: None,
+            fifo_listener: None,
         });
     }
     let config = SimConfig {

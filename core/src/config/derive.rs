@@ -197,6 +197,7 @@ fn service_config(settings: &Settings, service: &ServiceSettings) -> ServiceConf
     }
     ServiceConfig {
         name: service.name.clone(),
+        protocol: service.protocol.clone(),
         service_type,
         process_limit,
         client_limit: effective_client_limit(settings, service),

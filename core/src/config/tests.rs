@@ -296,12 +296,18 @@ fn effective_values_apply_defaults_caps_and_protocols() {
     assert!(
         matches!(&pop3.listeners[0].kind, crate::setup::ListenerKind::Unix { path, .. } if path == "/run/r/login/pop3")
     );
+    // Drivers find the post-login socket login/<protocol> from the login service's protocol.
+    assert_eq!(
+        (login.protocol.as_str(), pop3.protocol.as_str()),
+        ("pop3", "pop3")
+    );
     let log = master
         .services
         .iter()
         .find(|s| s.name == "log")
         .expect("log");
     assert_eq!(log.idle_kill, None);
+    assert_eq!(log.protocol, "", "log serves no protocol");
     assert!(left_out
         .iter()
         .any(|l| l.to_string() == "service(anvil): no program for executable 'anvil', left out"));

@@ -21,6 +21,7 @@ struct World {
 fn service(name: &str, service_type: ServiceType) -> ServiceConfig {
     ServiceConfig {
         name: name.to_owned(),
+        protocol: String::new(),
         service_type,
         process_limit: 100,
         client_limit: 1,
