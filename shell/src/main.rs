@@ -111,8 +111,8 @@ fn main() -> ExitCode {
             };
             if effective {
                 let (master, left_out) = daemon::derive(&config.settings);
-                for left in left_out {
-                    println!("# {left}");
+                for line in left_out_lines(&config, &left_out) {
+                    println!("# {line}");
                 }
                 print!("{}", config::print_effective(&master));
             } else {
@@ -141,8 +141,8 @@ fn main() -> ExitCode {
                         eprintln!("roost: Warning: {warning}");
                     }
                     let (_, left_out) = daemon::derive(&config.settings);
-                    for left in left_out {
-                        eprintln!("roost: Info: {left}");
+                    for line in left_out_lines(&config, &left_out) {
+                        eprintln!("roost: Info: {line}");
                     }
                     println!("{}: OK", source.describe());
                     ExitCode::SUCCESS
@@ -439,33 +439,8 @@ fn run(source: daemon::Source, foreground: bool) -> ExitCode {
         log.master(Level::Warning, &warning.to_string());
     }
     let (master_config, left_out) = daemon::derive(&settings);
-    let named: Vec<&config::LeftOut> = left_out
-        .iter()
-        .filter(|l| {
-            config
-                .raw
-                .services
-                .iter()
-                .any(|s| s.name == l.service && s.mentioned.is_some())
-        })
-        .collect();
-    for left in &named {
-        log.master(Level::Info, &left.to_string());
-    }
-    let unnamed: Vec<&str> = left_out
-        .iter()
-        .filter(|l| !named.iter().any(|n| n.service == l.service))
-        .map(|l| l.service.as_str())
-        .collect();
-    if !unnamed.is_empty() {
-        log.master(
-            Level::Info,
-            &format!(
-                "{} default services have no program yet and are left out: {}",
-                unnamed.len(),
-                unnamed.join(", ")
-            ),
-        );
+    for line in left_out_lines(&config, &left_out) {
+        log.master(Level::Info, &line);
     }
     let daemon = match Daemon::new(settings, master_config, source, log, foreground) {
         Ok(daemon) => daemon,
@@ -474,6 +449,36 @@ fn run(source: daemon::Source, foreground: bool) -> ExitCode {
     let code = daemon.run();
     pid_file.remove();
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// What is said of the services left out: one line for each the configuration names, and one
+/// for all the catalogue's defaults it never mentions (a stock tree has 16 of them).
+fn left_out_lines(config: &config::Config, left_out: &[config::LeftOut]) -> Vec<String> {
+    let named = |left: &config::LeftOut| {
+        config
+            .raw
+            .services
+            .iter()
+            .any(|s| s.name == left.service && s.mentioned.is_some())
+    };
+    let mut lines: Vec<String> = left_out
+        .iter()
+        .filter(|l| named(l))
+        .map(ToString::to_string)
+        .collect();
+    let unnamed: Vec<&str> = left_out
+        .iter()
+        .filter(|l| !named(l))
+        .map(|l| l.service.as_str())
+        .collect();
+    if !unnamed.is_empty() {
+        lines.push(format!(
+            "{} default services have no program yet and are left out: {}",
+            unnamed.len(),
+            unnamed.join(", ")
+        ));
+    }
+    lines
 }
 
 /// `roost sim`: the configuration's effective services under a load profile, in simulated
@@ -497,8 +502,8 @@ fn simulate(source: &daemon::Source, load: &str, plot: Option<&str>) -> ExitCode
         }
     };
     let (master_config, left_out) = daemon::derive(&config.settings);
-    for left in left_out {
-        eprintln!("roost: Info: {left}");
+    for line in left_out_lines(&config, &left_out) {
+        eprintln!("roost: Info: {line}");
     }
     let report = sim::plan::run(master_config, profile);
     print!("{report}");
