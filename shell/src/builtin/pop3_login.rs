@@ -969,8 +969,7 @@ impl Driver {
             for id in std::mem::take(&mut self.penalty_queue) {
                 // The auth lookup that follows is a new one, with a timeout of its own.
                 for state in [ClientState::PreLogin, ClientState::InAuth] {
-                    self.table
-                        .handle(Input::ClientState { client: id, state }, self.now());
+                    self.handle(Input::ClientState { client: id, state });
                 }
                 self.with_client(id, |driver, id, client| {
                     driver.send_auth(id, client);
