@@ -1,5 +1,6 @@
-//! What `roost check`, the start and a reload verify of the mail host before any process runs:
-//! the things the built-ins would otherwise find one login at a time. Each error names the
+//! What `roost check`, the start and a reload verify of the built-ins and the mail host before
+//! any process runs: the things the built-ins would otherwise find one login at a time (or, for
+//! a fifo listener, never). Each error names the
 //! setting and, where it was written, its file and line, as the configuration checks of core do.
 //!
 //! Only services that will run are checked: a stock tree whose pop3 is disabled by `protocols`
@@ -42,13 +43,29 @@ fn at(origin: Option<Origin>, error: String) -> String {
 pub fn mail_errors(config: &Config, running: &[String]) -> Vec<String> {
     let settings = &config.settings;
     let runs = |name: &str| running.iter().any(|r| r == name);
+    // The built-ins accept connections; none reads a fifo (accept() fails on one), so a fifo
+    // listener on a built-in would wait for ever unread.
+    let mut errors: Vec<String> = settings
+        .services
+        .iter()
+        .filter(|s| runs(&s.name))
+        .filter_map(|s| {
+            let builtin = s.executable.split_whitespace().next()?;
+            let fifo = s.fifo_listeners.iter().find(|l| l.mode != 0)?;
+            super::BUILTINS.contains(&builtin).then(|| {
+                format!(
+                    "service({}): fifo_listener {}: the built-in {builtin} reads no fifo (use a unix_listener)",
+                    s.name, fifo.path
+                )
+            })
+        })
+        .collect();
     let executable_runs = |builtin: &str| {
         settings
             .services
             .iter()
             .any(|s| s.executable.split_whitespace().next() == Some(builtin) && runs(&s.name))
     };
-    let mut errors = Vec::new();
     if executable_runs("auth") {
         for (i, db) in settings.passdbs.iter().enumerate() {
             let origin = |key| db_origin(config, "passdb", i, key);
@@ -198,6 +215,18 @@ mod tests {
             "{text}"
         );
         assert_eq!(errs.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn a_fifo_listener_on_a_built_in_is_refused() {
+        let errs = errors(
+            "ssl = no\npassdb {\n  driver = passwd-file\n  args = /etc/passwd\n}\n\
+             mail_location = maildir:~/Maildir\nservice anvil {\n  fifo_listener anvil-fifo {\n  }\n}\n",
+        );
+        assert_eq!(
+            errs,
+            vec!["service(anvil): fifo_listener anvil-fifo: the built-in anvil reads no fifo (use a unix_listener)"],
+        );
     }
 
     #[test]
