@@ -23,6 +23,18 @@ pub struct MasterConfig {
     pub shutdown_clients: bool,
 }
 
+impl MasterConfig {
+    /// How many processes the services may have at once, all together: the RLIMIT_NPROC the
+    /// master raises itself to when it is lower (reference §3.3), so that full pools are not
+    /// refused their forks by the limit.
+    pub fn process_limit_total(&self) -> u64 {
+        self.services
+            .iter()
+            .map(|s| u64::from(s.process_limit))
+            .fold(0, u64::saturating_add)
+    }
+}
+
 /// The `type` setting of a service (reference §5, seed 000).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -177,5 +189,37 @@ impl ListenerConfig {
             | (ListenerKind::Fifo { .. }, ListenerKind::Fifo { .. }) => self.kind == old.kind,
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_limit_total_sums_every_service_and_cannot_overflow() {
+        let service = |process_limit| ServiceConfig {
+            name: "s".to_owned(),
+            protocol: String::new(),
+            service_type: ServiceType::Default,
+            process_limit,
+            client_limit: 1,
+            service_count: 0,
+            process_min_avail: 0,
+            idle_kill: None,
+            vsz_limit: 0,
+            foreign: false,
+            listeners: Vec::new(),
+        };
+        let config = |limits: &[u32]| MasterConfig {
+            services: limits.iter().map(|&l| service(l)).collect(),
+            shutdown_clients: true,
+        };
+        assert_eq!(config(&[]).process_limit_total(), 0);
+        assert_eq!(config(&[100, 1, 1024]).process_limit_total(), 1125);
+        assert_eq!(
+            config(&[u32::MAX, u32::MAX]).process_limit_total(),
+            2 * u64::from(u32::MAX)
+        );
     }
 }

@@ -1270,7 +1270,7 @@ fn anvil_path(settings: &Settings) -> Option<String> {
 /// Raises RLIMIT_NPROC for the services of `config` (reference §3.3), warning when the hard limit
 /// of an unprivileged master stands in the way.
 fn raise_process_limit(log: &mut LogWriter, config: &MasterConfig) {
-    if let Err((hard, wanted)) = system::raise_process_limit(&config.services) {
+    if let Err((hard, wanted)) = system::raise_process_limit(config.process_limit_total()) {
         log.master(
             Level::Warning,
             &format!(

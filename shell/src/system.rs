@@ -79,20 +79,14 @@ pub fn current_user_name() -> String {
         .unwrap_or_else(|| nix::unistd::geteuid().to_string())
 }
 
-/// Reference §3.3: the master raises RLIMIT_NPROC to the sum of every service's process_limit
-/// when it is lower, so that a full pool is not refused its forks by the limit. As root both
+/// Reference §3.3: the master raises RLIMIT_NPROC to `wanted` (core's
+/// `MasterConfig::process_limit_total`) when it is lower. As root both
 /// limits go up; otherwise only the soft limit, as far as the hard one allows, and the shortfall
 /// comes back as `Err((hard, wanted))` for a warning (the original dies there: a fatal
 /// setrlimit() failure for a master that only runs as a user; roost serves on and throttles
 /// whatever forks fail).
-pub fn raise_process_limit(
-    services: &[roost_core::setup::ServiceConfig],
-) -> Result<(), (u64, u64)> {
+pub fn raise_process_limit(wanted: u64) -> Result<(), (u64, u64)> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
-    let wanted: u64 = services
-        .iter()
-        .map(|s| u64::from(s.process_limit))
-        .fold(0, u64::saturating_add);
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NPROC) else {
         return Ok(());
     };
