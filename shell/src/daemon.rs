@@ -127,7 +127,7 @@ pub fn check(config: &Config) -> Result<Vec<config::Warning>, Vec<String>> {
         .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     let (master, _) = derive(&config.settings);
     let running: Vec<String> = master.services.iter().map(|s| s.name.clone()).collect();
-    let errors = crate::builtin::check::mail_errors(config, &running);
+    let errors = crate::builtin::check::builtin_errors(config, &running);
     if errors.is_empty() {
         Ok(warnings)
     } else {

@@ -39,8 +39,9 @@ fn at(origin: Option<Origin>, error: String) -> String {
     }
 }
 
-/// The errors of the mail host's settings, for the services in `running`.
-pub fn mail_errors(config: &Config, running: &[String]) -> Vec<String> {
+/// The errors of the built-ins' settings (listeners, the mail host's databases, mailboxes and
+/// certificates), for the services in `running`.
+pub fn builtin_errors(config: &Config, running: &[String]) -> Vec<String> {
     let settings = &config.settings;
     let runs = |name: &str| running.iter().any(|r| r == name);
     // The built-ins accept connections; none reads a fifo (accept() fails on one), so a fifo
@@ -178,7 +179,7 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        mail_errors(&config, &running)
+        builtin_errors(&config, &running)
     }
 
     #[test]
@@ -233,6 +234,6 @@ mod tests {
     fn a_configuration_without_mail_services_running_is_not_checked_for_them() {
         let config =
             load_str("t.conf", "ssl = yes\n", &MemoryFiles::default(), &NoEnv).expect("parses");
-        assert!(mail_errors(&config, &[]).is_empty());
+        assert!(builtin_errors(&config, &[]).is_empty());
     }
 }
