@@ -1744,10 +1744,12 @@ impl Master {
         let Phase::ShuttingDown { deadline } = self.phase else {
             return;
         };
+        // Only a service with listeners accepts: an idle log process takes no connection and
+        // stays until the others are gone, so the shutdown does not wait for it.
         let accepting = self
             .services
             .values()
-            .any(|s| s.process_avail > 0 && !s.config.foreign);
+            .any(|s| s.process_avail > 0 && !s.config.foreign && !s.config.listeners.is_empty());
         if accepting && self.now < deadline && !self.processes.is_empty() {
             self.timers
                 .arm(Timer::ShutdownPoll, self.now + SHUTDOWN_POLL);

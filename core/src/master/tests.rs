@@ -1137,6 +1137,21 @@ fn shutdown_gives_up_waiting_after_five_seconds_and_exits_early_when_all_are_gon
 }
 
 #[test]
+fn shutdown_does_not_wait_for_an_idle_log_process_which_accepts_nothing() {
+    let mut w = World::new(vec![ServiceConfig {
+        idle_kill: None,
+        process_limit: 1,
+        listeners: Vec::new(),
+        ..service("log", ServiceType::Log)
+    }]);
+    let log = w.pids_of(S1)[0];
+    w.status(log, 1);
+    w.clear();
+    w.handle(Input::Signal(Signal::Term));
+    assert_eq!(w.kills(Signal::Quit), vec![log], "asked to finish at once");
+}
+
+#[test]
 fn a_failed_fork_is_logged_and_throttles() {
     let mut w = World::new(vec![service("echo", ServiceType::Default)]);
     w.fail_spawns = 1;
