@@ -5,7 +5,16 @@
 //! Sources: signals (HUP, TERM, INT, USR1, CHLD through signal-hook-mio's self-pipe), the
 //! listeners while the core watches them (mio is edge-triggered: each `SetListening { on }`
 //! re-registers the fd, so connections already waiting are reported again), every service's
-//! status and log pipes, the control socket, and the core's next timeout.
+//! status pipe, the log pipes no log process reads, the control socket, and the core's next
+//! timeout.
+//!
+//! Logging: the master writes its own lines itself. Every other child's stderr is its
+//! service's log pipe, read by the log process of its generation (the `log` built-in), which
+//! gets the read ends of all of them when it starts. The master keeps the read ends too and
+//! reads a generation's pipes itself while it has no log process (before the first, between a
+//! crash and its replacement, after the last), so no line waits on a dead reader. anvil's and
+//! the log service's own pipes are always the master's: anvil outlives its generation, and
+//! the log process writes to the master's stderr.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -34,7 +43,7 @@ use roost_core::wire::control::{
 use roost_core::wire::{decode_status_chunk, STATUS_READ_CHUNK};
 
 use crate::listen;
-use crate::logging::LogWriter;
+use crate::logging::{LogPipe, LogWriter, PipeState};
 use crate::spawn::{self, ChildFds, Identity, PlanInput, SpawnPlan};
 use crate::system::{self, RealEnv, RealFiles};
 
@@ -103,20 +112,13 @@ pub fn libexec_dir(settings: &Settings) -> PathBuf {
     }
 }
 
-/// The master's configuration from checked settings: the services the daemon can run. The `log`
-/// service is the master's own work (it reads every child's log pipe itself), so it is neither
-/// run nor reported.
+/// The master's configuration from checked settings: the services the daemon can run (those
+/// whose executable is found).
 pub fn derive(settings: &Settings) -> (MasterConfig, Vec<config::LeftOut>) {
     let libexec = libexec_dir(settings);
-    let (config, left_out) = config::master_config(settings, &|service: &ServiceSettings| {
-        service.service_type != "log"
-            && spawn::resolve_program(&service.executable, &libexec).is_some()
-    });
-    let left_out = left_out
-        .into_iter()
-        .filter(|l| l.service != "log")
-        .collect();
-    (config, left_out)
+    config::master_config(settings, &|service: &ServiceSettings| {
+        spawn::resolve_program(&service.executable, &libexec).is_some()
+    })
 }
 
 /// Every check of a configuration before it runs: core's (reference §3) and the mail host's
@@ -153,10 +155,18 @@ struct ServiceIo {
     status_w: OwnedFd,
     dead_r: Option<OwnedFd>,
     dead_w: Option<OwnedFd>,
-    log_r: OwnedFd,
-    log_w: OwnedFd,
+    /// The read end of the children's stderr.
+    log: LogPipe,
+    /// Its write end, for the children to come. Closed when the generation retires, so that
+    /// the pipe's reader sees its end once the last child is gone.
+    log_w: Option<OwnedFd>,
+    /// Its lines go through the log process of the generation (all but anvil and log).
+    via_log_process: bool,
+    /// anvil's: its process may outlive the generation.
+    anvil: bool,
+    /// The master watches the log pipe (no log process reads it now).
+    log_watched: bool,
     notify: Option<File>,
-    log_buf: Vec<u8>,
     tokens: [Token; 2],
 }
 
@@ -169,6 +179,8 @@ enum Source2 {
     Listener(ListenerId, RawFd),
     Status(ServiceId),
     Log(ServiceId),
+    /// The log pipe of an anvil process whose generation is gone.
+    AdoptedLog,
 }
 
 /// Reads of one status pipe per turn of the loop. A child that writes faster than the master
@@ -181,13 +193,15 @@ const STATUS_READS_PER_TURN: usize = 64;
 /// thousands of short lines).
 const LOG_READS_PER_TURN: usize = 4;
 
-/// A service pipe the master reads.
+/// A pipe the master reads.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Pipe {
-    /// The status pipe.
-    Status,
-    /// The log pipe (the children's stderr).
-    Log,
+    /// A service's status pipe.
+    Status(ServiceId),
+    /// A service's log pipe (its children's stderr).
+    Log(ServiceId),
+    /// An adopted log pipe (`Daemon::adopted_logs`).
+    AdoptedLog(Token),
 }
 
 const SIGNALS: Token = Token(0);
@@ -219,7 +233,7 @@ pub struct Daemon {
     services: BTreeMap<ServiceId, ServiceIo>,
     /// Pipes left unread after their reads of one turn: mio is edge-triggered, so without
     /// this list their rest would wait for the child's next write.
-    backlog: BTreeSet<(ServiceId, Pipe)>,
+    backlog: BTreeSet<Pipe>,
     generations: BTreeMap<Generation, Settings>,
     log: LogWriter,
     devnull: OwnedFd,
@@ -234,6 +248,13 @@ pub struct Daemon {
     templates: BTreeMap<(Generation, String), SpawnTemplate>,
     /// The master-dead pipe of the anvil process a reload adopted (its generation is gone).
     anvil_dead_pipe: Option<OwnedFd>,
+    /// The generation whose pipes the last anvil started was given.
+    anvil_generation: Option<Generation>,
+    /// The log process of each generation that has one: it reads the generation's log pipes.
+    log_processes: BTreeMap<Generation, Pid>,
+    /// The log pipes of anvil processes whose generation is gone (anvil outlives reloads),
+    /// read by the master until their writer exits.
+    adopted_logs: BTreeMap<Token, LogPipe>,
 }
 
 /// What every child of one service of one generation shares (`Daemon::make_template`).
@@ -329,6 +350,9 @@ impl Daemon {
             anvil_link: None,
             templates: BTreeMap::new(),
             anvil_dead_pipe: None,
+            anvil_generation: None,
+            log_processes: BTreeMap::new(),
+            adopted_logs: BTreeMap::new(),
         })
     }
 
@@ -388,18 +412,20 @@ impl Daemon {
                     }
                     Source2::Status(service) => self.on_status_pipe(service),
                     Source2::Log(service) => self.on_log_pipe(service),
+                    Source2::AdoptedLog => self.on_adopted_log(event.token()),
                 }
                 if self.exit.is_some() {
                     break;
                 }
             }
-            for (service, pipe) in std::mem::take(&mut self.backlog) {
+            for pipe in std::mem::take(&mut self.backlog) {
                 if self.exit.is_some() {
                     break;
                 }
                 match pipe {
-                    Pipe::Status => self.on_status_pipe(service),
-                    Pipe::Log => self.on_log_pipe(service),
+                    Pipe::Status(service) => self.on_status_pipe(service),
+                    Pipe::Log(service) => self.on_log_pipe(service),
+                    Pipe::AdoptedLog(token) => self.on_adopted_log(token),
                 }
             }
             if self
@@ -511,18 +537,18 @@ impl Daemon {
                     self.anvil_dead_pipe = None;
                     self.anvil_link = None;
                 }
-                for (id, io) in self
+                for io in self
                     .services
-                    .iter_mut()
-                    .filter(|(_, s)| s.generation == generation)
+                    .values_mut()
+                    .filter(|s| s.generation == generation)
                 {
                     // anvil outlives a reload (reference §4.3 step 7): the core moves its
                     // process to the new generation, so it must not hear that its master is
                     // gone. Its end of the pipe stays open until the master shuts down.
-                    let anvil = self
-                        .master
-                        .service_config(*id)
-                        .is_some_and(|c| c.service_type == ServiceType::Anvil);
+                    // Only the generation that started the running anvil holds its pipe: the
+                    // anvil service of a later one has pipes (made for its log process) that
+                    // no anvil uses.
+                    let anvil = io.anvil && self.anvil_generation == Some(generation);
                     if anvil && keep_anvil {
                         if let Some(fd) = io.dead_r.take() {
                             self.anvil_dead_pipe = Some(fd);
@@ -532,6 +558,9 @@ impl Daemon {
                     io.dead_r = None;
                     io.dead_w = None;
                     io.notify = None;
+                    // No child of a retired generation is started: its log pipes end with
+                    // their last writer.
+                    io.log_w = None;
                 }
             }
             Output::ForgetGeneration { generation } => {
@@ -543,21 +572,18 @@ impl Daemon {
                     .collect();
                 for id in gone {
                     if let Some(mut io) = self.services.remove(&id) {
-                        self.flush_log(&mut io);
-                        for token in io.tokens {
-                            self.tokens.remove(&token);
-                        }
                         let _ = self
                             .poll
                             .registry()
                             .deregister(&mut SourceFd(&io.status_r.as_raw_fd()));
-                        let _ = self
-                            .poll
-                            .registry()
-                            .deregister(&mut SourceFd(&io.log_r.as_raw_fd()));
+                        self.tokens.remove(&io.tokens[0]);
+                        self.watch_log(&mut io, false);
+                        self.tokens.remove(&io.tokens[1]);
+                        self.adopt_log(io);
                     }
                 }
                 self.generations.remove(&generation);
+                self.log_processes.remove(&generation);
                 self.templates.retain(|(g, _), _| *g != generation);
             }
             Output::AnvilKill { pid } => self.anvil_kill(pid),
@@ -565,6 +591,51 @@ impl Daemon {
             Output::Lifecycle(state) => notify_systemd(state),
             Output::Exit(code) => self.exit = Some(code),
         }
+    }
+
+    /// Keeps reading the log pipe of a service whose generation is gone while a process that
+    /// outlived the generation may still write to it: anvil's, which a reload moves to the
+    /// next generation. Any other pipe has no writer left; what it holds is written now.
+    fn adopt_log(&mut self, mut io: ServiceIo) {
+        match io.log.read(LOG_READS_PER_TURN, &mut self.log) {
+            PipeState::Closed => {}
+            _ if io.anvil => {
+                let token = self.token(Source2::AdoptedLog);
+                if self
+                    .poll
+                    .registry()
+                    .register(&mut SourceFd(&io.log.raw_fd()), token, Interest::READABLE)
+                    .is_ok()
+                {
+                    self.adopted_logs.insert(token, io.log);
+                    self.backlog.insert(Pipe::AdoptedLog(token));
+                } else {
+                    self.tokens.remove(&token);
+                }
+            }
+            _ => io.log.flush(&mut self.log),
+        }
+    }
+
+    fn on_adopted_log(&mut self, token: Token) {
+        let Some(mut pipe) = self.adopted_logs.remove(&token) else {
+            return;
+        };
+        match pipe.read(LOG_READS_PER_TURN, &mut self.log) {
+            PipeState::Closed => {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&pipe.raw_fd()));
+                self.tokens.remove(&token);
+                return;
+            }
+            PipeState::More => {
+                self.backlog.insert(Pipe::AdoptedLog(token));
+            }
+            PipeState::Empty => {}
+        }
+        self.adopted_logs.insert(token, pipe);
     }
 
     /// Tells anvil to forget what a dead process held (best effort: a full socket or an anvil
@@ -630,26 +701,28 @@ impl Daemon {
         self.listeners.insert(listener, io);
     }
 
-    /// The pipes of a service, created when its first process is.
-    fn service_io(
-        &mut self,
-        service: ServiceId,
-        generation: Generation,
-        name: &str,
-        login: bool,
-    ) -> io::Result<()> {
+    /// The pipes of a service, created when its first process is (or, for the log pipe, when
+    /// the log process of its generation is).
+    fn service_io(&mut self, service: ServiceId, generation: Generation) -> io::Result<()> {
         if self.services.contains_key(&service) {
             return Ok(());
         }
+        let config = self
+            .master
+            .service_config(service)
+            .ok_or_else(|| io::Error::other("the core asked for a service it does not know"))?;
+        let (name, service_type) = (config.name.clone(), config.service_type);
         let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
         let (status_r, status_w) = nix::unistd::pipe2(flags)?;
         let (dead_r, dead_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // Only the read end is non-blocking: a child whose reader lags waits for it rather
+        // than losing lines.
         let (log_r, log_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         nix::fcntl::fcntl(
             &log_r,
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         )?;
-        let notify = if login {
+        let notify = if service_type == ServiceType::Login {
             // An unlinked file whose offset is the "all processes full" state (reference §2.8).
             let dir = self
                 .generations
@@ -674,34 +747,95 @@ impl Daemon {
             None
         };
         let status_token = self.token(Source2::Status(service));
-        let log_token = self.token(Source2::Log(service));
-        self.poll.registry().register(
+        if let Err(error) = self.poll.registry().register(
             &mut SourceFd(&status_r.as_raw_fd()),
             status_token,
             Interest::READABLE,
-        )?;
-        self.poll.registry().register(
-            &mut SourceFd(&log_r.as_raw_fd()),
-            log_token,
-            Interest::READABLE,
-        )?;
-        self.services.insert(
-            service,
-            ServiceIo {
-                generation,
-                name: name.to_owned(),
-                status_r,
-                status_w,
-                dead_r: Some(dead_r),
-                dead_w: Some(dead_w),
-                log_r,
-                log_w,
-                notify,
-                log_buf: Vec::new(),
-                tokens: [status_token, log_token],
-            },
-        );
+        ) {
+            self.tokens.remove(&status_token);
+            return Err(error);
+        }
+        let log_token = self.token(Source2::Log(service));
+        let via_log_process = !matches!(service_type, ServiceType::Log | ServiceType::Anvil);
+        let mut io = ServiceIo {
+            generation,
+            name: name.clone(),
+            status_r,
+            status_w,
+            dead_r: Some(dead_r),
+            dead_w: Some(dead_w),
+            log: LogPipe::new(&name, log_r),
+            log_w: Some(log_w),
+            via_log_process,
+            anvil: service_type == ServiceType::Anvil,
+            log_watched: false,
+            notify,
+            tokens: [status_token, log_token],
+        };
+        let master_reads = !via_log_process || !self.log_processes.contains_key(&generation);
+        self.watch_log(&mut io, master_reads);
+        self.services.insert(service, io);
         Ok(())
+    }
+
+    /// Starts or stops the master's reading of a service's log pipe. Registering reports data
+    /// already waiting (epoll), so nothing a log process left is missed.
+    fn watch_log(&mut self, io: &mut ServiceIo, on: bool) {
+        if io.log_watched == on {
+            return;
+        }
+        let fd = io.log.raw_fd();
+        if on {
+            io.log_watched = self
+                .poll
+                .registry()
+                .register(&mut SourceFd(&fd), io.tokens[1], Interest::READABLE)
+                .is_ok();
+        } else {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            io.log_watched = false;
+            // What the master read of a line is written now, before the log process's lines.
+            io.log.flush(&mut self.log);
+        }
+    }
+
+    /// A log process of `generation` runs: it reads the generation's pipes from now on.
+    fn hand_logs_to(&mut self, generation: Generation, pid: Pid) {
+        self.log_processes.insert(generation, pid);
+        self.rewatch_logs(generation, false);
+    }
+
+    /// When `pid` was a log process: the master reads its generation's pipes until another
+    /// one runs.
+    fn take_logs_back(&mut self, pid: Pid) {
+        let gone = self
+            .log_processes
+            .iter()
+            .find(|(_, p)| **p == pid)
+            .map(|(g, _)| *g);
+        if let Some(generation) = gone {
+            self.log_processes.remove(&generation);
+            self.rewatch_logs(generation, true);
+        }
+    }
+
+    fn rewatch_logs(&mut self, generation: Generation, master_reads: bool) {
+        let ids: Vec<ServiceId> = self
+            .services
+            .iter()
+            .filter(|(_, io)| io.generation == generation && io.via_log_process)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(mut io) = self.services.remove(&id) {
+                self.watch_log(&mut io, master_reads);
+                self.services.insert(id, io);
+            }
+            if master_reads {
+                // What the log process left is read at once, whatever epoll reports.
+                self.backlog.insert(Pipe::Log(id));
+            }
+        }
     }
 
     fn spawn(&mut self, request: SpawnRequest) {
@@ -781,8 +915,25 @@ impl Daemon {
             .service_config(request.service)
             .cloned()
             .ok_or_else(|| io::Error::other("the core asked for a service it does not know"))?;
-        let login = config.service_type == roost_core::setup::ServiceType::Login;
-        self.service_io(request.service, request.generation, &config.name, login)?;
+        self.service_io(request.service, request.generation)?;
+        let is_log = config.service_type == ServiceType::Log;
+        let mut log_pipes = Vec::new();
+        if is_log {
+            // The log process reads every pipe of its generation, so they all exist now.
+            let generation_services: Vec<ServiceId> = self
+                .master
+                .services()
+                .filter(|s| s.generation == request.generation)
+                .map(|s| s.id)
+                .collect();
+            for id in generation_services {
+                self.service_io(id, request.generation)?;
+                let io = &self.services[&id];
+                if io.via_log_process {
+                    log_pipes.push((io.log.raw_fd(), io.name.clone()));
+                }
+            }
+        }
         let key = (request.generation, config.name.clone());
         self.make_template(&key)?;
         let template = &self.templates[&key];
@@ -815,10 +966,17 @@ impl Daemon {
         } else {
             self.devnull.as_raw_fd()
         };
+        let stderr = match (&io.log_w, is_log) {
+            // The log process writes to the master's stderr: its own pipe would come back
+            // to it.
+            (_, true) => libc::STDERR_FILENO,
+            (Some(fd), false) => fd.as_raw_fd(),
+            (None, false) => return Err(io::Error::other("the generation is retired")),
+        };
         let fds = ChildFds {
             stdin: self.devnull.as_raw_fd(),
             stdout,
-            stderr: io.log_w.as_raw_fd(),
+            stderr,
             listeners,
             status: io.status_w.as_raw_fd(),
             master_dead: io
@@ -828,6 +986,7 @@ impl Daemon {
             login_notify: io.notify.as_ref().map(|f| f.as_raw_fd()),
             anvil: anvil_fd.as_ref().map(|f| f.as_raw_fd()),
             settings: Some(settings_fd.as_raw_fd()),
+            log_pipes,
         };
         let mut plan = SpawnPlan::new(PlanInput {
             roost_binary: &self.roost_binary,
@@ -846,6 +1005,12 @@ impl Daemon {
         drop(settings_fd);
         drop(anvil_fd);
         let (pid, exec_error) = spawned?;
+        if is_log && exec_error.is_none() {
+            self.hand_logs_to(request.generation, pid);
+        }
+        if config.service_type == ServiceType::Anvil {
+            self.anvil_generation = Some(request.generation);
+        }
         if let Some(error) = exec_error {
             // The child exits 84 and is reaped as a failed start; this says why.
             self.log.master(
@@ -968,6 +1133,8 @@ impl Daemon {
             } else {
                 ExitStatus::Exited(libc::WEXITSTATUS(status))
             };
+            // A log process's pipes are the master's again, with what it left in them.
+            self.take_logs_back(Pid(pid));
             // Read what it said last before the core forgets the pid.
             self.drain_pipes();
             self.feed(Input::Exited {
@@ -982,6 +1149,10 @@ impl Daemon {
         for id in ids {
             self.on_status_pipe(id);
             self.on_log_pipe(id);
+        }
+        let adopted: Vec<Token> = self.adopted_logs.keys().copied().collect();
+        for token in adopted {
+            self.on_adopted_log(token);
         }
     }
 
@@ -1030,45 +1201,19 @@ impl Daemon {
                 }),
             }
         }
-        self.backlog.insert((service, Pipe::Status));
+        self.backlog.insert(Pipe::Status(service));
     }
 
+    /// Reads a log pipe the master watches (a log process reads the others).
     fn on_log_pipe(&mut self, service: ServiceId) {
-        let Some(mut io) = self.services.remove(&service) else {
+        let Some(io) = self.services.get_mut(&service) else {
             return;
         };
-        let mut buffer = [0u8; 4096];
-        let mut drained = false;
-        for _ in 0..LOG_READS_PER_TURN {
-            match nix::unistd::read(&io.log_r, &mut buffer) {
-                Ok(0) => drained = true,
-                Ok(n) => io.log_buf.extend_from_slice(&buffer[..n]),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => drained = true,
-            }
-            if drained {
-                break;
-            }
-            while let Some(end) = io.log_buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = io.log_buf.drain(..=end).collect();
-                let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-                self.log.child(&io.name, &text);
-            }
-            if io.log_buf.len() > 8192 {
-                self.flush_log(&mut io);
-            }
+        if !io.log_watched {
+            return;
         }
-        if !drained {
-            self.backlog.insert((service, Pipe::Log));
-        }
-        self.services.insert(service, io);
-    }
-
-    fn flush_log(&mut self, io: &mut ServiceIo) {
-        if !io.log_buf.is_empty() {
-            let text = String::from_utf8_lossy(&io.log_buf).into_owned();
-            io.log_buf.clear();
-            self.log.child(&io.name, &text);
+        if io.log.read(LOG_READS_PER_TURN, &mut self.log) == PipeState::More {
+            self.backlog.insert(Pipe::Log(service));
         }
     }
 
@@ -1227,12 +1372,14 @@ impl Daemon {
     }
 
     fn cleanup(&mut self) {
-        let ids: Vec<ServiceId> = self.services.keys().copied().collect();
-        for id in ids {
-            self.on_log_pipe(id);
-            if let Some(mut io) = self.services.remove(&id) {
-                self.flush_log(&mut io);
-            }
+        // The last lines of every pipe no log process reads any more.
+        for io in self.services.values_mut().filter(|io| io.log_watched) {
+            io.log.read(LOG_READS_PER_TURN, &mut self.log);
+            io.log.flush(&mut self.log);
+        }
+        for pipe in self.adopted_logs.values_mut() {
+            pipe.read(LOG_READS_PER_TURN, &mut self.log);
+            pipe.flush(&mut self.log);
         }
         for io in self.listeners.values() {
             if let Some(path) = &io.path {
@@ -1252,14 +1399,20 @@ fn starting_path(control_path: &str) -> String {
 
 /// The path of anvil's `anvil` listener, when an anvil service is configured.
 fn anvil_path(settings: &Settings) -> Option<String> {
-    let anvil = settings
+    service_socket(settings, "anvil", "anvil")
+}
+
+/// The path of the unix listener named `name` (the last part of its path) of the service of
+/// type `service_type`, when there is one.
+pub fn service_socket(settings: &Settings, service_type: &str, name: &str) -> Option<String> {
+    let service = settings
         .services
         .iter()
-        .find(|s| s.service_type == "anvil")?;
-    let listener = anvil
+        .find(|s| s.service_type == service_type)?;
+    let listener = service
         .unix_listeners
         .iter()
-        .find(|l| l.path.rsplit('/').next() == Some("anvil"))?;
+        .find(|l| l.path.rsplit('/').next() == Some(name))?;
     Some(if listener.path.starts_with('/') {
         listener.path.clone()
     } else {

@@ -4,9 +4,15 @@
 //!
 //! Lines keep the original's shape: `roost: Warning: text` for the master and `NAME: text` for
 //! what a child of service NAME wrote to its stderr, after the `log_timestamp` prefix on files.
+//!
+//! Two processes write with it: the master (its own lines, and a generation's children's lines
+//! while no log process reads their pipes) and the `log` built-in (every other child's lines).
+//! Both read a child's stderr through [`LogPipe`], so a line is cut the same way by either.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 
 use roost_core::notice::Level;
@@ -24,6 +30,37 @@ enum Target {
     },
 }
 
+/// A warning, error or fatal line of a child, kept by the log process for `roost log errors`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecentError {
+    /// When it was written (seconds since the epoch).
+    pub unix_secs: u64,
+    /// The child's service.
+    pub service: String,
+    /// The line, `Error: ...`.
+    pub text: String,
+}
+
+impl RecentError {
+    /// Its line on the log-errors socket: `SECS<TAB>SERVICE<TAB>TEXT`.
+    pub fn encode(&self) -> String {
+        format!("{}\t{}\t{}\n", self.unix_secs, self.service, self.text)
+    }
+
+    /// A line of the log-errors socket, without its newline.
+    pub fn decode(line: &str) -> Option<RecentError> {
+        let mut fields = line.splitn(3, '\t');
+        Some(RecentError {
+            unix_secs: fields.next()?.parse().ok()?,
+            service: fields.next()?.to_owned(),
+            text: fields.next()?.to_owned(),
+        })
+    }
+}
+
+/// How many recent errors the log process keeps (as many as the original's).
+pub const RECENT_ERRORS: usize = 1000;
+
 /// The master's log writer.
 pub struct LogWriter {
     target: Target,
@@ -33,6 +70,17 @@ pub struct LogWriter {
     ident: String,
     /// Lines that could not be written (a full disk, /dev/full): counted, never fatal.
     pub lost_lines: u64,
+    /// The last warnings and errors of children, when kept (the log process keeps them).
+    recent: Option<VecDeque<RecentError>>,
+}
+
+/// The syslog ident and the master's line prefix: `roost`, or the instance name.
+pub fn ident(instance_name: &str) -> String {
+    if instance_name.is_empty() {
+        "roost".to_owned()
+    } else {
+        instance_name.to_owned()
+    }
 }
 
 fn facility_code(name: &str) -> u8 {
@@ -73,9 +121,20 @@ impl LogWriter {
             timestamp: timestamp.to_owned(),
             ident: ident.to_owned(),
             lost_lines: 0,
+            recent: None,
         };
         writer.reopen();
         writer
+    }
+
+    /// Keeps the last [`RECENT_ERRORS`] warnings and errors of children from now on.
+    pub fn keep_recent_errors(&mut self) {
+        self.recent.get_or_insert_with(VecDeque::new);
+    }
+
+    /// The warnings and errors kept, oldest first.
+    pub fn recent_errors(&self) -> impl Iterator<Item = &RecentError> {
+        self.recent.iter().flatten()
     }
 
     /// Whether lines go to the terminal (no timestamp prefix there).
@@ -119,11 +178,26 @@ impl LogWriter {
         .find(|(p, _)| text.starts_with(p))
         .map_or(Level::Info, |(_, l)| l);
         self.write(level, &format!("{service}: {text}"));
+        if let (Some(recent), false) = (&mut self.recent, level == Level::Info) {
+            if recent.len() == RECENT_ERRORS {
+                recent.pop_front();
+            }
+            recent.push_back(RecentError {
+                unix_secs: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                service: service.to_owned(),
+                text: text.to_owned(),
+            });
+        }
     }
 
     fn write(&mut self, level: Level, line: &str) {
         let ok = match &mut self.target {
-            Target::Stderr => writeln!(std::io::stderr(), "{line}").is_ok(),
+            // One write: the master and the log process share this stderr.
+            Target::Stderr => std::io::stderr()
+                .write_all(format!("{line}\n").as_bytes())
+                .is_ok(),
             Target::File { file, .. } => match file {
                 Some(file) => {
                     let stamp = format_timestamp(&self.timestamp);
@@ -154,17 +228,117 @@ impl LogWriter {
     }
 }
 
+/// The longest line kept whole: a child that writes more without a newline has it written in
+/// pieces of this size, so one endless line cannot take the reader's memory.
+pub const MAX_LINE: usize = 8192;
+
+/// How a read of a [`LogPipe`] ended.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum PipeState {
+    /// Everything written so far has been read (EAGAIN): wait for the next readiness.
+    Empty,
+    /// The reads of this turn were used up with more to read: come back in the next turn.
+    More,
+    /// Every write end is closed (or the pipe failed): nothing more will come.
+    Closed,
+}
+
+/// The read end of one service's log pipe (its children's stderr) and the part of a line read
+/// so far. The fd is non-blocking; the file description may be shared by the master and a log
+/// process, but only one of them reads it at a time.
+#[derive(Debug)]
+pub struct LogPipe {
+    /// The service whose children write to it: the prefix of its lines.
+    pub service: String,
+    fd: OwnedFd,
+    partial: Vec<u8>,
+}
+
+impl LogPipe {
+    /// The read end of `service`'s pipe.
+    pub fn new(service: &str, fd: OwnedFd) -> LogPipe {
+        LogPipe {
+            service: service.to_owned(),
+            fd,
+            partial: Vec::new(),
+        }
+    }
+
+    /// The fd, to watch it or to hand it to a log process.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Reads at most `reads` chunks and writes every complete line to `log`. A child's lines
+    /// are whole in the pipe when it writes each with one write() of at most PIPE_BUF bytes
+    /// (the built-ins do), whatever its siblings write meanwhile.
+    pub fn read(&mut self, reads: usize, log: &mut LogWriter) -> PipeState {
+        let mut buffer = [0u8; 16 * 1024];
+        for _ in 0..reads {
+            match nix::unistd::read(&self.fd, &mut buffer) {
+                Ok(0) => {
+                    self.flush(log);
+                    return PipeState::Closed;
+                }
+                Ok(n) => self.push(&buffer[..n], log),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return PipeState::Empty,
+                Err(_) => {
+                    self.flush(log);
+                    return PipeState::Closed;
+                }
+            }
+        }
+        PipeState::More
+    }
+
+    fn push(&mut self, bytes: &[u8], log: &mut LogWriter) {
+        let mut rest = bytes;
+        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+            self.partial.extend_from_slice(&rest[..end]);
+            rest = &rest[end + 1..];
+            self.write_partial(log);
+        }
+        self.partial.extend_from_slice(rest);
+        while self.partial.len() >= MAX_LINE {
+            let tail = self.partial.split_off(MAX_LINE);
+            self.write_partial(log);
+            self.partial = tail;
+        }
+    }
+
+    /// Writes the part of a line read so far as a line of its own (the pipe closed, or its
+    /// reader changes).
+    pub fn flush(&mut self, log: &mut LogWriter) {
+        if !self.partial.is_empty() {
+            self.write_partial(log);
+        }
+    }
+
+    fn write_partial(&mut self, log: &mut LogWriter) {
+        let text = String::from_utf8_lossy(&self.partial);
+        log.child(&self.service, &text);
+        self.partial.clear();
+    }
+}
+
 /// Formats the current local time with a strftime format.
 fn format_timestamp(format: &str) -> String {
+    // SAFETY: time(NULL) only reads the clock.
+    format_time(format, unsafe { libc::time(std::ptr::null_mut()) })
+}
+
+/// Formats a time (seconds since the epoch) as local time with a strftime format.
+pub fn format_time(format: &str, unix_secs: i64) -> String {
     if format.is_empty() {
         return String::new();
     }
     let Ok(format) = std::ffi::CString::new(format) else {
         return String::new();
     };
-    // SAFETY: time/localtime_r/strftime with buffers we own.
+    // SAFETY: localtime_r/strftime with buffers we own.
     unsafe {
-        let now = libc::time(std::ptr::null_mut());
+        let now: libc::time_t = unix_secs;
         let mut tm: libc::tm = std::mem::zeroed();
         if libc::localtime_r(&now, &mut tm).is_null() {
             return String::new();
@@ -200,6 +374,65 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
         assert_eq!(old, "roost: Info: one\nroost: Info: two\n");
         assert_eq!(new, "echo: Error: three\n");
+    }
+
+    #[test]
+    fn a_log_pipe_writes_whole_lines_cuts_endless_ones_and_flushes_at_its_end() {
+        let dir = std::env::temp_dir().join(format!("roost-logpipe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("roost.log");
+        let mut log = LogWriter::new(&path.to_string_lossy(), "", "mail", "roost");
+        log.keep_recent_errors();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).expect("pipe");
+        let mut pipe = LogPipe::new("pop3", r);
+        let mut w = File::from(w);
+        w.write_all(b"Info: one\nError: tw").expect("write");
+        assert_eq!(pipe.read(4, &mut log), PipeState::Empty);
+        w.write_all(b"o\n").expect("write");
+        w.write_all(&vec![b'x'; MAX_LINE + 10]).expect("write");
+        assert_eq!(pipe.read(4, &mut log), PipeState::Empty);
+        w.write_all(b"\nWarning: no newline").expect("write");
+        drop(w);
+        assert_eq!(pipe.read(4, &mut log), PipeState::Closed);
+        let text = std::fs::read_to_string(&path).expect("log");
+        std::fs::remove_dir_all(&dir).ok();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[0], "pop3: Info: one");
+        assert_eq!(lines[1], "pop3: Error: two");
+        assert_eq!(lines[2], format!("pop3: {}", "x".repeat(MAX_LINE)));
+        assert_eq!(lines[3], format!("pop3: {}", "x".repeat(10)));
+        assert_eq!(lines[4], "pop3: Warning: no newline");
+        let recent: Vec<String> = log.recent_errors().map(|e| e.text.clone()).collect();
+        assert_eq!(recent, ["Error: two", "Warning: no newline"]);
+    }
+
+    #[test]
+    fn recent_errors_round_trip_through_their_socket_line_and_keep_the_last_thousand() {
+        let error = RecentError {
+            unix_secs: 1_795_450_915,
+            service: "pop3-login".into(),
+            text: "Error: a\ttab".into(),
+        };
+        let line = error.encode();
+        assert_eq!(
+            RecentError::decode(line.trim_end_matches('\n')),
+            Some(error)
+        );
+        assert_eq!(RecentError::decode("x\tpop3\ttext"), None);
+        let mut log = LogWriter::new("/dev/null", "", "mail", "roost");
+        log.keep_recent_errors();
+        for i in 0..RECENT_ERRORS + 5 {
+            log.child("auth", &format!("Error: {i}"));
+        }
+        log.child("auth", "Info: not an error");
+        let texts: Vec<&str> = log.recent_errors().map(|e| e.text.as_str()).collect();
+        assert_eq!(texts.len(), RECENT_ERRORS);
+        assert_eq!(texts[0], "Error: 5");
+        assert_eq!(
+            texts[RECENT_ERRORS - 1],
+            format!("Error: {}", RECENT_ERRORS + 4)
+        );
     }
 
     #[test]

@@ -77,6 +77,8 @@ enum Cmd {
 enum LogCmd {
     /// Reopen the log files (after logrotate).
     Reopen,
+    /// Show the last warnings and errors of the services (kept by the log process).
+    Errors,
 }
 
 fn main() -> ExitCode {
@@ -156,6 +158,9 @@ fn main() -> ExitCode {
             }
         }
         Some(Cmd::Who) => who(&source),
+        Some(Cmd::Log {
+            what: LogCmd::Errors,
+        }) => log_errors(&source),
         Some(command) => {
             let command = match command {
                 Cmd::Stop => Request::Stop,
@@ -168,6 +173,43 @@ fn main() -> ExitCode {
             control_command(&source, command)
         }
     }
+}
+
+/// `roost log errors`: asks the log process (its log-errors listener) for the last warnings
+/// and errors, as `doveadm log errors` does.
+fn log_errors(source: &daemon::Source) -> ExitCode {
+    use std::io::Read;
+    let config = match source.load() {
+        Ok(config) => config,
+        Err(error) => return fail(&error.to_string()),
+    };
+    let Some(socket) = daemon::service_socket(&config.settings, "log", "log-errors") else {
+        return fail("the log service has no log-errors unix_listener");
+    };
+    let mut stream = match std::os::unix::net::UnixStream::connect(&socket) {
+        Ok(stream) => stream,
+        Err(e) => {
+            return fail(&format!(
+                "connect({socket}) failed: {e} (is roost running?)"
+            ))
+        }
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let mut text = String::new();
+    if let Err(e) = stream.read_to_string(&mut text) {
+        return fail(&format!("read({socket}) failed: {e}"));
+    }
+    for line in text.lines() {
+        if let Some(error) = roost::logging::RecentError::decode(line) {
+            println!(
+                "{} {}: {}",
+                roost::logging::format_time("%b %d %H:%M:%S", error.unix_secs as i64),
+                error.service,
+                error.text
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// `roost who`: asks anvil (base_dir/anvil) for its table, as `doveadm who` does.
@@ -415,16 +457,11 @@ fn run(source: daemon::Source, foreground: bool) -> ExitCode {
     if let Err(error) = pid_file.write_pid() {
         return fail(&format!("Can't write the pid file: {error}"));
     }
-    let ident = if global.instance_name.is_empty() {
-        "roost".to_owned()
-    } else {
-        global.instance_name.clone()
-    };
     let mut log = LogWriter::new(
         &global.log_path,
         &global.log_timestamp,
         &global.syslog_facility,
-        &ident,
+        &roost::logging::ident(&global.instance_name),
     );
     log.master(
         Level::Info,

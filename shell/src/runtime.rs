@@ -13,6 +13,8 @@ use roost_core::child::{ChildConfig, Input as ChildInput};
 use roost_core::ids::{Pid, ProcessUid};
 use roost_core::wire::StatusRecord;
 
+use crate::builtin::say;
+
 /// The child protocol as read from the environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChildEnv {
@@ -133,18 +135,24 @@ pub(crate) fn write_status(env: &ChildEnv, available_count: u32) -> ChildInput {
 /// itself busy before the exec; the program's exit is the process's exit.
 pub fn run_inetd(program: &[String]) -> i32 {
     if program.is_empty() {
-        eprintln!("Fatal: inetd: no program to run (executable = inetd /path/to/program)");
+        say(
+            "Fatal",
+            "inetd: no program to run (executable = inetd /path/to/program)",
+        );
         return 89;
     }
     let env = match ChildEnv::from_env() {
         Ok(env) => env,
         Err(error) => {
-            eprintln!("Fatal: inetd: {error}");
+            say("Fatal", &format!("inetd: {error}"));
             return 89;
         }
     };
     if let Err(error) = ChildEnv::restrict_privileges() {
-        eprintln!("Fatal: inetd: dropping privileges failed: {error}");
+        say(
+            "Fatal",
+            &format!("inetd: dropping privileges failed: {error}"),
+        );
         return 89;
     }
     // One connection per process: the exec'd program serves it.
@@ -164,7 +172,7 @@ pub fn run_inetd(program: &[String]) -> i32 {
             None => code,
         },
         Err(error) => {
-            eprintln!("Error: inetd: {error}");
+            say("Error", &format!("inetd: {error}"));
             1
         }
     }
@@ -217,7 +225,10 @@ fn exec_with_connection(conn: RawFd, program: &[String]) -> i32 {
         }
     }
     let error = command.exec();
-    eprintln!("Fatal: inetd: exec({}) failed: {error}", program[0]);
+    say(
+        "Fatal",
+        &format!("inetd: exec({}) failed: {error}", program[0]),
+    );
     crate::spawn::EXIT_EXEC_FAILED
 }
 

@@ -125,6 +125,9 @@ pub struct ChildFds {
     pub anvil: Option<RawFd>,
     /// The sealed settings memfd.
     pub settings: Option<RawFd>,
+    /// The log service only: the read ends of its generation's log pipes, each with the
+    /// service whose children write to it.
+    pub log_pipes: Vec<(RawFd, String)>,
 }
 
 /// Everything one child needs, computed before fork.
@@ -243,6 +246,15 @@ impl SpawnPlan {
         }
         if let Some(fd) = fds.settings {
             own("SETTINGS", fd, &mut env);
+        }
+        if !fds.log_pipes.is_empty() {
+            let mut named = Vec::with_capacity(fds.log_pipes.len());
+            for (fd, service) in &fds.log_pipes {
+                moves.push((*fd, next));
+                named.push(format!("{service}:{next}"));
+                next += 1;
+            }
+            env.push(format!("ROOST_LOG_FDS={}", named.join(" ")));
         }
         let config = input.config;
         env.push(format!("ROOST_SERVICE={}", config.name));
@@ -649,6 +661,7 @@ mod tests {
                 login_notify: Some(14),
                 anvil: None,
                 settings: Some(15),
+                log_pipes: Vec::new(),
             },
             identity: Some(Identity {
                 uid: Some(65534),
@@ -689,6 +702,53 @@ mod tests {
             "a buffer the child fills"
         );
         assert_eq!(plan.highest_fd, 8);
+    }
+
+    #[test]
+    fn the_log_process_gets_the_log_pipes_after_its_own_fds_named_by_service() {
+        let program = resolve_program("log", Path::new("/nonexistent")).expect("a built-in");
+        let settings = settings();
+        let config = ServiceConfig {
+            name: "log".into(),
+            service_type: ServiceType::Log,
+            ..config()
+        };
+        let plan = SpawnPlan::new(PlanInput {
+            roost_binary: Path::new("/usr/sbin/roost"),
+            program: &program,
+            title: "roost/log",
+            settings: &settings,
+            config: &config,
+            uid: ProcessUid(1),
+            imported: vec![],
+            fds: ChildFds {
+                stdin: 10,
+                stdout: 10,
+                stderr: 2,
+                listeners: vec![],
+                status: 12,
+                master_dead: 13,
+                login_notify: None,
+                anvil: None,
+                settings: Some(15),
+                log_pipes: vec![(30, "pop3-login".into()), (31, "pop3".into())],
+            },
+            identity: None,
+            shutdown_clients: true,
+        })
+        .expect("plans");
+        let env = plan.env_vars();
+        for expected in [
+            "ROOST_STATUS_FD=3",
+            "ROOST_SETTINGS_FD=5",
+            "ROOST_LOG_FDS=pop3-login:6 pop3:7",
+        ] {
+            assert!(
+                env.iter().any(|v| v == expected),
+                "{expected} missing from {env:?}"
+            );
+        }
+        assert!(!env.iter().any(|v| v.starts_with("LISTEN_")), "{env:?}");
     }
 
     #[test]
@@ -760,6 +820,7 @@ mod tests {
                 login_notify: None,
                 anvil: None,
                 settings: None,
+                log_pipes: Vec::new(),
             },
             identity: None,
             shutdown_clients: true,

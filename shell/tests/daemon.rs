@@ -221,6 +221,9 @@ fn fifty_reloads_under_load_lose_no_connection_and_leak_no_fd_or_zombie() {
     // Old generations drain; the master's fds come back to where they were, and every old
     // child is reaped (no zombie left behind).
     roost.wait_for(|r| r.fd_count() <= fds[0] + 2, "the fd count to settle");
+    // Each reload started a log process for its generation; the old ones left with their
+    // generations.
+    roost.wait_for(|r| r.log_processes().len() == 1, "one log process");
     let master = roost.master_pid();
     roost.wait_for(
         |_| {
@@ -307,20 +310,96 @@ fn a_stale_pid_file_with_a_live_pid_does_not_block_a_start() {
     assert!(roost.stop().success());
 }
 
+/// An inetd service whose program writes `Error: got LINE` to its stderr for the line it
+/// reads, and echoes it.
+fn stderr_writing_service(dir: &Path, port: u16) -> String {
+    let program = dir.join("say.sh");
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::write(
+        &program,
+        "#!/bin/sh\nread line\necho \"Error: got $line\" >&2\necho \"$line\"\n",
+    )
+    .expect("program");
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    format!(
+        "service say {{\n  executable = inetd {}\n  service_count = 1\n  inet_listener say {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n",
+        program.display()
+    )
+}
+
+#[test]
+fn the_log_process_writes_the_childrens_lines_and_a_kill_9_loses_none() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("roost-e2e-logproc-prog-{}", std::process::id()));
+    let mut roost = Roost::start("logproc", &stderr_writing_service(&dir, port));
+    roost.wait_for(|r| r.log_processes().len() == 1, "the log process");
+    let first = roost.log_processes()[0];
+    let titles = children_of(roost.master_pid());
+    assert!(
+        titles
+            .iter()
+            .any(|(pid, title)| *pid == first && title == "roost/log"),
+        "{titles:?}"
+    );
+    for i in 0..40 {
+        if i == 20 {
+            // Killed while idle: a kill between its read and its write would lose what it
+            // held, which no reader can prevent.
+            roost.wait_for_log("say: Error: got n19");
+            unsafe { libc::kill(first, libc::SIGKILL) };
+        }
+        assert_eq!(
+            echo(port, &format!("n{i}\n")).expect("echo"),
+            format!("n{i}\n")
+        );
+    }
+    roost.wait_for_log(&format!("service(log): child {first} killed with signal 9"));
+    roost.wait_for(
+        |r| r.log_processes().len() == 1 && r.log_processes()[0] != first,
+        "a new log process",
+    );
+    roost.wait_for_log("say: Error: got n39");
+    let text = roost.log_text();
+    for i in 0..40 {
+        let line = format!("say: Error: got n{i}\n");
+        assert_eq!(text.matches(&line).count(), 1, "{line:?} once in:\n{text}");
+    }
+    // The new log process keeps what it wrote for `roost log errors`.
+    let output = roost.command(&["log", "errors"]);
+    assert!(output.status.success());
+    let errors = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(errors.contains(" say: Error: got n39\n"), "{errors}");
+    assert!(roost.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn usr1_after_a_rename_writes_to_the_new_log_file() {
     let port = free_port();
-    let mut roost = Roost::start("logrotate", &echo_service(port, ""));
+    let dir = std::env::temp_dir().join(format!("roost-e2e-rotate-prog-{}", std::process::id()));
+    let mut roost = Roost::start("logrotate", &stderr_writing_service(&dir, port));
     roost.wait_for_log("starting up");
+    assert_eq!(echo(port, "before\n").expect("echo"), "before\n");
+    roost.wait_for_log("say: Error: got before");
     let rotated = roost.dir.join("roost.log.1");
     std::fs::rename(&roost.log, &rotated).expect("rename");
     unsafe { libc::kill(roost.master_pid(), libc::SIGUSR1) };
     roost.wait_for_log("Reopening log files");
+    // The log process reopened too: a child's line reaches the new file.
+    assert_eq!(echo(port, "after\n").expect("echo"), "after\n");
+    roost.wait_for_log("say: Error: got after");
     let output = roost.command(&["log", "reopen"]);
     assert!(output.status.success());
-    assert!(std::fs::read_to_string(&rotated)
-        .expect("old log")
-        .contains("starting up"));
+    let old = std::fs::read_to_string(&rotated).expect("old log");
+    assert!(
+        old.contains("starting up") && !old.contains("got after"),
+        "{old}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(roost.stop().success());
     assert!(
         roost.log_text().contains("Killed with signal 15"),

@@ -847,7 +847,7 @@ fn kill_9_of_every_service_during_a_login_storm_loses_nothing() {
     let mut round = 0usize;
     // Each round aims at the next service in turn (a pop3 process lives for one session only,
     // so it is looked for a little while), and kills one of its processes.
-    let services = ["pop3-login", "pop3", "auth", "anvil"];
+    let services = ["pop3-login", "pop3", "auth", "anvil", "log"];
     while Instant::now() < deadline {
         let target = services[round % services.len()];
         let looking = Instant::now() + Duration::from_millis(300);
@@ -875,7 +875,7 @@ fn kill_9_of_every_service_during_a_login_storm_loses_nothing() {
     for thread in storm {
         thread.join().expect("storm thread");
     }
-    for service in ["pop3-login", "pop3", "auth", "anvil"] {
+    for service in services {
         assert!(
             killed.get(service).copied().unwrap_or(0) > 0,
             "never killed {service}: {killed:?}"
@@ -895,6 +895,16 @@ fn kill_9_of_every_service_during_a_login_storm_loses_nothing() {
             .is_some_and(|stat| stat.starts_with("+OK 2 "))
     });
     assert!(back, "logins did not come back; log:\n{}", host.log_text());
+    // The log process is back too, and the children's lines still reach the log.
+    host.wait_for(
+        |_| children_of(master).iter().any(|(_, t)| t.ends_with("/log")),
+        "a log process",
+    );
+    let logins = |h: &Host| h.log_text().matches("pop3-login: Info: Login: ").count();
+    let before = logins(&host);
+    let mut pop3 = Pop3::login(host.pop3, "demo");
+    assert!(pop3.send("QUIT").starts_with("+OK"));
+    host.wait_for(|h| logins(h) > before, "the last login in the log");
     // No mail lost or duplicated, anvil's table empty again, no zombie, no fd leak.
     assert_eq!(host.maildir_files("demo"), 2);
     host.wait_for(

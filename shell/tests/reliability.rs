@@ -924,6 +924,8 @@ fn master_killed_with_9_an_inetd_session_goes_on_and_holds_no_listener() {
     assert_eq!(client.round_trip("before").expect("echo"), "before\n");
     roost.wait_for(|r| r.children().len() == 3, "the pool topped up");
     let children: Vec<i32> = roost.children().iter().map(|(pid, _)| *pid).collect();
+    let log_process = roost.log_processes();
+    assert_eq!(log_process.len(), 1);
     let mut master = roost.child.take().expect("running");
     master.kill().expect("kill -9 the master");
     master.wait().expect("reaped");
@@ -932,6 +934,9 @@ fn master_killed_with_9_an_inetd_session_goes_on_and_holds_no_listener() {
             == 1),
         "the idle inetd processes outlived their master"
     );
+    // The log process writes the session's lines until it ends, but gave up its log-errors
+    // listener at once: the new master binds it.
+    assert!(alive(log_process[0]));
     roost.spawn();
     roost.wait_for(
         |r| String::from_utf8_lossy(&r.command(&["status"]).stdout).contains("\necho\t"),
@@ -944,6 +949,11 @@ fn master_killed_with_9_an_inetd_session_goes_on_and_holds_no_listener() {
     assert_eq!(
         client.round_trip("old session").expect("cat goes on"),
         "old session\n"
+    );
+    drop(client);
+    assert!(
+        poll_until(5, || !alive(log_process[0])),
+        "the old log process left with the last child of its master"
     );
     assert!(roost.stop().success());
 }

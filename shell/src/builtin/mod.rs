@@ -1,6 +1,7 @@
 //! The built-in services: modes of the roost binary (`roost --builtin NAME`), each a small
 //! program on the child runtime (DESIGN.md "executable").
 //!
+//! - `log` ([`log`]): writes every other child's stderr lines to log_path.
 //! - `inetd` ([`crate::runtime::run_inetd`]): one connection, then exec a program.
 //! - `anvil` ([`anvil`]): connection counts per user and IP, the authentication penalty.
 //! - `auth` ([`auth`]): passdb and userdb lookups for login and post-login processes.
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod check;
 pub mod conn;
 pub mod handoff;
+pub mod log;
 pub mod pop3;
 pub mod pop3_login;
 pub mod server;
@@ -36,7 +38,7 @@ use roost_core::settings::{ServiceSettings, Settings};
 use crate::runtime::ChildEnv;
 
 /// The names `executable` may give, besides paths.
-pub const BUILTINS: &[&str] = &["inetd", "anvil", "auth", "pop3-login", "pop3"];
+pub const BUILTINS: &[&str] = &["log", "inetd", "anvil", "auth", "pop3-login", "pop3"];
 
 /// True when the built-in `name` runs with these arguments: inetd needs a program, the others
 /// take none.
@@ -50,14 +52,15 @@ pub fn accepts(name: &str, args: &[String]) -> bool {
 /// Runs the built-in `name` with `args`; returns the exit status.
 pub fn run(name: &str, args: &[String]) -> i32 {
     match name {
+        "log" => log::main(),
         "inetd" => crate::runtime::run_inetd(args),
         "anvil" => anvil::main(),
         "auth" => auth::main(),
         "pop3-login" => pop3_login::main(),
         "pop3" => pop3::main(),
         other => {
-            eprintln!("Fatal: unknown built-in: {other}");
-            89
+            say("Fatal", &format!("unknown built-in: {other}"));
+            EXIT_FATAL
         }
     }
 }
@@ -163,7 +166,7 @@ pub fn main_of(builtin: &str, body: impl FnOnce(Start) -> Result<i32, String>) -
     match Start::read(builtin).and_then(body) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("Fatal: {e}");
+            say("Fatal", &e);
             EXIT_FATAL
         }
     }
@@ -207,12 +210,20 @@ fn read_settings_fd(fd: RawFd) -> io::Result<String> {
     String::from_utf8(text).map_err(|_| io::Error::other("not UTF-8"))
 }
 
-/// One log line to the master (stderr is the service's log pipe): `Info: text`.
-pub fn info(text: &str) {
-    eprintln!("Info: {text}");
+/// One line to the log (stderr is the service's log pipe): `LEVEL: text`, in one write, so
+/// that it reaches the pipe whole (up to PIPE_BUF bytes) whatever this service's other
+/// processes write meanwhile. `eprintln!` would write it in pieces.
+pub fn say(level: &str, text: &str) {
+    let line = format!("{level}: {text}\n");
+    let _ = io::Write::write_all(&mut io::stderr().lock(), line.as_bytes());
 }
 
-/// One error line to the master.
+/// One log line of information.
+pub fn info(text: &str) {
+    say("Info", text);
+}
+
+/// One error line.
 pub fn error(text: &str) {
-    eprintln!("Error: {text}");
+    say("Error", text);
 }

@@ -56,6 +56,11 @@ pub fn children_of(master: i32) -> Vec<(i32, String)> {
     found
 }
 
+/// A log process's title: `roost/log`, or `roost-NAME/log` under an instance name.
+pub fn is_log_process(title: &str) -> bool {
+    title.starts_with("roost") && title.ends_with("/log")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -193,9 +198,22 @@ impl Roost {
         );
     }
 
-    /// The children of the master: (pid, title).
+    /// The children of the master that serve its services: (pid, title). The log process
+    /// (one per generation, see `log_processes`) is left out, so that a pool counts as written.
     pub fn children(&self) -> Vec<(i32, String)> {
         children_of(self.master_pid())
+            .into_iter()
+            .filter(|(_, title)| !is_log_process(title))
+            .collect()
+    }
+
+    /// The log processes of the master.
+    pub fn log_processes(&self) -> Vec<i32> {
+        children_of(self.master_pid())
+            .into_iter()
+            .filter(|(_, title)| is_log_process(title))
+            .map(|(pid, _)| pid)
+            .collect()
     }
 
     pub fn fd_count(&self) -> usize {

@@ -1,0 +1,247 @@
+//! The `log` built-in: "log writes to log files. All logging, except from master process, goes
+//! through it" (the seed). One process per generation reads the log pipes of that
+//! generation's services (the children's stderr, passed as `ROOST_LOG_FDS=service:fd ...`)
+//! and writes each line as `service: text` to log_path. A slow disk or syslog then stalls the
+//! children that log, never the master.
+//!
+//! - SIGUSR1 reopens log_path, between lines (logrotate's rename + USR1 loses nothing).
+//! - It exits 0 once every pipe is closed: the master closes its write ends when the
+//!   generation retires, so that happens after the generation's last child is gone. TERM, INT
+//!   and QUIT make it write what the pipes hold, then exit.
+//! - The master keeps the read ends as well: what a log process leaves unread when it dies
+//!   stays in the pipes for its successor, or for the master while there is none.
+//! - It keeps the last [`crate::logging::RECENT_ERRORS`] warnings and errors and hands them to whoever
+//!   connects to its `log-errors` listener (`roost log errors`, the original's
+//!   `doveadm log errors`), one `SECS<TAB>SERVICE<TAB>TEXT` line each.
+//! - When its master or generation is gone (the master-dead pipe), it closes that listener, so
+//!   that a new master can bind the path; the lines still come until the last child is gone.
+//! - Its own stderr is the master's (reading its own pipe would loop). It reports itself idle
+//!   once, as the original's does.
+
+use std::collections::BTreeSet;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use roost_core::child::Input as ChildInput;
+
+use crate::logging::{LogPipe, LogWriter, PipeState};
+use crate::runtime::{write_status, ChildEnv};
+
+/// The signals.
+const SIGNALS: Token = Token(usize::MAX);
+/// The master-dead pipe.
+const MASTER_DEAD: Token = Token(usize::MAX - 1);
+/// The first listener (log-errors); pipes count from 0.
+const FIRST_LISTENER: usize = 1 << 20;
+
+/// Reads of one pipe per turn (16 KiB each): a service that floods its pipe gets its turn
+/// like the others, not all of them.
+const READS_PER_TURN: usize = 4;
+
+/// Reads of one pipe when told to stop: what it holds (a full pipe is 4 reads), but not an
+/// endless writer.
+const READS_AT_STOP: usize = 64;
+
+/// Parses `ROOST_LOG_FDS` (`service:fd` separated by spaces) into the pipes it names. Each fd
+/// must be one this process inherited above stderr, named once.
+pub fn pipes_from_env(value: &str) -> Result<Vec<(String, RawFd)>, String> {
+    let mut pipes: Vec<(String, RawFd)> = Vec::new();
+    for entry in value.split_whitespace() {
+        let (service, fd) = entry
+            .rsplit_once(':')
+            .ok_or_else(|| format!("ROOST_LOG_FDS: '{entry}' is not service:fd"))?;
+        let fd: RawFd = fd
+            .parse()
+            .ok()
+            .filter(|fd| *fd > 2)
+            .ok_or_else(|| format!("ROOST_LOG_FDS: '{entry}' has no fd above 2"))?;
+        if service.is_empty() || pipes.iter().any(|(_, seen)| *seen == fd) {
+            return Err(format!("ROOST_LOG_FDS: '{entry}' is not a new service:fd"));
+        }
+        pipes.push((service.to_owned(), fd));
+    }
+    Ok(pipes)
+}
+
+/// `roost --builtin log`.
+pub fn main() -> i32 {
+    super::main_of("log", |start| {
+        let named = pipes_from_env(&std::env::var("ROOST_LOG_FDS").unwrap_or_default())
+            .map_err(|e| format!("log: {e}"))?;
+        let mut pipes = Vec::with_capacity(named.len());
+        for (service, fd) in named {
+            // SAFETY: fcntl only asks whether the fd is open; an open one is ours to own: the
+            // master placed it for this process and nothing else here uses it.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(format!("log: fd {fd} of service {service} is not open"));
+            }
+            pipes.push(LogPipe::new(&service, unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+        let global = &start.settings.global;
+        // Opened before the privileges go: log_path is often writable by root only.
+        let mut log = LogWriter::new(
+            &global.log_path,
+            &global.log_timestamp,
+            &global.syslog_facility,
+            &crate::logging::ident(&global.instance_name),
+        );
+        log.keep_recent_errors();
+        start.restrict("log")?;
+        let listeners = start
+            .env
+            .listeners
+            .iter()
+            // SAFETY: the master placed the listeners at these fds for this process alone.
+            .map(|fd| Some(unsafe { UnixListener::from_raw_fd(*fd) }))
+            .collect();
+        run(&start.env, pipes, listeners, &mut log).map_err(|e| format!("log: {e}"))
+    })
+}
+
+/// The loop: returns the exit status once every pipe is closed or a signal said stop.
+fn run(
+    env: &ChildEnv,
+    mut pipes: Vec<LogPipe>,
+    mut listeners: Vec<Option<UnixListener>>,
+    log: &mut LogWriter,
+) -> io::Result<i32> {
+    let mut poll = Poll::new()?;
+    let mut signals = signal_hook_mio::v1_0::Signals::new([
+        libc::SIGUSR1,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGHUP,
+    ])?;
+    poll.registry()
+        .register(&mut signals, SIGNALS, Interest::READABLE)?;
+    for (i, pipe) in pipes.iter().enumerate() {
+        poll.registry()
+            .register(&mut SourceFd(&pipe.raw_fd()), Token(i), Interest::READABLE)?;
+    }
+    for (i, listener) in listeners.iter().flatten().enumerate() {
+        listener.set_nonblocking(true)?;
+        poll.registry().register(
+            &mut SourceFd(&listener.as_raw_fd()),
+            Token(FIRST_LISTENER + i),
+            Interest::READABLE,
+        )?;
+    }
+    poll.registry().register(
+        &mut SourceFd(&env.master_dead_fd),
+        MASTER_DEAD,
+        Interest::WRITABLE,
+    )?;
+    // Every pipe may hold lines already: the previous log process's leftovers.
+    let mut ready: BTreeSet<usize> = (0..pipes.len()).collect();
+    let mut open: BTreeSet<usize> = ready.clone();
+    let mut status_sent = false;
+    let mut events = Events::with_capacity(64);
+    loop {
+        if !status_sent {
+            // A full status pipe is retried; a closed one means the master is gone, and the
+            // lines still come until the last child is.
+            status_sent = write_status(env, env.client_limit) != ChildInput::StatusWouldBlock;
+        }
+        for i in std::mem::take(&mut ready) {
+            match pipes[i].read(READS_PER_TURN, log) {
+                PipeState::Empty => {}
+                PipeState::More => {
+                    ready.insert(i);
+                }
+                PipeState::Closed => {
+                    let _ = poll
+                        .registry()
+                        .deregister(&mut SourceFd(&pipes[i].raw_fd()));
+                    open.remove(&i);
+                }
+            }
+        }
+        if open.is_empty() {
+            return Ok(0);
+        }
+        let timeout = if !ready.is_empty() {
+            Some(Duration::ZERO)
+        } else if !status_sent {
+            Some(Duration::from_millis(100))
+        } else {
+            None
+        };
+        if let Err(error) = poll.poll(&mut events, timeout) {
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        let mut stop = false;
+        for event in events.iter() {
+            if event.token() == SIGNALS {
+                for signal in signals.pending() {
+                    match signal {
+                        libc::SIGUSR1 => log.reopen(),
+                        libc::SIGHUP => {}
+                        _ => stop = true,
+                    }
+                }
+            } else if event.token() == MASTER_DEAD {
+                if event.is_error() || event.is_write_closed() {
+                    let _ = poll
+                        .registry()
+                        .deregister(&mut SourceFd(&env.master_dead_fd));
+                    for listener in listeners.iter_mut().filter_map(Option::take) {
+                        let _ = poll
+                            .registry()
+                            .deregister(&mut SourceFd(&listener.as_raw_fd()));
+                    }
+                }
+            } else if event.token().0 >= FIRST_LISTENER {
+                if let Some(Some(listener)) = listeners.get(event.token().0 - FIRST_LISTENER) {
+                    serve_recent_errors(listener, log);
+                }
+            } else if open.contains(&event.token().0) {
+                ready.insert(event.token().0);
+            }
+        }
+        if stop {
+            for i in open {
+                if pipes[i].read(READS_AT_STOP, log) != PipeState::Closed {
+                    pipes[i].flush(log);
+                }
+            }
+            return Ok(0);
+        }
+    }
+}
+
+/// Answers every waiting connection of log-errors with the recent errors, then closes it. A
+/// reader that does not take them within a second loses the rest: the log must go on.
+fn serve_recent_errors(listener: &UnixListener, log: &LogWriter) {
+    while let Ok((mut stream, _)) = listener.accept() {
+        let text: String = log.recent_errors().map(|e| e.encode()).collect();
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = stream.write_all(text.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_fds_name_their_service_and_bad_lists_are_refused() {
+        assert_eq!(
+            pipes_from_env("pop3-login:6 pop3:7").expect("parses"),
+            vec![("pop3-login".to_owned(), 6), ("pop3".to_owned(), 7)]
+        );
+        assert_eq!(pipes_from_env("").expect("none"), vec![]);
+        for bad in ["pop3", "pop3:x", "pop3:2", ":7", "a:7 b:7"] {
+            let error = pipes_from_env(bad).expect_err(bad);
+            assert!(error.starts_with("ROOST_LOG_FDS: "), "{error}");
+        }
+    }
+}
