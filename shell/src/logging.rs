@@ -1,6 +1,7 @@
-//! The master's log: `log_path` is a file, `/dev/stderr`, or `syslog`; files are reopened on
-//! SIGUSR1, between lines, so logrotate's rename + USR1 loses no line. tracing-appender cannot
-//! reopen a file, hence this small writer of our own.
+//! The log: `log_path` is a file, `/dev/stderr`, or `syslog`, and `info_log_path`, when set,
+//! takes the Info lines the same way. Files are reopened on SIGUSR1, between lines, so
+//! logrotate's rename + USR1 loses no line. tracing-appender cannot reopen a file, hence this
+//! small writer of our own.
 //!
 //! Lines keep the original's shape: `roost: Warning: text` for the master and `NAME: text` for
 //! what a child of service NAME wrote to its stderr, after the `log_timestamp` prefix on files.
@@ -28,6 +29,79 @@ enum Target {
         socket: Option<UnixDatagram>,
         facility: u8,
     },
+}
+
+impl Target {
+    /// The target a `*log_path` setting names, opened.
+    fn open(log_path: &str, facility: &str) -> Target {
+        let mut target = match log_path {
+            "" | "/dev/stderr" => Target::Stderr,
+            "syslog" => Target::Syslog {
+                socket: None,
+                facility: facility_code(facility),
+            },
+            path => Target::File {
+                path: path.to_owned(),
+                file: None,
+            },
+        };
+        target.reopen();
+        target
+    }
+
+    fn reopen(&mut self) {
+        match self {
+            Target::Stderr => {}
+            Target::File { path, file } => {
+                *file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&*path)
+                    .ok();
+            }
+            Target::Syslog { socket, .. } => {
+                *socket = UnixDatagram::unbound()
+                    .ok()
+                    .filter(|s| s.connect("/dev/log").is_ok());
+            }
+        }
+    }
+
+    /// Writes one line; false when it is lost.
+    fn write(&mut self, level: Level, line: &str, timestamp: &str, ident: &str) -> bool {
+        match self {
+            // One write: the master and the log process share this stderr.
+            Target::Stderr => std::io::stderr()
+                .write_all(format!("{line}\n").as_bytes())
+                .is_ok(),
+            Target::File { file, .. } => match file {
+                Some(file) => {
+                    let stamp = format_timestamp(timestamp);
+                    // One write per line: lines of the master and the log process, which
+                    // append to the same file, never interleave.
+                    file.write_all(format!("{stamp}{line}\n").as_bytes())
+                        .is_ok()
+                }
+                None => false,
+            },
+            Target::Syslog { socket, facility } => {
+                let severity = match level {
+                    Level::Info => 6,
+                    Level::Warning => 4,
+                    Level::Error => 3,
+                    Level::Fatal => 2,
+                };
+                let pri = u32::from(*facility) * 8 + severity;
+                let message = format!("<{pri}>{ident}[{}]: {line}", std::process::id());
+                match socket {
+                    Some(socket) => socket.send(message.as_bytes()).is_ok(),
+                    None => std::io::stderr()
+                        .write_all(format!("{line}\n").as_bytes())
+                        .is_ok(),
+                }
+            }
+        }
+    }
 }
 
 /// A warning, error or fatal line of a child, kept by the log process for `roost log errors`.
@@ -64,6 +138,8 @@ pub const RECENT_ERRORS: usize = 1000;
 /// The master's log writer.
 pub struct LogWriter {
     target: Target,
+    /// `info_log_path`, when it names another place than log_path: Info lines go there.
+    info: Option<Target>,
     /// `log_timestamp` (strftime) for file lines.
     timestamp: String,
     /// The syslog ident / line prefix of the master.
@@ -105,25 +181,29 @@ fn facility_code(name: &str) -> u8 {
 impl LogWriter {
     /// A writer for `log_path`.
     pub fn new(log_path: &str, timestamp: &str, facility: &str, ident: &str) -> LogWriter {
-        let target = match log_path {
-            "" | "/dev/stderr" => Target::Stderr,
-            "syslog" => Target::Syslog {
-                socket: None,
-                facility: facility_code(facility),
-            },
-            path => Target::File {
-                path: path.to_owned(),
-                file: None,
-            },
-        };
-        let mut writer = LogWriter {
-            target,
+        LogWriter {
+            target: Target::open(log_path, facility),
+            info: None,
             timestamp: timestamp.to_owned(),
             ident: ident.to_owned(),
             lost_lines: 0,
             recent: None,
-        };
-        writer.reopen();
+        }
+    }
+
+    /// A writer for the global log settings: `log_path`, and `info_log_path` for Info lines
+    /// when it is set to another place (as the original; roost writes no debug lines, so
+    /// `debug_log_path` has nothing to take).
+    pub fn for_settings(global: &roost_core::settings::GlobalSettings) -> LogWriter {
+        let mut writer = LogWriter::new(
+            &global.log_path,
+            &global.log_timestamp,
+            &global.syslog_facility,
+            &ident(&global.instance_name),
+        );
+        if !global.info_log_path.is_empty() && global.info_log_path != global.log_path {
+            writer.info = Some(Target::open(&global.info_log_path, &global.syslog_facility));
+        }
         writer
     }
 
@@ -142,22 +222,11 @@ impl LogWriter {
         matches!(self.target, Target::Stderr)
     }
 
-    /// Reopens a file (after logrotate renamed it) or reconnects to syslog.
+    /// Reopens the files (after logrotate renamed them) or reconnects to syslog.
     pub fn reopen(&mut self) {
-        match &mut self.target {
-            Target::Stderr => {}
-            Target::File { path, file } => {
-                *file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&*path)
-                    .ok();
-            }
-            Target::Syslog { socket, .. } => {
-                *socket = UnixDatagram::unbound()
-                    .ok()
-                    .filter(|s| s.connect("/dev/log").is_ok());
-            }
+        self.target.reopen();
+        if let Some(info) = &mut self.info {
+            info.reopen();
         }
     }
 
@@ -193,36 +262,11 @@ impl LogWriter {
     }
 
     fn write(&mut self, level: Level, line: &str) {
-        let ok = match &mut self.target {
-            // One write: the master and the log process share this stderr.
-            Target::Stderr => std::io::stderr()
-                .write_all(format!("{line}\n").as_bytes())
-                .is_ok(),
-            Target::File { file, .. } => match file {
-                Some(file) => {
-                    let stamp = format_timestamp(&self.timestamp);
-                    // One write per line, so lines of the master never interleave.
-                    file.write_all(format!("{stamp}{line}\n").as_bytes())
-                        .is_ok()
-                }
-                None => false,
-            },
-            Target::Syslog { socket, facility } => {
-                let severity = match level {
-                    Level::Info => 6,
-                    Level::Warning => 4,
-                    Level::Error => 3,
-                    Level::Fatal => 2,
-                };
-                let pri = u32::from(*facility) * 8 + severity;
-                let message = format!("<{pri}>{}[{}]: {line}", self.ident, std::process::id());
-                match socket {
-                    Some(socket) => socket.send(message.as_bytes()).is_ok(),
-                    None => writeln!(std::io::stderr(), "{line}").is_ok(),
-                }
-            }
+        let target = match (&mut self.info, level) {
+            (Some(info), Level::Info) => info,
+            _ => &mut self.target,
         };
-        if !ok {
+        if !target.write(level, line, &self.timestamp, &self.ident) {
             self.lost_lines += 1;
         }
     }
@@ -433,6 +477,34 @@ mod tests {
             texts[RECENT_ERRORS - 1],
             format!("Error: {}", RECENT_ERRORS + 4)
         );
+    }
+
+    #[test]
+    fn info_lines_go_to_info_log_path_when_it_is_set() {
+        let dir = std::env::temp_dir().join(format!("roost-infolog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let (errors, infos) = (dir.join("errors.log"), dir.join("info.log"));
+        let text = format!(
+            "log_path = {}\ninfo_log_path = {}\nlog_timestamp =\n",
+            errors.display(),
+            infos.display()
+        );
+        let config = roost_core::config::load_str(
+            "<test>",
+            &text,
+            &crate::system::RealFiles,
+            &crate::system::RealEnv,
+        )
+        .expect("config");
+        let mut log = LogWriter::for_settings(&config.settings.global);
+        log.master(Level::Info, "starting");
+        log.child("pop3", "Error: broken");
+        log.child("pop3", "Info: fine");
+        let errors = std::fs::read_to_string(&errors).expect("log_path");
+        let infos = std::fs::read_to_string(&infos).expect("info_log_path");
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(errors, "pop3: Error: broken\n");
+        assert_eq!(infos, "roost: Info: starting\npop3: Info: fine\n");
     }
 
     #[test]

@@ -457,12 +457,7 @@ fn run(source: daemon::Source, foreground: bool) -> ExitCode {
     if let Err(error) = pid_file.write_pid() {
         return fail(&format!("Can't write the pid file: {error}"));
     }
-    let mut log = LogWriter::new(
-        &global.log_path,
-        &global.log_timestamp,
-        &global.syslog_facility,
-        &roost::logging::ident(&global.instance_name),
-    );
+    let mut log = LogWriter::for_settings(global);
     log.master(
         Level::Info,
         &format!(

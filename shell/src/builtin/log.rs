@@ -81,14 +81,8 @@ pub fn main() -> i32 {
             }
             pipes.push(LogPipe::new(&service, unsafe { OwnedFd::from_raw_fd(fd) }));
         }
-        let global = &start.settings.global;
         // Opened before the privileges go: log_path is often writable by root only.
-        let mut log = LogWriter::new(
-            &global.log_path,
-            &global.log_timestamp,
-            &global.syslog_facility,
-            &crate::logging::ident(&global.instance_name),
-        );
+        let mut log = LogWriter::for_settings(&start.settings.global);
         log.keep_recent_errors();
         start.restrict("log")?;
         let listeners = start
