@@ -45,6 +45,7 @@ use roost_core::wire::{decode_status_chunk, STATUS_READ_CHUNK};
 use crate::listen;
 use crate::logging::{LogPipe, LogWriter, PipeState};
 use crate::spawn::{self, ChildFds, Identity, PlanInput, SpawnPlan};
+use crate::spawner::{SpawnError, SpawnOrder, Spawner};
 use crate::system::{self, RealEnv, RealFiles};
 
 /// Where the configuration comes from.
@@ -255,6 +256,13 @@ pub struct Daemon {
     /// The log pipes of anvil processes whose generation is gone (anvil outlives reloads),
     /// read by the master until their writer exits.
     adopted_logs: BTreeMap<Token, LogPipe>,
+    /// The process that forks the children of built-ins (`crate::spawner`), when it runs.
+    spawner: Option<Spawner>,
+    /// When a spawner was last started: one that dies is started again at most once a second
+    /// (meanwhile children are started by exec).
+    spawner_started: Option<StdInstant>,
+    /// Every spawner not reaped yet.
+    spawner_pids: BTreeSet<Pid>,
 }
 
 /// What every child of one service of one generation shares (`Daemon::make_template`).
@@ -353,6 +361,9 @@ impl Daemon {
             anvil_generation: None,
             log_processes: BTreeMap::new(),
             adopted_logs: BTreeMap::new(),
+            spawner: None,
+            spawner_started: None,
+            spawner_pids: BTreeSet::new(),
         })
     }
 
@@ -1001,7 +1012,18 @@ impl Daemon {
             shutdown_clients: template.shutdown_clients,
         })
         .map_err(io::Error::other)?;
-        let spawned = plan.spawn();
+        // A built-in of a service that is not a login service is forked by the spawner; the
+        // others, and every child while no spawner answers, are started by exec.
+        let forked = match plan.order() {
+            Some((order, fds)) if config.service_type != ServiceType::Login => {
+                self.fork_builtin(order, fds)
+            }
+            _ => None,
+        };
+        let spawned = match forked {
+            Some(pid) => Ok((pid, None)),
+            None => plan.spawn(),
+        };
         drop(settings_fd);
         drop(anvil_fd);
         let (pid, exec_error) = spawned?;
@@ -1023,6 +1045,46 @@ impl Daemon {
             );
         }
         Ok(pid)
+    }
+
+    /// Has the spawner fork a built-in's child; `None` when there is no spawner (it is started
+    /// here, at most once a second) or it failed (it is then stopped).
+    fn fork_builtin(&mut self, order: &SpawnOrder, fds: &[RawFd]) -> Option<Pid> {
+        if self.spawner.is_none()
+            && self
+                .spawner_started
+                .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            self.spawner_started = Some(StdInstant::now());
+            match Spawner::start(&self.roost_binary) {
+                Ok(spawner) => {
+                    self.spawner_pids.insert(spawner.pid());
+                    self.spawner = Some(spawner);
+                }
+                Err(error) => self.log.master(
+                    Level::Warning,
+                    &format!("the spawner did not start ({error}): children are started by exec"),
+                ),
+            }
+        }
+        let spawner = self.spawner.as_ref()?;
+        match spawner.spawn(order, fds) {
+            Ok(pid) => Some(pid),
+            // The exec path tries too, and reports what the system says.
+            Err(SpawnError::Clone(_)) => None,
+            Err(SpawnError::Spawner(error)) => {
+                self.log.master(
+                    Level::Warning,
+                    &format!(
+                        "the spawner failed ({error}): it is stopped, children are started by exec"
+                    ),
+                );
+                // SAFETY: kill(2) of our own child; it is reaped with the others.
+                unsafe { libc::kill(spawner.pid().0, libc::SIGKILL) };
+                self.spawner = None;
+                None
+            }
+        }
     }
 
     /// The user, groups and chroot a child takes; nothing when the master is not root.
@@ -1133,6 +1195,17 @@ impl Daemon {
             } else {
                 ExitStatus::Exited(libc::WEXITSTATUS(status))
             };
+            if self.spawner_pids.remove(&Pid(pid)) {
+                // Not a service's child: the core never knew it.
+                if self.spawner.as_ref().is_some_and(|s| s.pid() == Pid(pid)) {
+                    self.spawner = None;
+                    self.log.master(
+                        Level::Warning,
+                        &format!("the spawner (pid {pid}) exited: it is started again"),
+                    );
+                }
+                continue;
+            }
             // A log process's pipes are the master's again, with what it left in them.
             self.take_logs_back(Pid(pid));
             // Read what it said last before the core forgets the pid.

@@ -12,6 +12,7 @@ pub mod logging;
 pub mod mail;
 pub mod runtime;
 pub mod spawn;
+pub mod spawner;
 pub mod system;
 
 /// The embedded default configuration (DESIGN.md "The embedded default").

@@ -262,6 +262,8 @@ fn fail(text: &str) -> ExitCode {
 
 fn builtin(args: &[String]) -> ExitCode {
     let code = match args.split_first() {
+        // The master's spawner, not a service (shell/src/spawner.rs).
+        Some((name, _)) if name == "spawner" => roost::spawner::main(),
         Some((name, rest)) => roost::builtin::run(name, rest),
         None => {
             eprintln!("Fatal: --builtin needs a name");

@@ -20,6 +20,7 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 
 use crate::fdplan::{self, FdOp};
+use crate::spawner::SpawnOrder;
 
 /// The programs built into the roost binary, run by re-executing it in that mode.
 pub use crate::builtin::BUILTINS;
@@ -92,7 +93,7 @@ pub fn process_title(instance_name: &str, service: &str) -> String {
 }
 
 /// The identity a child takes before exec (foreign programs) or after (roost-aware ones).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     /// The uid to switch to.
     pub uid: Option<u32>,
@@ -141,6 +142,8 @@ pub struct SpawnPlan {
     highest_fd: RawFd,
     identity_before_exec: Option<Identity>,
     vsz_limit: u64,
+    /// The same child as an order for the spawner (built-ins only), and the fds it sends.
+    order: Option<(SpawnOrder, Vec<RawFd>)>,
 }
 
 /// Why a child could not be planned.
@@ -309,6 +312,27 @@ impl SpawnPlan {
             env_bytes.len() - 1
         });
         let highest_fd = next - 1;
+        let identity_before_exec = if drop_before {
+            input.identity.clone()
+        } else {
+            None
+        };
+        let order = match input.program {
+            Program::Builtin { name, args } => Some((
+                SpawnOrder {
+                    builtin: name.clone(),
+                    args: args.clone(),
+                    title: input.title.to_owned(),
+                    env: env.clone(),
+                    listen_pid: listen_fds > 0,
+                    destinations: moves.iter().map(|(_, to)| *to).collect(),
+                    vsz_limit: config.vsz_limit,
+                    identity: identity_before_exec.clone(),
+                },
+                moves.iter().map(|(from, _)| *from).collect(),
+            )),
+            Program::External { .. } => None,
+        };
         Ok(SpawnPlan {
             path: cstring(&path)?,
             argv: argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
@@ -316,12 +340,9 @@ impl SpawnPlan {
             listen_pid_index,
             fd_ops: fdplan::plan_fd_moves(&moves)?,
             highest_fd,
-            identity_before_exec: if drop_before {
-                input.identity.clone()
-            } else {
-                None
-            },
+            identity_before_exec,
             vsz_limit: config.vsz_limit,
+            order,
         })
     }
 
@@ -333,6 +354,14 @@ impl SpawnPlan {
                 String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(&[])).into_owned()
             })
             .collect()
+    }
+
+    /// The child as an order for the spawner, with the fds to send in the order of its
+    /// destinations; `None` for a program that is not a built-in.
+    pub fn order(&self) -> Option<(&SpawnOrder, &[RawFd])> {
+        self.order
+            .as_ref()
+            .map(|(order, fds)| (order, fds.as_slice()))
     }
 
     /// The file to execute, for messages.

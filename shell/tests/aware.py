@@ -89,7 +89,11 @@ elif MODE == "flood-status":
     flood(STATUS, b"\x07" * 4097)
 elif MODE == "silent":
     print("silent: started", file=sys.stderr, flush=True)
-    select.select([], [], [DEAD])
+    # poll, not select: the master's end closing is POLLERR on ours, which select's
+    # exceptional set (POLLPRI) never reports, and the child outlived every test.
+    gone = select.poll()
+    gone.register(DEAD, 0)
+    gone.poll()
     sys.exit(0)
 listener = socket.socket(fileno=3)
 # Non-blocking: every idle process wakes for a connection and only one gets it; a blocking

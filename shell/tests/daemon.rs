@@ -378,6 +378,69 @@ fn the_log_process_writes_the_childrens_lines_and_a_kill_9_loses_none() {
 }
 
 #[test]
+fn built_ins_are_forked_by_the_spawner_which_a_kill_9_does_not_stop() {
+    let port = free_port();
+    let mut roost = Roost::start("spawner", &echo_service(port, "  process_min_avail = 2"));
+    roost.wait_for(|r| r.children().len() == 2, "two inetd processes");
+    // Forked, not executed: the title alone, without `--builtin inetd`. And nothing of the
+    // spawner's is left open in it (no exec closes it there): not its socket, and no second
+    // copy of a planned fd (only 0 and 1 share /dev/null).
+    let spawner = roost.spawner().expect("the spawner runs");
+    let links = |pid: i32| -> Vec<(String, String)> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("fd dir")
+            .flatten()
+            .map(|e| {
+                let target = std::fs::read_link(e.path()).unwrap_or_default();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    target.display().to_string(),
+                )
+            })
+            .collect()
+    };
+    let spawner_socket = links(spawner)
+        .into_iter()
+        .find(|(fd, _)| fd == "3")
+        .map(|(_, target)| target)
+        .expect("the spawner's socket");
+    for (pid, _) in roost.children() {
+        assert_eq!(cmdline(pid), "roost/echo", "pid {pid}");
+        let fds = links(pid);
+        let mut targets: Vec<&String> = fds
+            .iter()
+            .map(|(_, target)| target)
+            .filter(|t| t.as_str() != "/dev/null")
+            .collect();
+        assert!(!targets.contains(&&spawner_socket), "{fds:?}");
+        let count = targets.len();
+        targets.sort();
+        targets.dedup();
+        assert_eq!(targets.len(), count, "a second copy of an fd: {fds:?}");
+    }
+    unsafe { libc::kill(spawner, libc::SIGKILL) };
+    roost.wait_for_log(&format!("the spawner (pid {spawner}) exited"));
+    // Served meanwhile (by exec); each connection makes the pool start one more, and a new
+    // spawner comes with one of them (at most one start a second).
+    let mut i = 0;
+    let back = poll_until(10, || {
+        i += 1;
+        assert_eq!(
+            echo(port, &format!("after {i}\n")).expect("served"),
+            format!("after {i}\n")
+        );
+        roost.spawner().is_some_and(|pid| pid != spawner)
+    });
+    assert!(back, "no new spawner; log:\n{}", roost.log_text());
+    assert!(
+        !roost.log_text().contains("unknown"),
+        "the spawner's exit is not a service's:\n{}",
+        roost.log_text()
+    );
+    assert!(roost.stop().success());
+}
+
+#[test]
 fn usr1_after_a_rename_writes_to_the_new_log_file() {
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("roost-e2e-rotate-prog-{}", std::process::id()));

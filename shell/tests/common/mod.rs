@@ -61,6 +61,23 @@ pub fn is_log_process(title: &str) -> bool {
     title.starts_with("roost") && title.ends_with("/log")
 }
 
+/// The spawner's title.
+pub fn is_spawner(title: &str) -> bool {
+    title == "roost/spawner"
+}
+
+/// A process's whole command line, arguments separated by spaces (NULs and trailing padding
+/// dropped).
+pub fn cmdline(pid: i32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    raw.split(|b| *b == 0)
+        .filter(|part| !part.is_empty())
+        .map(|part| String::from_utf8_lossy(part).trim().to_owned())
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -199,12 +216,21 @@ impl Roost {
     }
 
     /// The children of the master that serve its services: (pid, title). The log process
-    /// (one per generation, see `log_processes`) is left out, so that a pool counts as written.
+    /// (one per generation, see `log_processes`) and the spawner are left out, so that a pool
+    /// counts as written.
     pub fn children(&self) -> Vec<(i32, String)> {
         children_of(self.master_pid())
             .into_iter()
-            .filter(|(_, title)| !is_log_process(title))
+            .filter(|(_, title)| !is_log_process(title) && !is_spawner(title))
             .collect()
+    }
+
+    /// The master's spawner, when it runs.
+    pub fn spawner(&self) -> Option<i32> {
+        children_of(self.master_pid())
+            .into_iter()
+            .find(|(_, title)| is_spawner(title))
+            .map(|(pid, _)| pid)
     }
 
     /// The log processes of the master.
