@@ -1445,6 +1445,18 @@ impl Daemon {
     }
 
     fn cleanup(&mut self) {
+        // The spawner leaves when its socket closes; it is reaped here, not left to init.
+        if let Some(spawner) = self.spawner.take() {
+            let pid = spawner.pid().0;
+            drop(spawner);
+            for _ in 0..100 {
+                // SAFETY: waitpid on our own child, without blocking.
+                if unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) } != 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
         // The last lines of every pipe no log process reads any more.
         for io in self.services.values_mut().filter(|io| io.log_watched) {
             io.log.read(LOG_READS_PER_TURN, &mut self.log);
