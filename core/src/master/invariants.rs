@@ -8,8 +8,8 @@
 //! 5. process_idling <= process_avail <= process_count.
 //! 6. process_count <= process_limit.
 //! 7. The idle low-water mark never exceeds process_idling.
-//! 8. The pid table maps each pid to the live process that has it, and every process with a pid
-//!    is in it.
+//! 8. The pid table maps each pid to the slot of the live process that has it, and every process
+//!    with a pid is in it; the process table's id index names exactly its occupied slots.
 //! 9. Every armed timer belongs to something that exists: per-process timers to a live process
 //!    (the first-status timer only while it is uninitialised), per-service timers to a live
 //!    service, the drop timer only while listen_pending.
@@ -37,7 +37,7 @@ impl Master {
     /// Checks every invariant listed at the top of `core/src/master/invariants.rs`.
     pub fn check_invariants(&self) -> Result<(), Violation> {
         let mut by_service: BTreeMap<ServiceId, Vec<&Process>> = BTreeMap::new();
-        for process in self.processes.values() {
+        for (_, process) in self.processes.iter() {
             by_service.entry(process.service).or_default().push(process);
         }
         for service in self.services.values() {
@@ -167,14 +167,22 @@ impl Master {
                 }
             }
         }
-        for (pid, id) in &self.pids {
-            if self.processes.get(id).and_then(|p| p.pid) != Some(*pid) {
-                return fail(8, format!("pid {pid} maps to {id}, which does not have it"));
+        for (pid, slot) in &self.pids {
+            if self.processes.get(*slot).and_then(|p| p.pid) != Some(*pid) {
+                return fail(
+                    8,
+                    format!("pid {pid} maps to {slot:?}, which does not have it"),
+                );
             }
         }
-        for process in self.processes.values() {
+        let mut occupied = 0;
+        for (slot, process) in self.processes.iter() {
+            occupied += 1;
+            if self.processes.slot(process.id) != Some(slot) {
+                return fail(8, format!("{} is not indexed at its slot", process.id));
+            }
             if let Some(pid) = process.pid {
-                if self.pids.get(&pid) != Some(&process.id) {
+                if self.pids.get(&pid) != Some(&slot) {
                     return fail(
                         8,
                         format!("{} has pid {pid} but the pid table disagrees", process.id),
@@ -185,10 +193,19 @@ impl Master {
                 return fail(1, format!("{} belongs to a forgotten service", process.id));
             }
         }
+        if occupied != self.processes.len() {
+            return fail(
+                8,
+                format!(
+                    "{occupied} occupied slots but {} indexed processes",
+                    self.processes.len()
+                ),
+            );
+        }
         for (timer, _) in self.timers.iter() {
             let ok = match timer {
-                Timer::FirstStatus(p) => self.processes.get(&p).is_some_and(|p| !p.initialised),
-                Timer::IdleKillConfirm(p) => self.processes.contains_key(&p),
+                Timer::FirstStatus(p) => self.processes.find(p).is_some_and(|p| !p.initialised),
+                Timer::IdleKillConfirm(p) => self.processes.find(p).is_some(),
                 Timer::Drop(s) => self.services.get(&s).is_some_and(|s| s.listen_pending),
                 Timer::Prefork(s)
                 | Timer::WorkerWarning(s)

@@ -13,11 +13,13 @@
 
 mod invariants;
 mod service;
+mod table;
 mod timer;
 
 use std::collections::{BTreeMap, VecDeque};
 
 use rustc_hash::FxHashMap;
+use table::{ProcessTable, Slot};
 
 pub use invariants::Violation;
 
@@ -188,13 +190,13 @@ pub struct Master {
     current: Generation,
     /// Services of every live generation.
     services: BTreeMap<ServiceId, Service>,
-    /// Every process the master created that has not exited. Hashed, so that an event costs
-    /// the same with 100 processes or 10,000 (issue 8); never iterated in its own order, which
-    /// is an accident of hashing: `process_ids` gives creation order. The hasher is fixed, so
-    /// the core stays deterministic.
-    processes: FxHashMap<ProcessId, Process>,
-    /// Live pids.
-    pids: FxHashMap<Pid, ProcessId>,
+    /// Every process the master created that has not exited, in a dense table, so that an
+    /// event costs the same with 100 processes or 10,000 (issue 8); never iterated in its own
+    /// order, which is an accident of slot reuse: `process_ids` gives creation order.
+    processes: ProcessTable,
+    /// Live pids, each with its process's slot. The hasher is fixed, so the core stays
+    /// deterministic; never iterated in its own order.
+    pids: FxHashMap<Pid, Slot>,
     /// Listeners of every live generation.
     listeners: BTreeMap<ListenerId, Listener>,
     /// The next ids.
@@ -227,7 +229,7 @@ impl Master {
             generations: BTreeMap::new(),
             current: Generation(0),
             services: BTreeMap::new(),
-            processes: FxHashMap::default(),
+            processes: ProcessTable::default(),
             pids: FxHashMap::default(),
             listeners: BTreeMap::new(),
             next_service: 1,
@@ -431,22 +433,35 @@ impl Master {
     }
 
     fn process(&self, id: ProcessId) -> &Process {
-        self.processes
-            .get(&id)
-            .expect("the pid table only names live processes")
+        self.record(self.slot(id))
     }
 
     fn process_mut(&mut self, id: ProcessId) -> &mut Process {
+        self.record_mut(self.slot(id))
+    }
+
+    /// The slot of a live process.
+    fn slot(&self, id: ProcessId) -> Slot {
         self.processes
-            .get_mut(&id)
-            .expect("the pid table only names live processes")
+            .slot(id)
+            .expect("members, timers and the idle list only name live processes")
+    }
+
+    fn record(&self, slot: Slot) -> &Process {
+        self.processes
+            .get(slot)
+            .expect("the pid table only names live slots")
+    }
+
+    fn record_mut(&mut self, slot: Slot) -> &mut Process {
+        self.processes
+            .get_mut(slot)
+            .expect("the pid table only names live slots")
     }
 
     /// Every live process, in creation order.
     fn process_ids(&self) -> Vec<ProcessId> {
-        let mut ids: Vec<ProcessId> = self.processes.keys().copied().collect();
-        ids.sort_unstable();
-        ids
+        self.processes.ids()
     }
 
     /// The live processes of one service, in creation order.
@@ -821,23 +836,20 @@ impl Master {
         service.uninitialised += 1;
         service.idle.insert(idle_key, process_id);
         service.members.insert(process_id);
-        self.processes.insert(
-            process_id,
-            Process {
-                id: process_id,
-                service: id,
-                uid,
-                pid: None,
-                available_count: client_limit,
-                total_count: 0,
-                idle_key: Some(idle_key),
-                idle_start: Some(now),
-                last_status_update: None,
-                last_kill_sent: None,
-                initialised: false,
-                told_login_state: false,
-            },
-        );
+        self.processes.insert(Process {
+            id: process_id,
+            service: id,
+            uid,
+            pid: None,
+            available_count: client_limit,
+            total_count: 0,
+            idle_key: Some(idle_key),
+            idle_start: Some(now),
+            last_status_update: None,
+            last_kill_sent: None,
+            initialised: false,
+            told_login_state: false,
+        });
         if !foreign {
             self.timers
                 .arm(Timer::FirstStatus(process_id), now + FIRST_STATUS_TIMEOUT);
@@ -856,9 +868,10 @@ impl Master {
     }
 
     fn on_spawned(&mut self, id: ProcessId, pid: Pid) {
-        let Some(process) = self.processes.get_mut(&id) else {
+        let Some(slot) = self.processes.slot(id) else {
             return;
         };
+        let process = self.record_mut(slot);
         if process.pid.is_some() {
             return;
         }
@@ -867,20 +880,20 @@ impl Master {
         let foreign = self.service(service).config.foreign;
         if foreign {
             // A foreign program never reports; it is as initialised as it will ever be.
-            self.process_mut(id).initialised = true;
+            self.record_mut(slot).initialised = true;
             let service = self.service_mut(service);
             service.uninitialised -= 1;
             service.probing = false;
         }
-        if let Some(stale) = self.pids.insert(pid, id) {
+        if let Some(stale) = self.pids.insert(pid, slot) {
             // The OS reused a pid we still hold: the old process must have exited unseen.
-            self.pids.insert(pid, id);
+            self.pids.insert(pid, slot);
             self.forget_process(stale);
         }
     }
 
     fn on_spawn_failed(&mut self, id: ProcessId, errno: i32, error: String) {
-        let Some(process) = self.processes.get(&id) else {
+        let Some(process) = self.processes.find(id) else {
             return;
         };
         if process.pid.is_some() {
@@ -894,7 +907,7 @@ impl Master {
             error,
             eagain: errno == EAGAIN,
         });
-        self.destroy_process(id);
+        self.destroy_process(self.slot(id));
         self.throttle(service);
     }
 
@@ -967,18 +980,20 @@ impl Master {
     // Status records (§1.4, §2.1).
 
     fn on_status(&mut self, pid: Pid, uid: ProcessUid, available_count: u32) {
-        let Some(&id) = self.pids.get(&pid) else {
+        let Some(&slot) = self.pids.get(&pid) else {
             // Already reaped: the record was in the pipe when the child exited.
             return;
         };
-        if self.process(id).uid != uid {
+        let process = self.record(slot);
+        if process.uid != uid {
             self.log(Notice::InvalidStatus { pid, uid });
             return;
         }
+        let id = process.id;
         let now = self.now;
         self.timers.disarm(Timer::IdleKillConfirm(id));
         self.timers.disarm(Timer::FirstStatus(id));
-        let process = self.process_mut(id);
+        let process = self.record_mut(slot);
         process.last_status_update = Some(now);
         let first = !process.initialised;
         process.initialised = true;
@@ -992,13 +1007,13 @@ impl Master {
         let client_limit = self.service(service).config.client_limit;
         // A child cannot have more free slots than its limit; a bigger number is a lie.
         let available_count = available_count.min(client_limit);
-        let old = self.process(id).available_count;
+        let old = self.record(slot).available_count;
         if available_count < old {
-            self.status_more(id, old, available_count);
+            self.status_more(slot, old, available_count);
         } else if available_count > old {
-            self.status_less(id, old, available_count);
+            self.status_less(slot, old, available_count);
         }
-        self.idle_check(id);
+        self.idle_check(slot);
         if probe_succeeded {
             // The program works again: what the probe held back can start now.
             self.top_up(service);
@@ -1006,12 +1021,12 @@ impl Master {
     }
 
     /// The process took clients: available_count went down from `old` to `new`.
-    fn status_more(&mut self, id: ProcessId, old: u32, new: u32) {
-        let process = self.process_mut(id);
+    fn status_more(&mut self, slot: Slot, old: u32, new: u32) {
+        let process = self.record_mut(slot);
         process.available_count = new;
         process.total_count += u64::from(old - new);
         let service_id = process.service;
-        self.make_busy(id);
+        self.make_busy(slot);
         if new != 0 {
             return;
         }
@@ -1033,8 +1048,8 @@ impl Master {
     }
 
     /// The process freed slots: available_count went up from `old` to `new`.
-    fn status_less(&mut self, id: ProcessId, old: u32, new: u32) {
-        let process = self.process_mut(id);
+    fn status_less(&mut self, slot: Slot, old: u32, new: u32) {
+        let process = self.record_mut(slot);
         process.available_count = new;
         let service_id = process.service;
         self.timers.disarm(Timer::WorkerWarning(service_id));
@@ -1051,8 +1066,8 @@ impl Master {
     }
 
     /// Moves a process from the idle list to the busy set, keeping the low-water mark.
-    fn make_busy(&mut self, id: ProcessId) {
-        let process = self.process_mut(id);
+    fn make_busy(&mut self, slot: Slot) {
+        let process = self.record_mut(slot);
         let Some(key) = process.idle_key.take() else {
             return;
         };
@@ -1066,11 +1081,12 @@ impl Master {
 
     /// §2.1 idle check: a process with every slot free goes to the tail of the idle list, and a
     /// surplus of available processes arms the idle-kill round.
-    fn idle_check(&mut self, id: ProcessId) {
+    fn idle_check(&mut self, slot: Slot) {
         let now = self.now;
         let key = self.next_idle_key;
         self.next_idle_key += 1;
-        let process = self.process_mut(id);
+        let process = self.record_mut(slot);
+        let id = process.id;
         let service_id = process.service;
         let available = process.available_count;
         let old_key = process.idle_key;
@@ -1084,7 +1100,7 @@ impl Master {
                 None => service.process_idling += 1,
             }
             service.idle.insert(key, id);
-            let process = self.processes.get_mut(&id).expect("live process");
+            let process = self.record_mut(slot);
             process.idle_key = Some(key);
             process.idle_start = Some(now);
         }
@@ -1161,23 +1177,24 @@ impl Master {
 
     /// The child neither exited nor reported after SIGINT: count it as busy until it reports.
     fn on_idle_kill_confirm_timeout(&mut self, id: ProcessId) {
-        let Some(process) = self.processes.get(&id) else {
+        let Some(slot) = self.processes.slot(id) else {
             return;
         };
+        let process = self.record(slot);
         let service_id = process.service;
         let Some(pid) = process.pid else { return };
         let old = process.available_count;
         let name = self.service(service_id).name().to_owned();
         self.log(Notice::IgnoringIdleSigint { service: name, pid });
         if old > 0 {
-            self.status_more(id, old, 0);
+            self.status_more(slot, old, 0);
         } else {
-            self.make_busy(id);
+            self.make_busy(slot);
         }
     }
 
     fn on_first_status_timeout(&mut self, id: ProcessId) {
-        let Some(process) = self.processes.get(&id) else {
+        let Some(process) = self.processes.find(id) else {
             return;
         };
         if process.initialised {
@@ -1246,11 +1263,11 @@ impl Master {
     // Exits (§2.4, §2.7).
 
     fn on_exited(&mut self, pid: Pid, status: ExitStatus) {
-        let Some(&id) = self.pids.get(&pid) else {
+        let Some(&slot) = self.pids.get(&pid) else {
             self.log(Notice::UnknownPid { pid });
             return;
         };
-        let process = self.process(id);
+        let process = self.record(slot);
         let service_id = process.service;
         let initialised = process.initialised;
         let mut throttle = false;
@@ -1297,7 +1314,7 @@ impl Master {
                 throttle = service.exit_failures_in_sec > EXIT_FAILURE_STORM;
             }
         }
-        self.destroy_process(id);
+        self.destroy_process(slot);
         if throttle {
             self.throttle(service_id);
         }
@@ -1320,12 +1337,13 @@ impl Master {
     }
 
     /// Removes a process from every table and counter (§2.7 step 2).
-    fn destroy_process(&mut self, id: ProcessId) {
-        let Some(process) = self.processes.remove(&id) else {
+    fn destroy_process(&mut self, slot: Slot) {
+        let Some(process) = self.processes.remove(slot) else {
             return;
         };
+        let id = process.id;
         if let Some(pid) = process.pid {
-            if self.pids.get(&pid) == Some(&id) {
+            if self.pids.get(&pid) == Some(&slot) {
                 self.pids.remove(&pid);
             }
         }
@@ -1353,12 +1371,12 @@ impl Master {
     }
 
     /// A process vanished without an exit we saw (its pid was reused): drop it silently.
-    fn forget_process(&mut self, id: ProcessId) {
-        let Some(process) = self.processes.get_mut(&id) else {
+    fn forget_process(&mut self, slot: Slot) {
+        let Some(process) = self.processes.get_mut(slot) else {
             return;
         };
         process.pid = None;
-        self.destroy_process(id);
+        self.destroy_process(slot);
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1568,9 +1586,10 @@ impl Master {
             if new_service.process_count >= new_service.config.process_limit {
                 continue;
             }
-            let process = self.processes[&id].clone();
+            let slot = self.slot(id);
+            let process = self.record(slot).clone();
             // Take it out of the old service's books and put it, as it is, into the new one's.
-            self.destroy_process(id);
+            self.destroy_process(slot);
             let new_service = self.service_mut(new_anvil);
             new_service.process_count += 1;
             new_service.total_created += 1;
@@ -1593,19 +1612,17 @@ impl Master {
             } else {
                 None
             };
-            if let Some(pid) = process.pid {
-                self.pids.insert(pid, id);
+            let pid = process.pid;
+            let slot = self.processes.insert(Process {
+                service: new_anvil,
+                available_count,
+                idle_key,
+                idle_start: idle_key.map(|_| process.idle_start.unwrap_or(self.now)),
+                ..process
+            });
+            if let Some(pid) = pid {
+                self.pids.insert(pid, slot);
             }
-            self.processes.insert(
-                id,
-                Process {
-                    service: new_anvil,
-                    available_count,
-                    idle_key,
-                    idle_start: idle_key.map(|_| process.idle_start.unwrap_or(self.now)),
-                    ..process
-                },
-            );
         }
     }
 
