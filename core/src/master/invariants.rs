@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Master, Process, Timer};
+use super::{Master, Process, Slot, Timer};
 use crate::ids::ServiceId;
 
 pub use crate::violation::Violation;
@@ -36,9 +36,12 @@ fn fail(rule: u32, detail: String) -> Result<(), Violation> {
 impl Master {
     /// Checks every invariant listed at the top of `core/src/master/invariants.rs`.
     pub fn check_invariants(&self) -> Result<(), Violation> {
-        let mut by_service: BTreeMap<ServiceId, Vec<&Process>> = BTreeMap::new();
-        for (_, process) in self.processes.iter() {
-            by_service.entry(process.service).or_default().push(process);
+        let mut by_service: BTreeMap<ServiceId, Vec<(Slot, &Process)>> = BTreeMap::new();
+        for (slot, process) in self.processes.iter() {
+            by_service
+                .entry(process.service)
+                .or_default()
+                .push((slot, process));
         }
         for service in self.services.values() {
             let name = &service.config.name;
@@ -53,7 +56,10 @@ impl Master {
                     ),
                 );
             }
-            let avail = processes.iter().filter(|p| p.available_count > 0).count() as u32;
+            let avail = processes
+                .iter()
+                .filter(|(_, p)| p.available_count > 0)
+                .count() as u32;
             if avail != service.process_avail {
                 return fail(
                     2,
@@ -63,11 +69,11 @@ impl Master {
                     ),
                 );
             }
-            for process in &processes {
+            for &(slot, process) in &processes {
                 let idle = process.available_count == service.config.client_limit;
                 let listed = process
                     .idle_key
-                    .is_some_and(|key| service.idle.get(key) == Some(process.id));
+                    .is_some_and(|key| service.idle.get(key) == Some(slot));
                 let member = service.members.contains(&process.id);
                 if idle != listed {
                     return fail(
@@ -105,7 +111,7 @@ impl Master {
                     ),
                 );
             }
-            let uninitialised = processes.iter().filter(|p| !p.initialised).count() as u32;
+            let uninitialised = processes.iter().filter(|(_, p)| !p.initialised).count() as u32;
             if uninitialised != service.uninitialised {
                 return fail(
                     1,

@@ -30,7 +30,7 @@ use crate::output::{Lifecycle, Output, SpawnRequest};
 use crate::setup::{ListenerConfig, MasterConfig, ServiceConfig, ServiceType};
 use crate::signal::{ExitStatus, Signal};
 use crate::time::{Duration, Instant};
-use service::{Process, Service, THROTTLE_INITIAL};
+use service::{IdleKey, Process, Service, THROTTLE_INITIAL};
 use timer::{Timer, Timers};
 
 /// A child must send its first status within this time, or it is killed (§1.4).
@@ -207,8 +207,6 @@ pub struct Master {
     next_process: u64,
     /// The next process uid.
     next_uid: u32,
-    /// The next idle-list key: a counter, so appending always goes to the tail.
-    next_idle_key: u64,
     /// Forks ever made: the prefork tick waits while this moves (§2.2).
     fork_count: u64,
     /// `fork_count` as the last prefork tick saw it.
@@ -236,7 +234,6 @@ impl Master {
             next_listener: 1,
             next_process: 1,
             next_uid: 1,
-            next_idle_key: 0,
             fork_count: 0,
             prefork_seen: 0,
             inputs_since_check: 0,
@@ -819,8 +816,6 @@ impl Master {
         self.next_process += 1;
         let uid = ProcessUid(self.next_uid);
         self.next_uid = self.next_uid.wrapping_add(1).max(1);
-        let idle_key = self.next_idle_key;
-        self.next_idle_key += 1;
         self.fork_count += 1;
         let now = self.now;
         let service = self.service_mut(id);
@@ -831,25 +826,24 @@ impl Master {
         // the master fork twice (§2.1).
         service.process_count += 1;
         service.process_avail += 1;
-        service.process_idling += 1;
         service.total_created += 1;
         service.uninitialised += 1;
-        service.idle.insert(idle_key, process_id);
         service.members.insert(process_id);
-        self.processes.insert(Process {
+        let slot = self.processes.insert(Process {
             id: process_id,
             service: id,
             uid,
             pid: None,
             available_count: client_limit,
             total_count: 0,
-            idle_key: Some(idle_key),
-            idle_start: Some(now),
+            idle_key: None,
+            idle_start: None,
             last_status_update: None,
             last_kill_sent: None,
             initialised: false,
             told_login_state: false,
         });
+        self.idle_enter(slot, now);
         if !foreign {
             self.timers
                 .arm(Timer::FirstStatus(process_id), now + FIRST_STATUS_TIMEOUT);
@@ -1073,36 +1067,56 @@ impl Master {
         };
         process.idle_start = None;
         let service_id = process.service;
+        self.idle_leave(service_id, key);
+    }
+
+    /// Takes `key` out of a service's idle list, keeping the count and the low-water mark: the
+    /// process took a client or is gone.
+    fn idle_leave(&mut self, service_id: ServiceId, key: IdleKey) {
+        self.idle_remove(service_id, key);
         let service = self.service_mut(service_id);
-        service.idle.remove(key);
         service.process_idling -= 1;
         service.idle_low_water = service.idle_low_water.min(service.process_idling);
+    }
+
+    /// Puts a process, idle since `since`, at the tail of its service's idle list, moving it
+    /// there if it was listed already.
+    fn idle_enter(&mut self, slot: Slot, since: Instant) {
+        let process = self.record(slot);
+        let service_id = process.service;
+        match process.idle_key {
+            Some(key) => self.idle_remove(service_id, key),
+            None => self.service_mut(service_id).process_idling += 1,
+        }
+        let key = self.service_mut(service_id).idle.push(slot);
+        let process = self.record_mut(slot);
+        process.idle_key = Some(key);
+        process.idle_start = Some(since);
+    }
+
+    /// Removes `key` from a service's idle list; the keys the list moves as it closes gaps are
+    /// written back into their processes' records.
+    fn idle_remove(&mut self, service_id: ServiceId, key: IdleKey) {
+        let processes = &mut self.processes;
+        let service = self
+            .services
+            .get_mut(&service_id)
+            .expect("a process only names a live service");
+        service.idle.remove(key, |slot, key| {
+            if let Some(process) = processes.get_mut(slot) {
+                process.idle_key = Some(key);
+            }
+        });
     }
 
     /// §2.1 idle check: a process with every slot free goes to the tail of the idle list, and a
     /// surplus of available processes arms the idle-kill round.
     fn idle_check(&mut self, slot: Slot) {
         let now = self.now;
-        let key = self.next_idle_key;
-        self.next_idle_key += 1;
-        let process = self.record_mut(slot);
-        let id = process.id;
+        let process = self.record(slot);
         let service_id = process.service;
-        let available = process.available_count;
-        let old_key = process.idle_key;
-        let service = self
-            .services
-            .get_mut(&service_id)
-            .expect("live process, live service");
-        if available == service.config.client_limit {
-            match old_key {
-                Some(old) => service.idle.remove(old),
-                None => service.process_idling += 1,
-            }
-            service.idle.insert(key, id);
-            let process = self.record_mut(slot);
-            process.idle_key = Some(key);
-            process.idle_start = Some(now);
+        if process.available_count == self.service(service_id).config.client_limit {
+            self.idle_enter(slot, now);
         }
         let service = self.service(service_id);
         if let Some(idle_kill) = service.config.idle_kill {
@@ -1144,32 +1158,28 @@ impl Master {
             let Some(head) = service.idle.first() else {
                 break;
             };
-            if self.timers.is_armed(Timer::IdleKillConfirm(head)) {
+            let process = self.record(head);
+            let head_id = process.id;
+            if self.timers.is_armed(Timer::IdleKillConfirm(head_id)) {
                 // The head was asked already: everyone behind it is newer.
                 break;
             }
-            let Some(pid) = self.process(head).pid else {
+            let Some(pid) = process.pid else {
                 break;
             };
             self.emit(Output::Kill {
                 pid,
                 signal: Signal::Int,
             });
-            let key = self.next_idle_key;
-            self.next_idle_key += 1;
             let now = self.now;
-            let process = self.process_mut(head);
+            let process = self.record_mut(head);
             process.last_kill_sent = Some(now);
-            let old_key = process
-                .idle_key
-                .replace(key)
-                .expect("the idle list holds idle processes");
-            let service = self.service_mut(id);
-            service.idle.remove(old_key);
-            service.idle.insert(key, head);
+            // To the tail, still idle since it was.
+            let since = process.idle_start.unwrap_or(now);
+            self.idle_enter(head, since);
             // One-shot, unlike 2.3.21's repeating timer (reference §2.6): it can fire once.
             self.timers
-                .arm(Timer::IdleKillConfirm(head), now + idle_kill);
+                .arm(Timer::IdleKillConfirm(head_id), now + idle_kill);
             to_kill -= 1;
         }
         self.timers.arm(Timer::IdleRound(id), self.now + idle_kill);
@@ -1349,13 +1359,11 @@ impl Master {
         }
         self.timers.disarm(Timer::FirstStatus(id));
         self.timers.disarm(Timer::IdleKillConfirm(id));
+        if let Some(key) = process.idle_key {
+            self.idle_leave(process.service, key);
+        }
         let service = self.service_mut(process.service);
         service.members.remove(&id);
-        if let Some(key) = process.idle_key {
-            service.idle.remove(key);
-            service.process_idling -= 1;
-            service.idle_low_water = service.idle_low_water.min(service.process_idling);
-        }
         if process.available_count > 0 {
             service.process_avail -= 1;
         }
@@ -1602,24 +1610,18 @@ impl Master {
             if available_count > 0 {
                 new_service.process_avail += 1;
             }
-            let idle_key = if available_count == client_limit {
-                let key = self.next_idle_key;
-                self.next_idle_key += 1;
-                let service = self.service_mut(new_anvil);
-                service.idle.insert(key, id);
-                service.process_idling += 1;
-                Some(key)
-            } else {
-                None
-            };
+            let idle_since = process.idle_start.unwrap_or(self.now);
             let pid = process.pid;
             let slot = self.processes.insert(Process {
                 service: new_anvil,
                 available_count,
-                idle_key,
-                idle_start: idle_key.map(|_| process.idle_start.unwrap_or(self.now)),
+                idle_key: None,
+                idle_start: None,
                 ..process
             });
+            if available_count == client_limit {
+                self.idle_enter(slot, idle_since);
+            }
             if let Some(pid) = pid {
                 self.pids.insert(pid, slot);
             }

@@ -19,6 +19,14 @@ use crate::ids::ProcessId;
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Slot(u32);
 
+impl Slot {
+    /// A slot made up by a test.
+    #[cfg(test)]
+    pub(crate) fn at(index: u32) -> Slot {
+        Slot(index)
+    }
+}
+
 /// The live processes.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ProcessTable {
