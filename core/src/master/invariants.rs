@@ -72,7 +72,7 @@ impl Master {
             for &(slot, process) in &processes {
                 let idle = process.available_count == service.config.client_limit;
                 let listed = process
-                    .idle_key
+                    .idle_key()
                     .is_some_and(|key| service.idle.get(key) == Some(slot));
                 let member = service.members.contains(&process.id);
                 if idle != listed {
@@ -174,7 +174,7 @@ impl Master {
             }
         }
         for (pid, slot) in &self.pids {
-            if self.processes.get(*slot).and_then(|p| p.pid) != Some(*pid) {
+            if self.processes.get(*slot).and_then(|p| p.pid()) != Some(*pid) {
                 return fail(
                     8,
                     format!("pid {pid} maps to {slot:?}, which does not have it"),
@@ -187,7 +187,7 @@ impl Master {
             if self.processes.slot(process.id) != Some(slot) {
                 return fail(8, format!("{} is not indexed at its slot", process.id));
             }
-            if let Some(pid) = process.pid {
+            if let Some(pid) = process.pid() {
                 if self.pids.get(&pid) != Some(&slot) {
                     return fail(
                         8,

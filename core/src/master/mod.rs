@@ -337,12 +337,12 @@ impl Master {
             let process = self.process(id);
             ProcessStatus {
                 service: self.service(process.service).config.name.clone(),
-                pid: process.pid,
+                pid: process.pid(),
                 available_count: process.available_count,
                 total_count: process.total_count,
-                idle_start: process.idle_start,
-                last_status_update: process.last_status_update,
-                last_kill_sent: process.last_kill_sent,
+                idle_start: process.idle_start(),
+                last_status_update: process.last_status_update(),
+                last_kill_sent: process.last_kill_sent(),
             }
         })
     }
@@ -829,20 +829,9 @@ impl Master {
         service.total_created += 1;
         service.uninitialised += 1;
         service.members.insert(process_id);
-        let slot = self.processes.insert(Process {
-            id: process_id,
-            service: id,
-            uid,
-            pid: None,
-            available_count: client_limit,
-            total_count: 0,
-            idle_key: None,
-            idle_start: None,
-            last_status_update: None,
-            last_kill_sent: None,
-            initialised: false,
-            told_login_state: false,
-        });
+        let slot = self
+            .processes
+            .insert(Process::new(process_id, id, uid, client_limit));
         self.idle_enter(slot, now);
         if !foreign {
             self.timers
@@ -866,10 +855,10 @@ impl Master {
             return;
         };
         let process = self.record_mut(slot);
-        if process.pid.is_some() {
+        if process.pid().is_some() {
             return;
         }
-        process.pid = Some(pid);
+        process.set_pid(Some(pid));
         let service = process.service;
         let foreign = self.service(service).config.foreign;
         if foreign {
@@ -890,7 +879,7 @@ impl Master {
         let Some(process) = self.processes.find(id) else {
             return;
         };
-        if process.pid.is_some() {
+        if process.pid().is_some() {
             return;
         }
         let service = process.service;
@@ -988,7 +977,7 @@ impl Master {
         self.timers.disarm(Timer::IdleKillConfirm(id));
         self.timers.disarm(Timer::FirstStatus(id));
         let process = self.record_mut(slot);
-        process.last_status_update = Some(now);
+        process.set_last_status_update(now);
         let first = !process.initialised;
         process.initialised = true;
         let service = process.service;
@@ -1062,10 +1051,10 @@ impl Master {
     /// Moves a process from the idle list to the busy set, keeping the low-water mark.
     fn make_busy(&mut self, slot: Slot) {
         let process = self.record_mut(slot);
-        let Some(key) = process.idle_key.take() else {
+        let Some(key) = process.idle_key() else {
             return;
         };
-        process.idle_start = None;
+        process.set_idle(None);
         let service_id = process.service;
         self.idle_leave(service_id, key);
     }
@@ -1084,14 +1073,13 @@ impl Master {
     fn idle_enter(&mut self, slot: Slot, since: Instant) {
         let process = self.record(slot);
         let service_id = process.service;
-        match process.idle_key {
+        match process.idle_key() {
             Some(key) => self.idle_remove(service_id, key),
             None => self.service_mut(service_id).process_idling += 1,
         }
         let key = self.service_mut(service_id).idle.push(slot);
         let process = self.record_mut(slot);
-        process.idle_key = Some(key);
-        process.idle_start = Some(since);
+        process.set_idle(Some((key, since)));
     }
 
     /// Removes `key` from a service's idle list; the keys the list moves as it closes gaps are
@@ -1104,7 +1092,7 @@ impl Master {
             .expect("a process only names a live service");
         service.idle.remove(key, |slot, key| {
             if let Some(process) = processes.get_mut(slot) {
-                process.idle_key = Some(key);
+                process.move_idle_key(key);
             }
         });
     }
@@ -1164,7 +1152,7 @@ impl Master {
                 // The head was asked already: everyone behind it is newer.
                 break;
             }
-            let Some(pid) = process.pid else {
+            let Some(pid) = process.pid() else {
                 break;
             };
             self.emit(Output::Kill {
@@ -1173,9 +1161,9 @@ impl Master {
             });
             let now = self.now;
             let process = self.record_mut(head);
-            process.last_kill_sent = Some(now);
+            process.set_last_kill_sent(now);
             // To the tail, still idle since it was.
-            let since = process.idle_start.unwrap_or(now);
+            let since = process.idle_start().unwrap_or(now);
             self.idle_enter(head, since);
             // One-shot, unlike 2.3.21's repeating timer (reference §2.6): it can fire once.
             self.timers
@@ -1192,7 +1180,7 @@ impl Master {
         };
         let process = self.record(slot);
         let service_id = process.service;
-        let Some(pid) = process.pid else { return };
+        let Some(pid) = process.pid() else { return };
         let old = process.available_count;
         let name = self.service(service_id).name().to_owned();
         self.log(Notice::IgnoringIdleSigint { service: name, pid });
@@ -1210,7 +1198,7 @@ impl Master {
         if process.initialised {
             return;
         }
-        let Some(pid) = process.pid else {
+        let Some(pid) = process.pid() else {
             // The driver never answered the Spawn: nothing to kill yet; look again later.
             self.timers
                 .arm(Timer::FirstStatus(id), self.now + FIRST_STATUS_TIMEOUT);
@@ -1352,14 +1340,14 @@ impl Master {
             return;
         };
         let id = process.id;
-        if let Some(pid) = process.pid {
+        if let Some(pid) = process.pid() {
             if self.pids.get(&pid) == Some(&slot) {
                 self.pids.remove(&pid);
             }
         }
         self.timers.disarm(Timer::FirstStatus(id));
         self.timers.disarm(Timer::IdleKillConfirm(id));
-        if let Some(key) = process.idle_key {
+        if let Some(key) = process.idle_key() {
             self.idle_leave(process.service, key);
         }
         let service = self.service_mut(process.service);
@@ -1383,7 +1371,7 @@ impl Master {
         let Some(process) = self.processes.get_mut(slot) else {
             return;
         };
-        process.pid = None;
+        process.set_pid(None);
         self.destroy_process(slot);
     }
 
@@ -1436,7 +1424,7 @@ impl Master {
         for process in self.service_process_ids(id) {
             let p = self.process_mut(process);
             if p.initialised && !(only_untold && p.told_login_state) {
-                if let Some(pid) = p.pid {
+                if let Some(pid) = p.pid() {
                     p.told_login_state = true;
                     pids.push(pid);
                 }
@@ -1467,7 +1455,7 @@ impl Master {
                         p.initialised
                             && self.service(p.service).config.service_type == ServiceType::Log
                     })
-                    .filter_map(|p| p.pid)
+                    .filter_map(|p| p.pid())
                     .collect();
                 for pid in pids {
                     self.emit(Output::Kill {
@@ -1595,7 +1583,7 @@ impl Master {
                 continue;
             }
             let slot = self.slot(id);
-            let process = self.record(slot).clone();
+            let mut process = self.record(slot).clone();
             // Take it out of the old service's books and put it, as it is, into the new one's.
             self.destroy_process(slot);
             let new_service = self.service_mut(new_anvil);
@@ -1610,15 +1598,12 @@ impl Master {
             if available_count > 0 {
                 new_service.process_avail += 1;
             }
-            let idle_since = process.idle_start.unwrap_or(self.now);
-            let pid = process.pid;
-            let slot = self.processes.insert(Process {
-                service: new_anvil,
-                available_count,
-                idle_key: None,
-                idle_start: None,
-                ..process
-            });
+            let idle_since = process.idle_start().unwrap_or(self.now);
+            let pid = process.pid();
+            process.service = new_anvil;
+            process.available_count = available_count;
+            process.set_idle(None);
+            let slot = self.processes.insert(process);
             if available_count == client_limit {
                 self.idle_enter(slot, idle_since);
             }
@@ -1714,7 +1699,7 @@ impl Master {
         let mut skipped = 0;
         for process in self.service_process_ids(id) {
             let process = self.process(process);
-            match process.pid {
+            match process.pid() {
                 Some(pid) if process.initialised || signal == Signal::Kill => targets.push(pid),
                 _ => skipped += 1,
             }
@@ -1780,7 +1765,7 @@ impl Master {
         let pids: Vec<Pid> = self
             .process_ids()
             .into_iter()
-            .filter_map(|id| self.process(id).pid)
+            .filter_map(|id| self.process(id).pid())
             .collect();
         if pids.is_empty() {
             self.finish(0);

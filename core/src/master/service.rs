@@ -5,6 +5,7 @@
 //! process table says.
 
 use std::collections::VecDeque;
+use std::fmt;
 
 use rustc_hash::FxHashSet;
 
@@ -103,33 +104,176 @@ impl Service {
 }
 
 /// One process of a service.
-#[derive(Clone, Debug)]
+///
+/// Every status record reads and writes this record, at a process the cache has usually not
+/// seen lately, so it is packed into one cache line (issue 8): the fields that may be absent
+/// keep their presence in one byte of flags instead of an `Option` each, and are read and
+/// written only through the methods below, which keep value and flag together.
+#[derive(Clone)]
+#[repr(align(64))]
 pub(crate) struct Process {
     /// Its id.
     pub(crate) id: ProcessId,
+    /// Approximate connections accepted so far.
+    pub(crate) total_count: u64,
+    /// When it last became idle (with [`Present::IDLE`]).
+    idle_start: Instant,
+    /// When it last sent a valid status (with [`Present::STATUS`]).
+    last_status_update: Instant,
+    /// When it was last sent an idle-kill SIGINT (with [`Present::KILL`]).
+    last_kill_sent: Instant,
     /// Its service (anvil's process moves to the new generation's anvil at a reload).
     pub(crate) service: ServiceId,
     /// The uid it echoes in status records.
     pub(crate) uid: ProcessUid,
-    /// Its pid, once the driver reported `Spawned`.
-    pub(crate) pid: Option<Pid>,
     /// Free slots as last reported (client_limit at creation).
     pub(crate) available_count: u32,
-    /// Approximate connections accepted so far.
-    pub(crate) total_count: u64,
-    /// Its key in the service's idle list while idle.
-    pub(crate) idle_key: Option<IdleKey>,
-    /// When it last became idle.
-    pub(crate) idle_start: Option<Instant>,
-    /// When it last sent a valid status.
-    pub(crate) last_status_update: Option<Instant>,
-    /// When it was last sent an idle-kill SIGINT.
-    pub(crate) last_kill_sent: Option<Instant>,
+    /// Its key in the service's idle list (with [`Present::IDLE`]).
+    idle_key: IdleKey,
+    /// Its pid, once the driver reported `Spawned` (with [`Present::PID`]).
+    pid: Pid,
     /// It sent its first status (foreign processes count as initialised once spawned).
     pub(crate) initialised: bool,
     /// A login process that has been signalled to read the "all processes full" state since
     /// it started (§2.8): one that has not may believe the service is not full.
     pub(crate) told_login_state: bool,
+    /// Which of the fields above that may be absent are present.
+    present: Present,
+}
+
+// One line per record; the bools leave `Option<Process>` (a table slot) a niche to use.
+const _: () = assert!(std::mem::size_of::<Option<Process>>() == 64);
+
+/// The optional fields of a [`Process`] that hold a value, one bit each.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+struct Present(u8);
+
+impl Present {
+    const PID: u8 = 1;
+    /// The idle key and the idle start, which come and go together.
+    const IDLE: u8 = 2;
+    const STATUS: u8 = 4;
+    const KILL: u8 = 8;
+
+    fn has(self, field: u8) -> bool {
+        self.0 & field != 0
+    }
+
+    fn set(&mut self, field: u8, on: bool) {
+        if on {
+            self.0 |= field;
+        } else {
+            self.0 &= !field;
+        }
+    }
+}
+
+impl Process {
+    /// A process just decided on: no pid yet, every slot free, not yet in the idle list.
+    pub(crate) fn new(
+        id: ProcessId,
+        service: ServiceId,
+        uid: ProcessUid,
+        client_limit: u32,
+    ) -> Process {
+        Process {
+            id,
+            total_count: 0,
+            idle_start: Instant::ZERO,
+            last_status_update: Instant::ZERO,
+            last_kill_sent: Instant::ZERO,
+            service,
+            uid,
+            available_count: client_limit,
+            idle_key: IdleKey(0),
+            pid: Pid(0),
+            initialised: false,
+            told_login_state: false,
+            present: Present::default(),
+        }
+    }
+
+    /// Its pid, once the driver reported `Spawned`.
+    pub(crate) fn pid(&self) -> Option<Pid> {
+        self.present.has(Present::PID).then_some(self.pid)
+    }
+
+    pub(crate) fn set_pid(&mut self, pid: Option<Pid>) {
+        self.present.set(Present::PID, pid.is_some());
+        self.pid = pid.unwrap_or(Pid(0));
+    }
+
+    /// Its key in the service's idle list while idle.
+    pub(crate) fn idle_key(&self) -> Option<IdleKey> {
+        self.present.has(Present::IDLE).then_some(self.idle_key)
+    }
+
+    /// When it last became idle, while idle.
+    pub(crate) fn idle_start(&self) -> Option<Instant> {
+        self.present.has(Present::IDLE).then_some(self.idle_start)
+    }
+
+    /// Lists it as idle since `since` under `key`, or (`None`) as busy.
+    pub(crate) fn set_idle(&mut self, idle: Option<(IdleKey, Instant)>) {
+        self.present.set(Present::IDLE, idle.is_some());
+        if let Some((key, since)) = idle {
+            self.idle_key = key;
+            self.idle_start = since;
+        }
+    }
+
+    /// Its idle list gave it a new key (when it closed its gaps).
+    pub(crate) fn move_idle_key(&mut self, key: IdleKey) {
+        debug_assert!(
+            self.present.has(Present::IDLE),
+            "only idle processes are listed"
+        );
+        self.idle_key = key;
+    }
+
+    /// When it last sent a valid status.
+    pub(crate) fn last_status_update(&self) -> Option<Instant> {
+        self.present
+            .has(Present::STATUS)
+            .then_some(self.last_status_update)
+    }
+
+    pub(crate) fn set_last_status_update(&mut self, at: Instant) {
+        self.present.set(Present::STATUS, true);
+        self.last_status_update = at;
+    }
+
+    /// When it was last sent an idle-kill SIGINT.
+    pub(crate) fn last_kill_sent(&self) -> Option<Instant> {
+        self.present
+            .has(Present::KILL)
+            .then_some(self.last_kill_sent)
+    }
+
+    pub(crate) fn set_last_kill_sent(&mut self, at: Instant) {
+        self.present.set(Present::KILL, true);
+        self.last_kill_sent = at;
+    }
+}
+
+impl fmt::Debug for Process {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // What the fields mean, not how they are packed: this is what a violation dumps.
+        f.debug_struct("Process")
+            .field("id", &self.id)
+            .field("service", &self.service)
+            .field("uid", &self.uid)
+            .field("pid", &self.pid())
+            .field("available_count", &self.available_count)
+            .field("total_count", &self.total_count)
+            .field("idle_key", &self.idle_key())
+            .field("idle_start", &self.idle_start())
+            .field("last_status_update", &self.last_status_update())
+            .field("last_kill_sent", &self.last_kill_sent())
+            .field("initialised", &self.initialised)
+            .field("told_login_state", &self.told_login_state)
+            .finish()
+    }
 }
 
 /// A process's place in its service's idle list, handed out by the list.
@@ -227,6 +371,31 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_record_keeps_each_optional_field_apart() {
+        let mut p = Process::new(ProcessId(1), ServiceId(2), ProcessUid(3), 4);
+        assert_eq!(p.pid(), None);
+        assert_eq!(p.idle_key(), None);
+        assert_eq!(p.idle_start(), None);
+        assert_eq!(p.last_status_update(), None);
+        assert_eq!(p.last_kill_sent(), None);
+        p.set_pid(Some(Pid(7)));
+        p.set_idle(Some((IdleKey(4), Instant::from_millis(5))));
+        p.move_idle_key(IdleKey(9));
+        p.set_last_status_update(Instant::from_millis(6));
+        p.set_last_kill_sent(Instant::from_millis(8));
+        assert_eq!(p.pid(), Some(Pid(7)));
+        assert_eq!(p.idle_key(), Some(IdleKey(9)));
+        assert_eq!(p.idle_start(), Some(Instant::from_millis(5)));
+        p.set_pid(None);
+        p.set_idle(None);
+        assert_eq!(p.pid(), None);
+        assert_eq!(p.idle_key(), None);
+        assert_eq!(p.idle_start(), None);
+        assert_eq!(p.last_status_update(), Some(Instant::from_millis(6)));
+        assert_eq!(p.last_kill_sent(), Some(Instant::from_millis(8)));
+    }
 
     proptest! {
         /// The idle list behaves as the ordered list it stands for, whatever is removed from
