@@ -173,8 +173,8 @@ impl Master {
                 }
             }
         }
-        for (pid, slot) in &self.pids {
-            if self.processes.get(*slot).and_then(|p| p.pid()) != Some(*pid) {
+        for (pid, slot) in self.pids.iter() {
+            if self.processes.get(slot).and_then(|p| p.pid()) != Some(pid) {
                 return fail(
                     8,
                     format!("pid {pid} maps to {slot:?}, which does not have it"),
@@ -188,7 +188,7 @@ impl Master {
                 return fail(8, format!("{} is not indexed at its slot", process.id));
             }
             if let Some(pid) = process.pid() {
-                if self.pids.get(&pid) != Some(&slot) {
+                if self.pids.get(pid) != Some(slot) {
                     return fail(
                         8,
                         format!("{} has pid {pid} but the pid table disagrees", process.id),

@@ -12,13 +12,14 @@
 //! idle-kill confirmation timer is one-shot; unchanged unix and fifo listeners survive a reload.
 
 mod invariants;
+mod pids;
 mod service;
 mod table;
 mod timer;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use rustc_hash::FxHashMap;
+use pids::PidTable;
 use table::{ProcessTable, Slot};
 
 pub use invariants::Violation;
@@ -194,9 +195,8 @@ pub struct Master {
     /// event costs the same with 100 processes or 10,000 (issue 8); never iterated in its own
     /// order, which is an accident of slot reuse: `process_ids` gives creation order.
     processes: ProcessTable,
-    /// Live pids, each with its process's slot. The hasher is fixed, so the core stays
-    /// deterministic; never iterated in its own order.
-    pids: FxHashMap<Pid, Slot>,
+    /// Live pids, each with its process's slot.
+    pids: PidTable,
     /// Listeners of every live generation.
     listeners: BTreeMap<ListenerId, Listener>,
     /// The next ids.
@@ -228,7 +228,7 @@ impl Master {
             current: Generation(0),
             services: BTreeMap::new(),
             processes: ProcessTable::default(),
-            pids: FxHashMap::default(),
+            pids: PidTable::default(),
             listeners: BTreeMap::new(),
             next_service: 1,
             next_listener: 1,
@@ -963,7 +963,7 @@ impl Master {
     // Status records (§1.4, §2.1).
 
     fn on_status(&mut self, pid: Pid, uid: ProcessUid, available_count: u32) {
-        let Some(&slot) = self.pids.get(&pid) else {
+        let Some(slot) = self.pids.get(pid) else {
             // Already reaped: the record was in the pipe when the child exited.
             return;
         };
@@ -1261,7 +1261,7 @@ impl Master {
     // Exits (§2.4, §2.7).
 
     fn on_exited(&mut self, pid: Pid, status: ExitStatus) {
-        let Some(&slot) = self.pids.get(&pid) else {
+        let Some(slot) = self.pids.get(pid) else {
             self.log(Notice::UnknownPid { pid });
             return;
         };
@@ -1341,8 +1341,8 @@ impl Master {
         };
         let id = process.id;
         if let Some(pid) = process.pid() {
-            if self.pids.get(&pid) == Some(&slot) {
-                self.pids.remove(&pid);
+            if self.pids.get(pid) == Some(slot) {
+                self.pids.remove(pid);
             }
         }
         self.timers.disarm(Timer::FirstStatus(id));

@@ -10,20 +10,36 @@
 //! dropped with the process, which the master's invariants 3 and 8 check. Slots never leave the
 //! master, so their reuse can not alias anything outside it: the ids it hands out stay unique.
 
+use std::num::NonZeroU32;
+
 use rustc_hash::FxHashMap;
 
 use super::service::Process;
 use crate::ids::ProcessId;
 
 /// Where a live process's record sits in the table. Valid from `insert` until `remove`.
+///
+/// It holds the index plus one, so that an `Option<Slot>` (a vacant entry of the pid table)
+/// takes no more room than a slot.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Slot(u32);
+pub(crate) struct Slot(NonZeroU32);
 
 impl Slot {
+    /// The slot at `index`, if a slot can name it.
+    fn new(index: usize) -> Option<Slot> {
+        let number = u32::try_from(index.checked_add(1)?).ok()?;
+        NonZeroU32::new(number).map(Slot)
+    }
+
+    /// Its index in the table.
+    pub(crate) fn index(self) -> usize {
+        self.0.get() as usize - 1
+    }
+
     /// A slot made up by a test.
     #[cfg(test)]
     pub(crate) fn at(index: u32) -> Slot {
-        Slot(index)
+        Slot::new(index as usize).expect("tests use small slots")
     }
 }
 
@@ -45,14 +61,12 @@ impl ProcessTable {
         let id = process.id;
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.records[slot.0 as usize] = Some(process);
+                self.records[slot.index()] = Some(process);
                 slot
             }
             None => {
-                let slot = Slot(
-                    u32::try_from(self.records.len())
-                        .expect("fewer than 2^32 processes: each is a child of this master"),
-                );
+                let slot = Slot::new(self.records.len())
+                    .expect("fewer than 2^32 - 1 processes: each is a child of this master");
                 self.records.push(Some(process));
                 slot
             }
@@ -63,7 +77,7 @@ impl ProcessTable {
 
     /// Takes the record out of `slot`, if one is there.
     pub(crate) fn remove(&mut self, slot: Slot) -> Option<Process> {
-        let process = self.records.get_mut(slot.0 as usize)?.take()?;
+        let process = self.records.get_mut(slot.index())?.take()?;
         self.by_id.remove(&process.id);
         self.free.push(slot);
         Some(process)
@@ -81,12 +95,12 @@ impl ProcessTable {
 
     /// The record in `slot`.
     pub(crate) fn get(&self, slot: Slot) -> Option<&Process> {
-        self.records.get(slot.0 as usize)?.as_ref()
+        self.records.get(slot.index())?.as_ref()
     }
 
     /// The record in `slot`, to change.
     pub(crate) fn get_mut(&mut self, slot: Slot) -> Option<&mut Process> {
-        self.records.get_mut(slot.0 as usize)?.as_mut()
+        self.records.get_mut(slot.index())?.as_mut()
     }
 
     /// How many processes are live.
@@ -105,7 +119,7 @@ impl ProcessTable {
         self.records
             .iter()
             .enumerate()
-            .filter_map(|(slot, record)| Some((Slot(slot as u32), record.as_ref()?)))
+            .filter_map(|(index, record)| Some((Slot::new(index)?, record.as_ref()?)))
     }
 
     /// The ids of every live process, in creation order.
