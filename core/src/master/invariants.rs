@@ -11,8 +11,9 @@
 //! 8. The pid table maps each pid to the slot of the live process that has it, and every process
 //!    with a pid is in it; the process table's id index names exactly its occupied slots.
 //! 9. Every armed timer belongs to something that exists: per-process timers to a live process
-//!    (the first-status timer only while it is uninitialised), per-service timers to a live
-//!    service, the drop timer only while listen_pending.
+//!    (the first-status timer only while it is uninitialised, the idle-kill confirmation only
+//!    once it was sent an idle-kill SIGINT), per-service timers to a live service, the drop
+//!    timer only while listen_pending.
 //! 10. A service the master listens for has no available process unless it is in
 //!     listen_pending after the drop period (then connections are closed at once).
 //! 11. The timer table's two indexes agree.
@@ -211,7 +212,10 @@ impl Master {
         for (timer, _) in self.timers.iter() {
             let ok = match timer {
                 Timer::FirstStatus(p) => self.processes.find(p).is_some_and(|p| !p.initialised),
-                Timer::IdleKillConfirm(p) => self.processes.find(p).is_some(),
+                Timer::IdleKillConfirm(p) => self
+                    .processes
+                    .find(p)
+                    .is_some_and(|p| p.last_kill_sent().is_some()),
                 Timer::Drop(s) => self.services.get(&s).is_some_and(|s| s.listen_pending),
                 Timer::Prefork(s)
                 | Timer::WorkerWarning(s)

@@ -973,9 +973,18 @@ impl Master {
             return;
         }
         let id = process.id;
+        let (asked_to_die, initialised) = (process.last_kill_sent().is_some(), process.initialised);
         let now = self.now;
-        self.timers.disarm(Timer::IdleKillConfirm(id));
-        self.timers.disarm(Timer::FirstStatus(id));
+        // Only a process that was sent an idle-kill SIGINT, or has not reported yet, can have a
+        // timer to cancel (invariant 9). The others leave the timer table alone: while a large
+        // pool starts it holds a first-status timer per process, and a search in it per event
+        // would grow with the pool (issue 8).
+        if asked_to_die {
+            self.timers.disarm(Timer::IdleKillConfirm(id));
+        }
+        if !initialised {
+            self.timers.disarm(Timer::FirstStatus(id));
+        }
         let process = self.record_mut(slot);
         process.set_last_status_update(now);
         let first = !process.initialised;
