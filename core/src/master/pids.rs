@@ -11,6 +11,8 @@
 //! The hash is a fixed multiplication, so the core stays deterministic; the table is never
 //! iterated in its own order where that could reach an output.
 
+use std::fmt;
+
 use super::table::Slot;
 use crate::ids::Pid;
 
@@ -27,7 +29,7 @@ const VACANT: Entry = Entry {
 };
 
 /// The pid table.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct PidTable {
     /// The entries; a pid's probe starts at its home and moves forward, wrapping.
     entries: Vec<Entry>,
@@ -132,6 +134,13 @@ impl PidTable {
                 self.insert(entry.pid, slot);
             }
         }
+    }
+}
+
+impl fmt::Debug for PidTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The pids and their slots, not the vacant entries between them.
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
