@@ -8,11 +8,12 @@
 //! 5. process_idling <= process_avail <= process_count.
 //! 6. process_count <= process_limit.
 //! 7. The idle low-water mark never exceeds process_idling.
-//! 8. The pid table maps each pid to the live process that has it, and every process with a pid
-//!    is in it.
+//! 8. The pid table maps each pid to the slot of the live process that has it, and every process
+//!    with a pid is in it; the process table's id index names exactly its occupied slots.
 //! 9. Every armed timer belongs to something that exists: per-process timers to a live process
-//!    (the first-status timer only while it is uninitialised), per-service timers to a live
-//!    service, the drop timer only while listen_pending.
+//!    (the first-status timer only while it is uninitialised, the idle-kill confirmation only
+//!    once it was sent an idle-kill SIGINT), per-service timers to a live service, the drop
+//!    timer only while listen_pending.
 //! 10. A service the master listens for has no available process unless it is in
 //!     listen_pending after the drop period (then connections are closed at once).
 //! 11. The timer table's two indexes agree.
@@ -20,7 +21,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Master, Process, Timer};
+use super::{Master, Process, Slot, Timer};
 use crate::ids::ServiceId;
 
 pub use crate::violation::Violation;
@@ -36,9 +37,12 @@ fn fail(rule: u32, detail: String) -> Result<(), Violation> {
 impl Master {
     /// Checks every invariant listed at the top of `core/src/master/invariants.rs`.
     pub fn check_invariants(&self) -> Result<(), Violation> {
-        let mut by_service: BTreeMap<ServiceId, Vec<&Process>> = BTreeMap::new();
-        for process in self.processes.values() {
-            by_service.entry(process.service).or_default().push(process);
+        let mut by_service: BTreeMap<ServiceId, Vec<(Slot, &Process)>> = BTreeMap::new();
+        for (slot, process) in self.processes.iter() {
+            by_service
+                .entry(process.service)
+                .or_default()
+                .push((slot, process));
         }
         for service in self.services.values() {
             let name = &service.config.name;
@@ -53,7 +57,10 @@ impl Master {
                     ),
                 );
             }
-            let avail = processes.iter().filter(|p| p.available_count > 0).count() as u32;
+            let avail = processes
+                .iter()
+                .filter(|(_, p)| p.available_count > 0)
+                .count() as u32;
             if avail != service.process_avail {
                 return fail(
                     2,
@@ -63,11 +70,11 @@ impl Master {
                     ),
                 );
             }
-            for process in &processes {
+            for &(slot, process) in &processes {
                 let idle = process.available_count == service.config.client_limit;
                 let listed = process
-                    .idle_key
-                    .is_some_and(|key| service.idle.get(key) == Some(process.id));
+                    .idle_key()
+                    .is_some_and(|key| service.idle.get(key) == Some(slot));
                 let member = service.members.contains(&process.id);
                 if idle != listed {
                     return fail(
@@ -105,7 +112,7 @@ impl Master {
                     ),
                 );
             }
-            let uninitialised = processes.iter().filter(|p| !p.initialised).count() as u32;
+            let uninitialised = processes.iter().filter(|(_, p)| !p.initialised).count() as u32;
             if uninitialised != service.uninitialised {
                 return fail(
                     1,
@@ -167,14 +174,22 @@ impl Master {
                 }
             }
         }
-        for (pid, id) in &self.pids {
-            if self.processes.get(id).and_then(|p| p.pid) != Some(*pid) {
-                return fail(8, format!("pid {pid} maps to {id}, which does not have it"));
+        for (pid, slot) in self.pids.iter() {
+            if self.processes.get(slot).and_then(|p| p.pid()) != Some(pid) {
+                return fail(
+                    8,
+                    format!("pid {pid} maps to {slot:?}, which does not have it"),
+                );
             }
         }
-        for process in self.processes.values() {
-            if let Some(pid) = process.pid {
-                if self.pids.get(&pid) != Some(&process.id) {
+        let mut occupied = 0;
+        for (slot, process) in self.processes.iter() {
+            occupied += 1;
+            if self.processes.slot(process.id) != Some(slot) {
+                return fail(8, format!("{} is not indexed at its slot", process.id));
+            }
+            if let Some(pid) = process.pid() {
+                if self.pids.get(pid) != Some(slot) {
                     return fail(
                         8,
                         format!("{} has pid {pid} but the pid table disagrees", process.id),
@@ -185,10 +200,22 @@ impl Master {
                 return fail(1, format!("{} belongs to a forgotten service", process.id));
             }
         }
+        if occupied != self.processes.len() {
+            return fail(
+                8,
+                format!(
+                    "{occupied} occupied slots but {} indexed processes",
+                    self.processes.len()
+                ),
+            );
+        }
         for (timer, _) in self.timers.iter() {
             let ok = match timer {
-                Timer::FirstStatus(p) => self.processes.get(&p).is_some_and(|p| !p.initialised),
-                Timer::IdleKillConfirm(p) => self.processes.contains_key(&p),
+                Timer::FirstStatus(p) => self.processes.find(p).is_some_and(|p| !p.initialised),
+                Timer::IdleKillConfirm(p) => self
+                    .processes
+                    .find(p)
+                    .is_some_and(|p| p.last_kill_sent().is_some()),
                 Timer::Drop(s) => self.services.get(&s).is_some_and(|s| s.listen_pending),
                 Timer::Prefork(s)
                 | Timer::WorkerWarning(s)

@@ -12,12 +12,15 @@
 //! idle-kill confirmation timer is one-shot; unchanged unix and fifo listeners survive a reload.
 
 mod invariants;
+mod pids;
 mod service;
+mod table;
 mod timer;
 
 use std::collections::{BTreeMap, VecDeque};
 
-use rustc_hash::FxHashMap;
+use pids::PidTable;
+use table::{ProcessTable, Slot};
 
 pub use invariants::Violation;
 
@@ -28,7 +31,7 @@ use crate::output::{Lifecycle, Output, SpawnRequest};
 use crate::setup::{ListenerConfig, MasterConfig, ServiceConfig, ServiceType};
 use crate::signal::{ExitStatus, Signal};
 use crate::time::{Duration, Instant};
-use service::{Process, Service, THROTTLE_INITIAL};
+use service::{IdleKey, Process, Service, THROTTLE_INITIAL};
 use timer::{Timer, Timers};
 
 /// A child must send its first status within this time, or it is killed (§1.4).
@@ -188,13 +191,12 @@ pub struct Master {
     current: Generation,
     /// Services of every live generation.
     services: BTreeMap<ServiceId, Service>,
-    /// Every process the master created that has not exited. Hashed, so that an event costs
-    /// the same with 100 processes or 10,000 (issue 8); never iterated in its own order, which
-    /// is an accident of hashing: `process_ids` gives creation order. The hasher is fixed, so
-    /// the core stays deterministic.
-    processes: FxHashMap<ProcessId, Process>,
-    /// Live pids.
-    pids: FxHashMap<Pid, ProcessId>,
+    /// Every process the master created that has not exited, in a dense table, so that an
+    /// event costs the same with 100 processes or 10,000 (issue 8); never iterated in its own
+    /// order, which is an accident of slot reuse: `process_ids` gives creation order.
+    processes: ProcessTable,
+    /// Live pids, each with its process's slot.
+    pids: PidTable,
     /// Listeners of every live generation.
     listeners: BTreeMap<ListenerId, Listener>,
     /// The next ids.
@@ -205,8 +207,6 @@ pub struct Master {
     next_process: u64,
     /// The next process uid.
     next_uid: u32,
-    /// The next idle-list key: a counter, so appending always goes to the tail.
-    next_idle_key: u64,
     /// Forks ever made: the prefork tick waits while this moves (§2.2).
     fork_count: u64,
     /// `fork_count` as the last prefork tick saw it.
@@ -227,14 +227,13 @@ impl Master {
             generations: BTreeMap::new(),
             current: Generation(0),
             services: BTreeMap::new(),
-            processes: FxHashMap::default(),
-            pids: FxHashMap::default(),
+            processes: ProcessTable::default(),
+            pids: PidTable::default(),
             listeners: BTreeMap::new(),
             next_service: 1,
             next_listener: 1,
             next_process: 1,
             next_uid: 1,
-            next_idle_key: 0,
             fork_count: 0,
             prefork_seen: 0,
             inputs_since_check: 0,
@@ -338,12 +337,12 @@ impl Master {
             let process = self.process(id);
             ProcessStatus {
                 service: self.service(process.service).config.name.clone(),
-                pid: process.pid,
+                pid: process.pid(),
                 available_count: process.available_count,
                 total_count: process.total_count,
-                idle_start: process.idle_start,
-                last_status_update: process.last_status_update,
-                last_kill_sent: process.last_kill_sent,
+                idle_start: process.idle_start(),
+                last_status_update: process.last_status_update(),
+                last_kill_sent: process.last_kill_sent(),
             }
         })
     }
@@ -431,22 +430,35 @@ impl Master {
     }
 
     fn process(&self, id: ProcessId) -> &Process {
-        self.processes
-            .get(&id)
-            .expect("the pid table only names live processes")
+        self.record(self.slot(id))
     }
 
     fn process_mut(&mut self, id: ProcessId) -> &mut Process {
+        self.record_mut(self.slot(id))
+    }
+
+    /// The slot of a live process.
+    fn slot(&self, id: ProcessId) -> Slot {
         self.processes
-            .get_mut(&id)
-            .expect("the pid table only names live processes")
+            .slot(id)
+            .expect("members, timers and the idle list only name live processes")
+    }
+
+    fn record(&self, slot: Slot) -> &Process {
+        self.processes
+            .get(slot)
+            .expect("the pid table only names live slots")
+    }
+
+    fn record_mut(&mut self, slot: Slot) -> &mut Process {
+        self.processes
+            .get_mut(slot)
+            .expect("the pid table only names live slots")
     }
 
     /// Every live process, in creation order.
     fn process_ids(&self) -> Vec<ProcessId> {
-        let mut ids: Vec<ProcessId> = self.processes.keys().copied().collect();
-        ids.sort_unstable();
-        ids
+        self.processes.ids()
     }
 
     /// The live processes of one service, in creation order.
@@ -804,8 +816,6 @@ impl Master {
         self.next_process += 1;
         let uid = ProcessUid(self.next_uid);
         self.next_uid = self.next_uid.wrapping_add(1).max(1);
-        let idle_key = self.next_idle_key;
-        self.next_idle_key += 1;
         self.fork_count += 1;
         let now = self.now;
         let service = self.service_mut(id);
@@ -816,28 +826,13 @@ impl Master {
         // the master fork twice (§2.1).
         service.process_count += 1;
         service.process_avail += 1;
-        service.process_idling += 1;
         service.total_created += 1;
         service.uninitialised += 1;
-        service.idle.insert(idle_key, process_id);
         service.members.insert(process_id);
-        self.processes.insert(
-            process_id,
-            Process {
-                id: process_id,
-                service: id,
-                uid,
-                pid: None,
-                available_count: client_limit,
-                total_count: 0,
-                idle_key: Some(idle_key),
-                idle_start: Some(now),
-                last_status_update: None,
-                last_kill_sent: None,
-                initialised: false,
-                told_login_state: false,
-            },
-        );
+        let slot = self
+            .processes
+            .insert(Process::new(process_id, id, uid, client_limit));
+        self.idle_enter(slot, now);
         if !foreign {
             self.timers
                 .arm(Timer::FirstStatus(process_id), now + FIRST_STATUS_TIMEOUT);
@@ -856,34 +851,35 @@ impl Master {
     }
 
     fn on_spawned(&mut self, id: ProcessId, pid: Pid) {
-        let Some(process) = self.processes.get_mut(&id) else {
+        let Some(slot) = self.processes.slot(id) else {
             return;
         };
-        if process.pid.is_some() {
+        let process = self.record_mut(slot);
+        if process.pid().is_some() {
             return;
         }
-        process.pid = Some(pid);
+        process.set_pid(Some(pid));
         let service = process.service;
         let foreign = self.service(service).config.foreign;
         if foreign {
             // A foreign program never reports; it is as initialised as it will ever be.
-            self.process_mut(id).initialised = true;
+            self.record_mut(slot).initialised = true;
             let service = self.service_mut(service);
             service.uninitialised -= 1;
             service.probing = false;
         }
-        if let Some(stale) = self.pids.insert(pid, id) {
+        if let Some(stale) = self.pids.insert(pid, slot) {
             // The OS reused a pid we still hold: the old process must have exited unseen.
-            self.pids.insert(pid, id);
+            self.pids.insert(pid, slot);
             self.forget_process(stale);
         }
     }
 
     fn on_spawn_failed(&mut self, id: ProcessId, errno: i32, error: String) {
-        let Some(process) = self.processes.get(&id) else {
+        let Some(process) = self.processes.find(id) else {
             return;
         };
-        if process.pid.is_some() {
+        if process.pid().is_some() {
             return;
         }
         let service = process.service;
@@ -894,7 +890,7 @@ impl Master {
             error,
             eagain: errno == EAGAIN,
         });
-        self.destroy_process(id);
+        self.destroy_process(self.slot(id));
         self.throttle(service);
     }
 
@@ -967,19 +963,30 @@ impl Master {
     // Status records (§1.4, §2.1).
 
     fn on_status(&mut self, pid: Pid, uid: ProcessUid, available_count: u32) {
-        let Some(&id) = self.pids.get(&pid) else {
+        let Some(slot) = self.pids.get(pid) else {
             // Already reaped: the record was in the pipe when the child exited.
             return;
         };
-        if self.process(id).uid != uid {
+        let process = self.record(slot);
+        if process.uid != uid {
             self.log(Notice::InvalidStatus { pid, uid });
             return;
         }
+        let id = process.id;
+        let (asked_to_die, initialised) = (process.last_kill_sent().is_some(), process.initialised);
         let now = self.now;
-        self.timers.disarm(Timer::IdleKillConfirm(id));
-        self.timers.disarm(Timer::FirstStatus(id));
-        let process = self.process_mut(id);
-        process.last_status_update = Some(now);
+        // Only a process that was sent an idle-kill SIGINT, or has not reported yet, can have a
+        // timer to cancel (invariant 9). The others leave the timer table alone: while a large
+        // pool starts it holds a first-status timer per process, and a search in it per event
+        // would grow with the pool (issue 8).
+        if asked_to_die {
+            self.timers.disarm(Timer::IdleKillConfirm(id));
+        }
+        if !initialised {
+            self.timers.disarm(Timer::FirstStatus(id));
+        }
+        let process = self.record_mut(slot);
+        process.set_last_status_update(now);
         let first = !process.initialised;
         process.initialised = true;
         let service = process.service;
@@ -992,13 +999,13 @@ impl Master {
         let client_limit = self.service(service).config.client_limit;
         // A child cannot have more free slots than its limit; a bigger number is a lie.
         let available_count = available_count.min(client_limit);
-        let old = self.process(id).available_count;
+        let old = self.record(slot).available_count;
         if available_count < old {
-            self.status_more(id, old, available_count);
+            self.status_more(slot, old, available_count);
         } else if available_count > old {
-            self.status_less(id, old, available_count);
+            self.status_less(slot, old, available_count);
         }
-        self.idle_check(id);
+        self.idle_check(slot);
         if probe_succeeded {
             // The program works again: what the probe held back can start now.
             self.top_up(service);
@@ -1006,12 +1013,12 @@ impl Master {
     }
 
     /// The process took clients: available_count went down from `old` to `new`.
-    fn status_more(&mut self, id: ProcessId, old: u32, new: u32) {
-        let process = self.process_mut(id);
+    fn status_more(&mut self, slot: Slot, old: u32, new: u32) {
+        let process = self.record_mut(slot);
         process.available_count = new;
         process.total_count += u64::from(old - new);
         let service_id = process.service;
-        self.make_busy(id);
+        self.make_busy(slot);
         if new != 0 {
             return;
         }
@@ -1033,8 +1040,8 @@ impl Master {
     }
 
     /// The process freed slots: available_count went up from `old` to `new`.
-    fn status_less(&mut self, id: ProcessId, old: u32, new: u32) {
-        let process = self.process_mut(id);
+    fn status_less(&mut self, slot: Slot, old: u32, new: u32) {
+        let process = self.record_mut(slot);
         process.available_count = new;
         let service_id = process.service;
         self.timers.disarm(Timer::WorkerWarning(service_id));
@@ -1051,42 +1058,62 @@ impl Master {
     }
 
     /// Moves a process from the idle list to the busy set, keeping the low-water mark.
-    fn make_busy(&mut self, id: ProcessId) {
-        let process = self.process_mut(id);
-        let Some(key) = process.idle_key.take() else {
+    fn make_busy(&mut self, slot: Slot) {
+        let process = self.record_mut(slot);
+        let Some(key) = process.idle_key() else {
             return;
         };
-        process.idle_start = None;
+        process.set_idle(None);
         let service_id = process.service;
+        self.idle_leave(service_id, key);
+    }
+
+    /// Takes `key` out of a service's idle list, keeping the count and the low-water mark: the
+    /// process took a client or is gone.
+    fn idle_leave(&mut self, service_id: ServiceId, key: IdleKey) {
+        self.idle_remove(service_id, key);
         let service = self.service_mut(service_id);
-        service.idle.remove(key);
         service.process_idling -= 1;
         service.idle_low_water = service.idle_low_water.min(service.process_idling);
     }
 
-    /// §2.1 idle check: a process with every slot free goes to the tail of the idle list, and a
-    /// surplus of available processes arms the idle-kill round.
-    fn idle_check(&mut self, id: ProcessId) {
-        let now = self.now;
-        let key = self.next_idle_key;
-        self.next_idle_key += 1;
-        let process = self.process_mut(id);
+    /// Puts a process, idle since `since`, at the tail of its service's idle list, moving it
+    /// there if it was listed already.
+    fn idle_enter(&mut self, slot: Slot, since: Instant) {
+        let process = self.record(slot);
         let service_id = process.service;
-        let available = process.available_count;
-        let old_key = process.idle_key;
+        match process.idle_key() {
+            Some(key) => self.idle_remove(service_id, key),
+            None => self.service_mut(service_id).process_idling += 1,
+        }
+        let key = self.service_mut(service_id).idle.push(slot);
+        let process = self.record_mut(slot);
+        process.set_idle(Some((key, since)));
+    }
+
+    /// Removes `key` from a service's idle list; the keys the list moves as it closes gaps are
+    /// written back into their processes' records.
+    fn idle_remove(&mut self, service_id: ServiceId, key: IdleKey) {
+        let processes = &mut self.processes;
         let service = self
             .services
             .get_mut(&service_id)
-            .expect("live process, live service");
-        if available == service.config.client_limit {
-            match old_key {
-                Some(old) => service.idle.remove(old),
-                None => service.process_idling += 1,
+            .expect("a process only names a live service");
+        service.idle.remove(key, |slot, key| {
+            if let Some(process) = processes.get_mut(slot) {
+                process.move_idle_key(key);
             }
-            service.idle.insert(key, id);
-            let process = self.processes.get_mut(&id).expect("live process");
-            process.idle_key = Some(key);
-            process.idle_start = Some(now);
+        });
+    }
+
+    /// §2.1 idle check: a process with every slot free goes to the tail of the idle list, and a
+    /// surplus of available processes arms the idle-kill round.
+    fn idle_check(&mut self, slot: Slot) {
+        let now = self.now;
+        let process = self.record(slot);
+        let service_id = process.service;
+        if process.available_count == self.service(service_id).config.client_limit {
+            self.idle_enter(slot, now);
         }
         let service = self.service(service_id);
         if let Some(idle_kill) = service.config.idle_kill {
@@ -1128,32 +1155,28 @@ impl Master {
             let Some(head) = service.idle.first() else {
                 break;
             };
-            if self.timers.is_armed(Timer::IdleKillConfirm(head)) {
+            let process = self.record(head);
+            let head_id = process.id;
+            if self.timers.is_armed(Timer::IdleKillConfirm(head_id)) {
                 // The head was asked already: everyone behind it is newer.
                 break;
             }
-            let Some(pid) = self.process(head).pid else {
+            let Some(pid) = process.pid() else {
                 break;
             };
             self.emit(Output::Kill {
                 pid,
                 signal: Signal::Int,
             });
-            let key = self.next_idle_key;
-            self.next_idle_key += 1;
             let now = self.now;
-            let process = self.process_mut(head);
-            process.last_kill_sent = Some(now);
-            let old_key = process
-                .idle_key
-                .replace(key)
-                .expect("the idle list holds idle processes");
-            let service = self.service_mut(id);
-            service.idle.remove(old_key);
-            service.idle.insert(key, head);
+            let process = self.record_mut(head);
+            process.set_last_kill_sent(now);
+            // To the tail, still idle since it was.
+            let since = process.idle_start().unwrap_or(now);
+            self.idle_enter(head, since);
             // One-shot, unlike 2.3.21's repeating timer (reference §2.6): it can fire once.
             self.timers
-                .arm(Timer::IdleKillConfirm(head), now + idle_kill);
+                .arm(Timer::IdleKillConfirm(head_id), now + idle_kill);
             to_kill -= 1;
         }
         self.timers.arm(Timer::IdleRound(id), self.now + idle_kill);
@@ -1161,29 +1184,30 @@ impl Master {
 
     /// The child neither exited nor reported after SIGINT: count it as busy until it reports.
     fn on_idle_kill_confirm_timeout(&mut self, id: ProcessId) {
-        let Some(process) = self.processes.get(&id) else {
+        let Some(slot) = self.processes.slot(id) else {
             return;
         };
+        let process = self.record(slot);
         let service_id = process.service;
-        let Some(pid) = process.pid else { return };
+        let Some(pid) = process.pid() else { return };
         let old = process.available_count;
         let name = self.service(service_id).name().to_owned();
         self.log(Notice::IgnoringIdleSigint { service: name, pid });
         if old > 0 {
-            self.status_more(id, old, 0);
+            self.status_more(slot, old, 0);
         } else {
-            self.make_busy(id);
+            self.make_busy(slot);
         }
     }
 
     fn on_first_status_timeout(&mut self, id: ProcessId) {
-        let Some(process) = self.processes.get(&id) else {
+        let Some(process) = self.processes.find(id) else {
             return;
         };
         if process.initialised {
             return;
         }
-        let Some(pid) = process.pid else {
+        let Some(pid) = process.pid() else {
             // The driver never answered the Spawn: nothing to kill yet; look again later.
             self.timers
                 .arm(Timer::FirstStatus(id), self.now + FIRST_STATUS_TIMEOUT);
@@ -1246,11 +1270,11 @@ impl Master {
     // Exits (§2.4, §2.7).
 
     fn on_exited(&mut self, pid: Pid, status: ExitStatus) {
-        let Some(&id) = self.pids.get(&pid) else {
+        let Some(slot) = self.pids.get(pid) else {
             self.log(Notice::UnknownPid { pid });
             return;
         };
-        let process = self.process(id);
+        let process = self.record(slot);
         let service_id = process.service;
         let initialised = process.initialised;
         let mut throttle = false;
@@ -1297,7 +1321,7 @@ impl Master {
                 throttle = service.exit_failures_in_sec > EXIT_FAILURE_STORM;
             }
         }
-        self.destroy_process(id);
+        self.destroy_process(slot);
         if throttle {
             self.throttle(service_id);
         }
@@ -1320,24 +1344,23 @@ impl Master {
     }
 
     /// Removes a process from every table and counter (§2.7 step 2).
-    fn destroy_process(&mut self, id: ProcessId) {
-        let Some(process) = self.processes.remove(&id) else {
+    fn destroy_process(&mut self, slot: Slot) {
+        let Some(process) = self.processes.remove(slot) else {
             return;
         };
-        if let Some(pid) = process.pid {
-            if self.pids.get(&pid) == Some(&id) {
-                self.pids.remove(&pid);
+        let id = process.id;
+        if let Some(pid) = process.pid() {
+            if self.pids.get(pid) == Some(slot) {
+                self.pids.remove(pid);
             }
         }
         self.timers.disarm(Timer::FirstStatus(id));
         self.timers.disarm(Timer::IdleKillConfirm(id));
+        if let Some(key) = process.idle_key() {
+            self.idle_leave(process.service, key);
+        }
         let service = self.service_mut(process.service);
         service.members.remove(&id);
-        if let Some(key) = process.idle_key {
-            service.idle.remove(key);
-            service.process_idling -= 1;
-            service.idle_low_water = service.idle_low_water.min(service.process_idling);
-        }
         if process.available_count > 0 {
             service.process_avail -= 1;
         }
@@ -1353,12 +1376,12 @@ impl Master {
     }
 
     /// A process vanished without an exit we saw (its pid was reused): drop it silently.
-    fn forget_process(&mut self, id: ProcessId) {
-        let Some(process) = self.processes.get_mut(&id) else {
+    fn forget_process(&mut self, slot: Slot) {
+        let Some(process) = self.processes.get_mut(slot) else {
             return;
         };
-        process.pid = None;
-        self.destroy_process(id);
+        process.set_pid(None);
+        self.destroy_process(slot);
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1410,7 +1433,7 @@ impl Master {
         for process in self.service_process_ids(id) {
             let p = self.process_mut(process);
             if p.initialised && !(only_untold && p.told_login_state) {
-                if let Some(pid) = p.pid {
+                if let Some(pid) = p.pid() {
                     p.told_login_state = true;
                     pids.push(pid);
                 }
@@ -1441,7 +1464,7 @@ impl Master {
                         p.initialised
                             && self.service(p.service).config.service_type == ServiceType::Log
                     })
-                    .filter_map(|p| p.pid)
+                    .filter_map(|p| p.pid())
                     .collect();
                 for pid in pids {
                     self.emit(Output::Kill {
@@ -1568,9 +1591,10 @@ impl Master {
             if new_service.process_count >= new_service.config.process_limit {
                 continue;
             }
-            let process = self.processes[&id].clone();
+            let slot = self.slot(id);
+            let mut process = self.record(slot).clone();
             // Take it out of the old service's books and put it, as it is, into the new one's.
-            self.destroy_process(id);
+            self.destroy_process(slot);
             let new_service = self.service_mut(new_anvil);
             new_service.process_count += 1;
             new_service.total_created += 1;
@@ -1583,29 +1607,18 @@ impl Master {
             if available_count > 0 {
                 new_service.process_avail += 1;
             }
-            let idle_key = if available_count == client_limit {
-                let key = self.next_idle_key;
-                self.next_idle_key += 1;
-                let service = self.service_mut(new_anvil);
-                service.idle.insert(key, id);
-                service.process_idling += 1;
-                Some(key)
-            } else {
-                None
-            };
-            if let Some(pid) = process.pid {
-                self.pids.insert(pid, id);
+            let idle_since = process.idle_start().unwrap_or(self.now);
+            let pid = process.pid();
+            process.service = new_anvil;
+            process.available_count = available_count;
+            process.set_idle(None);
+            let slot = self.processes.insert(process);
+            if available_count == client_limit {
+                self.idle_enter(slot, idle_since);
             }
-            self.processes.insert(
-                id,
-                Process {
-                    service: new_anvil,
-                    available_count,
-                    idle_key,
-                    idle_start: idle_key.map(|_| process.idle_start.unwrap_or(self.now)),
-                    ..process
-                },
-            );
+            if let Some(pid) = pid {
+                self.pids.insert(pid, slot);
+            }
         }
     }
 
@@ -1695,7 +1708,7 @@ impl Master {
         let mut skipped = 0;
         for process in self.service_process_ids(id) {
             let process = self.process(process);
-            match process.pid {
+            match process.pid() {
                 Some(pid) if process.initialised || signal == Signal::Kill => targets.push(pid),
                 _ => skipped += 1,
             }
@@ -1763,7 +1776,7 @@ impl Master {
         let pids: Vec<Pid> = self
             .process_ids()
             .into_iter()
-            .filter_map(|id| self.process(id).pid)
+            .filter_map(|id| self.process(id).pid())
             .collect();
         if pids.is_empty() {
             self.finish(0);
