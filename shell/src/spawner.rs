@@ -123,7 +123,9 @@ impl Spawner {
         let child = command.spawn()?;
         drop(theirs);
         let timeout = nix::sys::time::TimeVal::new(ANSWER_TIMEOUT.as_secs() as i64, 0);
+        // A spawner that stops reading or answering holds the master up this long at most.
         nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)?;
+        nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::SendTimeout, &timeout)?;
         Ok(Spawner {
             socket: ours,
             pid: Pid(child.id() as i32),
