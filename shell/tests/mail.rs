@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{children_of, free_port, poll_until, ROOST};
+use common::{children_of, cmdline, free_port, poll_until, ROOST};
 
 const MESSAGE_1: &str = "From: a@example.org\r\nSubject: first\r\n\r\nthe first message\r\n";
 const MESSAGE_2: &str =
@@ -1201,6 +1201,31 @@ fn a_hundred_reloads_during_a_login_storm_lose_no_session() {
         "{ok} sessions through 100 reloads, master fds {fds_before} -> {}",
         fds()
     );
+}
+
+#[test]
+fn login_processes_are_executed_afresh_and_post_login_ones_forked_by_the_spawner() {
+    let host = Host::start(
+        "spawned",
+        "  service_count = 0\n  process_min_avail = 1",
+        "",
+    );
+    let master = host.child.as_ref().expect("running").id() as i32;
+    let find = |service: &str| {
+        children_of(master)
+            .into_iter()
+            .find(|(_, title)| title.ends_with(&format!("/{service}")))
+            .map(|(pid, _)| pid)
+    };
+    host.wait_for(|_| find("pop3-login").is_some(), "a pop3-login process");
+    let login = find("pop3-login").expect("found");
+    // A fresh exec of the roost binary: its own address layout, before any client.
+    assert_eq!(cmdline(login), "roost/pop3-login --builtin pop3-login");
+    let mut pop3 = Pop3::login(host.pop3, "demo");
+    assert!(pop3.send("STAT").starts_with("+OK 2 "));
+    let post_login = find("pop3").expect("the session's pop3 process");
+    assert_eq!(cmdline(post_login), "roost/pop3", "forked: the title alone");
+    assert!(pop3.send("QUIT").starts_with("+OK"));
 }
 
 #[test]
