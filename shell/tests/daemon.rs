@@ -180,7 +180,12 @@ fn fifty_reloads_under_load_lose_no_connection_and_leak_no_fd_or_zombie() {
         "reloadload",
         &echo_service(port, "  process_min_avail = 2\n  process_limit = 50"),
     );
-    roost.wait_for(|r| r.children().len() == 2, "two children");
+    roost.wait_for(
+        |r| r.children().len() == 2 && r.log_processes().len() == 1,
+        "two children and the log process",
+    );
+    // Steady state: every pipe of the generation exists (the log process's start made them).
+    let baseline = roost.fd_count();
     // A client connects again and again for as long as the reloads go on (bounded).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
@@ -200,7 +205,6 @@ fn fifty_reloads_under_load_lose_no_connection_and_leak_no_fd_or_zombie() {
             (served, failures)
         })
     };
-    let mut fds = Vec::new();
     for _ in 0..50 {
         let output = roost.command(&["reload"]);
         assert!(
@@ -208,7 +212,6 @@ fn fifty_reloads_under_load_lose_no_connection_and_leak_no_fd_or_zombie() {
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        fds.push(roost.fd_count());
         std::thread::sleep(Duration::from_millis(10));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -220,7 +223,27 @@ fn fifty_reloads_under_load_lose_no_connection_and_leak_no_fd_or_zombie() {
     assert!(served > 50, "only {served} sessions during 50 reloads");
     // Old generations drain; the master's fds come back to where they were, and every old
     // child is reaped (no zombie left behind).
-    roost.wait_for(|r| r.fd_count() <= fds[0] + 2, "the fd count to settle");
+    if !poll_until(10, || roost.fd_count() <= baseline + 2) {
+        let open: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", roost.master_pid()))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| {
+                let target = std::fs::read_link(e.path()).unwrap_or_default();
+                format!(
+                    "{} -> {}",
+                    e.file_name().to_string_lossy(),
+                    target.display()
+                )
+            })
+            .collect();
+        panic!(
+            "the fd count did not settle: {} after, {baseline} before\nfds: {open:?}\nchildren: {:?}\nstatus: {}",
+            roost.fd_count(),
+            children_of(roost.master_pid()),
+            String::from_utf8_lossy(&roost.command(&["status"]).stdout)
+        );
+    }
     // Each reload started a log process for its generation; the old ones left with their
     // generations.
     roost.wait_for(|r| r.log_processes().len() == 1, "one log process");
