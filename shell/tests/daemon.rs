@@ -464,6 +464,27 @@ fn built_ins_are_forked_by_the_spawner_which_a_kill_9_does_not_stop() {
 }
 
 #[test]
+fn a_log_process_with_no_pipe_to_read_stays_rather_than_restarting_at_once() {
+    // Every other service left out: the log process has nothing to read and no end to wait
+    // for. Exiting at once, it would be started again at once, for ever.
+    let mut roost = Roost::start(
+        "lonelylog",
+        "service auth {\n  executable = /nonexistent\n}\n",
+    );
+    roost.wait_for(|r| r.log_processes().len() == 1, "the log process");
+    let first = roost.log_processes();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(roost.log_processes(), first, "the same log process");
+    let status = String::from_utf8_lossy(&roost.command(&["status"]).stdout).into_owned();
+    let log_row = status
+        .lines()
+        .find(|l| l.starts_with("log\t1\t"))
+        .unwrap_or_default();
+    assert!(log_row.ends_with("\t1"), "created once: {status}");
+    assert!(roost.stop().success());
+}
+
+#[test]
 fn usr1_after_a_rename_writes_to_the_new_log_file() {
     let port = free_port();
     let dir = std::env::temp_dir().join(format!("roost-e2e-rotate-prog-{}", std::process::id()));

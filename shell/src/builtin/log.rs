@@ -155,7 +155,10 @@ fn run(
                 }
             }
         }
-        if open.is_empty() {
+        // With no pipe at all (a generation of log and anvil alone) there is no end to wait
+        // for: it stays until told to stop or its master is gone, rather than exiting at once
+        // to be started again at once.
+        if open.is_empty() && !pipes.is_empty() {
             return Ok(0);
         }
         let timeout = if !ready.is_empty() {
@@ -183,6 +186,9 @@ fn run(
                 }
             } else if event.token() == MASTER_DEAD {
                 if event.is_error() || event.is_write_closed() {
+                    if pipes.is_empty() {
+                        return Ok(0);
+                    }
                     let _ = poll
                         .registry()
                         .deregister(&mut SourceFd(&env.master_dead_fd));
