@@ -12,9 +12,11 @@
 //! service's log pipe, read by the log process of its generation (the `log` built-in), which
 //! gets the read ends of all of them when it starts. The master keeps the read ends too and
 //! reads a generation's pipes itself while it has no log process (before the first, between a
-//! crash and its replacement, after the last), so no line waits on a dead reader. anvil's and
-//! the log service's own pipes are always the master's: anvil outlives its generation, and
-//! the log process writes to the master's stderr.
+//! crash and its replacement, after the last), so no line waits on a dead reader. anvil
+//! outlives its generation (a reload moves it to the next): its pipes, and its generation's
+//! other pipes of the master's, stay until it exits, and every later log process reads them
+//! too, as pipes whose end it does not wait for. The log service's own fd 2 is the master's
+//! stderr.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -161,7 +163,7 @@ struct ServiceIo {
     /// Its write end, for the children to come. Closed when the generation retires, so that
     /// the pipe's reader sees its end once the last child is gone.
     log_w: Option<OwnedFd>,
-    /// Its lines go through the log process of the generation (all but anvil and log).
+    /// Its lines go through a log process (all but the log service's).
     via_log_process: bool,
     /// anvil's: its process may outlive the generation.
     anvil: bool,
@@ -180,8 +182,6 @@ enum Source2 {
     Listener(ListenerId, RawFd),
     Status(ServiceId),
     Log(ServiceId),
-    /// The log pipe of an anvil process whose generation is gone.
-    AdoptedLog,
 }
 
 /// Reads of one status pipe per turn of the loop. A child that writes faster than the master
@@ -201,8 +201,6 @@ enum Pipe {
     Status(ServiceId),
     /// A service's log pipe (its children's stderr).
     Log(ServiceId),
-    /// An adopted log pipe (`Daemon::adopted_logs`).
-    AdoptedLog(Token),
 }
 
 const SIGNALS: Token = Token(0);
@@ -247,15 +245,11 @@ pub struct Daemon {
     anvil_link: Option<std::os::unix::net::UnixStream>,
     /// What every child of a service of a generation shares, made at its first spawn.
     templates: BTreeMap<(Generation, String), SpawnTemplate>,
-    /// The master-dead pipe of the anvil process a reload adopted (its generation is gone).
-    anvil_dead_pipe: Option<OwnedFd>,
-    /// The generation whose pipes the last anvil started was given.
-    anvil_generation: Option<Generation>,
+    /// The running anvil and the generation whose pipes it was given: that generation's
+    /// pipes of anvil stay open until it exits, the generation's end notwithstanding.
+    anvil: Option<(Pid, Generation)>,
     /// The log process of each generation that has one: it reads the generation's log pipes.
     log_processes: BTreeMap<Generation, Pid>,
-    /// The log pipes of anvil processes whose generation is gone (anvil outlives reloads),
-    /// read by the master until their writer exits.
-    adopted_logs: BTreeMap<Token, LogPipe>,
     /// The process that forks the children of built-ins (`crate::spawner`), when it runs.
     spawner: Option<Spawner>,
     /// When a spawner was last started: one that dies is started again at most once a second
@@ -357,10 +351,8 @@ impl Daemon {
             warned_non_root: false,
             anvil_link: None,
             templates: BTreeMap::new(),
-            anvil_dead_pipe: None,
-            anvil_generation: None,
+            anvil: None,
             log_processes: BTreeMap::new(),
-            adopted_logs: BTreeMap::new(),
             spawner: None,
             spawner_started: None,
             spawner_pids: BTreeSet::new(),
@@ -423,7 +415,6 @@ impl Daemon {
                     }
                     Source2::Status(service) => self.on_status_pipe(service),
                     Source2::Log(service) => self.on_log_pipe(service),
-                    Source2::AdoptedLog => self.on_adopted_log(event.token()),
                 }
                 if self.exit.is_some() {
                     break;
@@ -436,7 +427,6 @@ impl Daemon {
                 match pipe {
                     Pipe::Status(service) => self.on_status_pipe(service),
                     Pipe::Log(service) => self.on_log_pipe(service),
-                    Pipe::AdoptedLog(token) => self.on_adopted_log(token),
                 }
             }
             if self
@@ -543,36 +533,33 @@ impl Daemon {
                 generation,
                 keep_anvil,
             } => {
-                if !keep_anvil {
-                    // Shutdown: anvil goes too, and so do the master's own ties to it.
-                    self.anvil_dead_pipe = None;
-                    self.anvil_link = None;
-                }
-                for io in self
-                    .services
-                    .values_mut()
-                    .filter(|s| s.generation == generation)
-                {
+                let running_anvil = self.anvil.map(|(_, g)| g);
+                for io in self.services.values_mut() {
                     // anvil outlives a reload (reference §4.3 step 7): the core moves its
                     // process to the new generation, so it must not hear that its master is
-                    // gone. Its end of the pipe stays open until the master shuts down.
-                    // Only the generation that started the running anvil holds its pipe: the
-                    // anvil service of a later one has pipes (made for its log process) that
-                    // no anvil uses.
-                    let anvil = io.anvil && self.anvil_generation == Some(generation);
-                    if anvil && keep_anvil {
-                        if let Some(fd) = io.dead_r.take() {
-                            self.anvil_dead_pipe = Some(fd);
+                    // gone. The master-dead pipe of the generation that started it stays open
+                    // until the master shuts down (the anvil services of later generations
+                    // have pipes that no anvil uses).
+                    let keep = keep_anvil && io.anvil && running_anvil == Some(io.generation);
+                    if io.generation == generation || (!keep_anvil && io.anvil) {
+                        if !keep {
+                            // Closing the read end tells every child of the generation
+                            // (reference §4.4).
+                            io.dead_r = None;
+                            io.dead_w = None;
                         }
+                        io.notify = None;
+                        // No child of a retired generation is started: its log pipes end with
+                        // their last writer.
+                        io.log_w = None;
                     }
-                    // Closing the read end tells every child of the generation (reference §4.4).
-                    io.dead_r = None;
-                    io.dead_w = None;
-                    io.notify = None;
-                    // No child of a retired generation is started: its log pipes end with
-                    // their last writer.
-                    io.log_w = None;
                 }
+                if !keep_anvil {
+                    // Shutdown: anvil goes too, and so does the master's own link to it.
+                    self.anvil_link = None;
+                }
+                // A reload: the new generation has no log process yet.
+                self.rewatch_logs();
             }
             Output::ForgetGeneration { generation } => {
                 let gone: Vec<ServiceId> = self
@@ -581,21 +568,19 @@ impl Daemon {
                     .filter(|(_, s)| s.generation == generation)
                     .map(|(id, _)| *id)
                     .collect();
-                for id in gone {
-                    if let Some(mut io) = self.services.remove(&id) {
-                        let _ = self
-                            .poll
-                            .registry()
-                            .deregister(&mut SourceFd(&io.status_r.as_raw_fd()));
-                        self.tokens.remove(&io.tokens[0]);
-                        self.watch_log(&mut io, false);
-                        self.tokens.remove(&io.tokens[1]);
-                        self.adopt_log(io);
-                    }
-                }
                 self.generations.remove(&generation);
                 self.log_processes.remove(&generation);
                 self.templates.retain(|(g, _), _| *g != generation);
+                for id in gone {
+                    let outlived = self.services.get(&id).is_some_and(|io| {
+                        io.anvil && self.anvil.is_some_and(|(_, g)| g == io.generation)
+                    });
+                    // The running anvil's pipes stay until it exits (`forget_anvil_io`).
+                    if !outlived {
+                        self.remove_service_io(id);
+                    }
+                }
+                self.rewatch_logs();
             }
             Output::AnvilKill { pid } => self.anvil_kill(pid),
             Output::Log(notice) => self.log.master(notice.level(), &notice.to_string()),
@@ -604,49 +589,38 @@ impl Daemon {
         }
     }
 
-    /// Keeps reading the log pipe of a service whose generation is gone while a process that
-    /// outlived the generation may still write to it: anvil's, which a reload moves to the
-    /// next generation. Any other pipe has no writer left; what it holds is written now.
-    fn adopt_log(&mut self, mut io: ServiceIo) {
-        match io.log.read(LOG_READS_PER_TURN, &mut self.log) {
-            PipeState::Closed => {}
-            _ if io.anvil => {
-                let token = self.token(Source2::AdoptedLog);
-                if self
-                    .poll
-                    .registry()
-                    .register(&mut SourceFd(&io.log.raw_fd()), token, Interest::READABLE)
-                    .is_ok()
-                {
-                    self.adopted_logs.insert(token, io.log);
-                    self.backlog.insert(Pipe::AdoptedLog(token));
-                } else {
-                    self.tokens.remove(&token);
-                }
-            }
-            _ => io.log.flush(&mut self.log),
-        }
-    }
-
-    fn on_adopted_log(&mut self, token: Token) {
-        let Some(mut pipe) = self.adopted_logs.remove(&token) else {
+    /// Closes a service's pipes, after writing what its log pipe still holds.
+    fn remove_service_io(&mut self, id: ServiceId) {
+        let Some(mut io) = self.services.remove(&id) else {
             return;
         };
-        match pipe.read(LOG_READS_PER_TURN, &mut self.log) {
-            PipeState::Closed => {
-                let _ = self
-                    .poll
-                    .registry()
-                    .deregister(&mut SourceFd(&pipe.raw_fd()));
-                self.tokens.remove(&token);
-                return;
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&io.status_r.as_raw_fd()));
+        self.tokens.remove(&io.tokens[0]);
+        self.watch_log(&mut io, false);
+        self.tokens.remove(&io.tokens[1]);
+        io.log.read(LOG_READS_PER_TURN, &mut self.log);
+        io.log.flush(&mut self.log);
+    }
+
+    /// anvil exited: the pipes its generation kept for it go if that generation is gone.
+    fn forget_anvil_io(&mut self) {
+        let Some((_, generation)) = self.anvil.take() else {
+            return;
+        };
+        if !self.generations.contains_key(&generation) {
+            let ids: Vec<ServiceId> = self
+                .services
+                .iter()
+                .filter(|(_, io)| io.generation == generation)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                self.remove_service_io(id);
             }
-            PipeState::More => {
-                self.backlog.insert(Pipe::AdoptedLog(token));
-            }
-            PipeState::Empty => {}
         }
-        self.adopted_logs.insert(token, pipe);
     }
 
     /// Tells anvil to forget what a dead process held (best effort: a full socket or an anvil
@@ -767,7 +741,7 @@ impl Daemon {
             return Err(error);
         }
         let log_token = self.token(Source2::Log(service));
-        let via_log_process = !matches!(service_type, ServiceType::Log | ServiceType::Anvil);
+        let via_log_process = service_type != ServiceType::Log;
         let mut io = ServiceIo {
             generation,
             name: name.clone(),
@@ -783,7 +757,7 @@ impl Daemon {
             notify,
             tokens: [status_token, log_token],
         };
-        let master_reads = !via_log_process || !self.log_processes.contains_key(&generation);
+        let master_reads = self.master_reads_log(&io);
         self.watch_log(&mut io, master_reads);
         self.services.insert(service, io);
         Ok(())
@@ -813,7 +787,7 @@ impl Daemon {
     /// A log process of `generation` runs: it reads the generation's pipes from now on.
     fn hand_logs_to(&mut self, generation: Generation, pid: Pid) {
         self.log_processes.insert(generation, pid);
-        self.rewatch_logs(generation, false);
+        self.rewatch_logs();
     }
 
     /// When `pid` was a log process: the master reads its generation's pipes until another
@@ -826,24 +800,38 @@ impl Daemon {
             .map(|(g, _)| *g);
         if let Some(generation) = gone {
             self.log_processes.remove(&generation);
-            self.rewatch_logs(generation, true);
+            self.rewatch_logs();
         }
     }
 
-    fn rewatch_logs(&mut self, generation: Generation, master_reads: bool) {
-        let ids: Vec<ServiceId> = self
-            .services
-            .iter()
-            .filter(|(_, io)| io.generation == generation && io.via_log_process)
-            .map(|(id, _)| *id)
-            .collect();
+    /// Whether the master reads a log pipe now: its generation has no log process, or, for
+    /// anvil's pipes (which every later log process reads too), the current one has none.
+    fn master_reads_log(&self, io: &ServiceIo) -> bool {
+        if !io.via_log_process {
+            return true;
+        }
+        let reader = if io.anvil {
+            self.master.current_generation()
+        } else {
+            io.generation
+        };
+        !self.log_processes.contains_key(&reader)
+    }
+
+    /// Watches the log pipes the master reads now, and no other (after a log process came or
+    /// went, or a reload changed the current generation).
+    fn rewatch_logs(&mut self) {
+        let ids: Vec<ServiceId> = self.services.keys().copied().collect();
         for id in ids {
-            if let Some(mut io) = self.services.remove(&id) {
-                self.watch_log(&mut io, master_reads);
-                self.services.insert(id, io);
-            }
-            if master_reads {
-                // What the log process left is read at once, whatever epoll reports.
+            let Some(mut io) = self.services.remove(&id) else {
+                continue;
+            };
+            let master_reads = self.master_reads_log(&io);
+            let newly = master_reads && !io.log_watched;
+            self.watch_log(&mut io, master_reads);
+            self.services.insert(id, io);
+            if newly {
+                // What a log process left is read at once, whatever epoll reports.
                 self.backlog.insert(Pipe::Log(id));
             }
         }
@@ -939,9 +927,18 @@ impl Daemon {
                 .collect();
             for id in generation_services {
                 self.service_io(id, request.generation)?;
-                let io = &self.services[&id];
-                if io.via_log_process {
-                    log_pipes.push((io.log.raw_fd(), io.name.clone()));
+            }
+            // Its generation's pipes, and the anvil pipes of earlier ones (anvil outlives
+            // them): those may have a writer as long as anvil runs, so the log process does
+            // not wait for their end.
+            for io in self.services.values() {
+                let own = io.generation == request.generation;
+                if io.via_log_process && (own || io.anvil) {
+                    log_pipes.push(spawn::LogPipeFd {
+                        fd: io.log.raw_fd(),
+                        service: io.name.clone(),
+                        lasting: io.anvil,
+                    });
                 }
             }
         }
@@ -1031,7 +1028,7 @@ impl Daemon {
             self.hand_logs_to(request.generation, pid);
         }
         if config.service_type == ServiceType::Anvil {
-            self.anvil_generation = Some(request.generation);
+            self.anvil = Some((pid, request.generation));
         }
         if let Some(error) = exec_error {
             // The child exits 84 and is reaped as a failed start; this says why.
@@ -1210,6 +1207,9 @@ impl Daemon {
             self.take_logs_back(Pid(pid));
             // Read what it said last before the core forgets the pid.
             self.drain_pipes();
+            if self.anvil.is_some_and(|(anvil, _)| anvil == Pid(pid)) {
+                self.forget_anvil_io();
+            }
             self.feed(Input::Exited {
                 pid: Pid(pid),
                 status: exit,
@@ -1222,10 +1222,6 @@ impl Daemon {
         for id in ids {
             self.on_status_pipe(id);
             self.on_log_pipe(id);
-        }
-        let adopted: Vec<Token> = self.adopted_logs.keys().copied().collect();
-        for token in adopted {
-            self.on_adopted_log(token);
         }
     }
 
@@ -1461,10 +1457,6 @@ impl Daemon {
         for io in self.services.values_mut().filter(|io| io.log_watched) {
             io.log.read(LOG_READS_PER_TURN, &mut self.log);
             io.log.flush(&mut self.log);
-        }
-        for pipe in self.adopted_logs.values_mut() {
-            pipe.read(LOG_READS_PER_TURN, &mut self.log);
-            pipe.flush(&mut self.log);
         }
         for io in self.listeners.values() {
             if let Some(path) = &io.path {

@@ -126,9 +126,20 @@ pub struct ChildFds {
     pub anvil: Option<RawFd>,
     /// The sealed settings memfd.
     pub settings: Option<RawFd>,
-    /// The log service only: the read ends of its generation's log pipes, each with the
-    /// service whose children write to it.
-    pub log_pipes: Vec<(RawFd, String)>,
+    /// The log service only: the read ends of the log pipes it reads.
+    pub log_pipes: Vec<LogPipeFd>,
+}
+
+/// A log pipe's read end, for the log process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogPipeFd {
+    /// The read end, as the master holds it.
+    pub fd: RawFd,
+    /// The service whose children write to it.
+    pub service: String,
+    /// A writer may outlive the log process's generation (anvil's): it does not wait for
+    /// the pipe's end before it exits.
+    pub lasting: bool,
 }
 
 /// Everything one child needs, computed before fork.
@@ -252,9 +263,10 @@ impl SpawnPlan {
         }
         if !fds.log_pipes.is_empty() {
             let mut named = Vec::with_capacity(fds.log_pipes.len());
-            for (fd, service) in &fds.log_pipes {
-                moves.push((*fd, next));
-                named.push(format!("{service}:{next}"));
+            for pipe in &fds.log_pipes {
+                moves.push((pipe.fd, next));
+                let lasting = if pipe.lasting { ":lasting" } else { "" };
+                named.push(format!("{}:{next}{lasting}", pipe.service));
                 next += 1;
             }
             env.push(format!("ROOST_LOG_FDS={}", named.join(" ")));
@@ -760,7 +772,18 @@ mod tests {
                 login_notify: None,
                 anvil: None,
                 settings: Some(15),
-                log_pipes: vec![(30, "pop3-login".into()), (31, "pop3".into())],
+                log_pipes: vec![
+                    LogPipeFd {
+                        fd: 30,
+                        service: "pop3-login".into(),
+                        lasting: false,
+                    },
+                    LogPipeFd {
+                        fd: 31,
+                        service: "anvil".into(),
+                        lasting: true,
+                    },
+                ],
             },
             identity: None,
             shutdown_clients: true,
@@ -770,7 +793,7 @@ mod tests {
         for expected in [
             "ROOST_STATUS_FD=3",
             "ROOST_SETTINGS_FD=5",
-            "ROOST_LOG_FDS=pop3-login:6 pop3:7",
+            "ROOST_LOG_FDS=pop3-login:6 anvil:7:lasting",
         ] {
             assert!(
                 env.iter().any(|v| v == expected),

@@ -1203,6 +1203,63 @@ fn a_hundred_reloads_during_a_login_storm_lose_no_session() {
     );
 }
 
+/// Sends anvil a request it refuses: it logs an error naming `word`.
+fn make_anvil_complain(host: &Host, word: &str) {
+    let mut anvil =
+        std::os::unix::net::UnixStream::connect(host.dir.join("run/anvil")).expect("anvil");
+    anvil
+        .write_all(format!("{word}\n").as_bytes())
+        .expect("write");
+    anvil
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut reply = String::new();
+    let _ = anvil.read_to_string(&mut reply);
+    assert!(reply.starts_with("ERROR"), "{reply}");
+}
+
+#[test]
+fn anvils_lines_go_through_the_log_process_before_and_after_reloads() {
+    let host = Host::start("anvil-log", "  service_count = 1", "");
+    let mut pop3 = Pop3::login(host.pop3, "demo");
+    assert!(pop3.send("QUIT").starts_with("+OK"));
+    let errors =
+        |h: &Host| String::from_utf8_lossy(&h.command(&["log", "errors"]).stdout).into_owned();
+    make_anvil_complain(&host, "BEFORE");
+    // `roost log errors` answers from the log process: the line went through it.
+    host.wait_for(
+        |h| errors(h).contains("anvil: Error: unknown anvil command \"BEFORE\""),
+        "anvil's error in the log process",
+    );
+    let master = host.child.as_ref().expect("running").id() as i32;
+    let anvil = children_of(master)
+        .into_iter()
+        .find(|(_, t)| t.ends_with("/anvil"))
+        .map(|(pid, _)| pid)
+        .expect("anvil runs");
+    for _ in 0..3 {
+        assert!(host.command(&["reload"]).status.success());
+    }
+    let log_processes = |_: &Host| {
+        children_of(master)
+            .into_iter()
+            .filter(|(_, t)| t.ends_with("/log"))
+            .count()
+    };
+    host.wait_for(|h| log_processes(h) == 1, "the old log processes to leave");
+    make_anvil_complain(&host, "AFTER");
+    host.wait_for(
+        |h| errors(h).contains("anvil: Error: unknown anvil command \"AFTER\""),
+        "anvil's error in the new log process",
+    );
+    assert!(
+        children_of(master).iter().any(|(pid, _)| *pid == anvil),
+        "the same anvil, moved to the new generation"
+    );
+    let log = host.log_text();
+    assert_eq!(log.matches("command \"AFTER\"").count(), 1, "{log}");
+}
+
 #[test]
 fn login_processes_are_executed_afresh_and_post_login_ones_forked_by_the_spawner() {
     let host = Host::start(

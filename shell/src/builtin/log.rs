@@ -6,8 +6,9 @@
 //!
 //! - SIGUSR1 reopens log_path, between lines (logrotate's rename + USR1 loses nothing).
 //! - It exits 0 once every pipe is closed: the master closes its write ends when the
-//!   generation retires, so that happens after the generation's last child is gone. TERM, INT
-//!   and QUIT make it write what the pipes hold, then exit.
+//!   generation retires, so that happens after the generation's last child is gone. Pipes
+//!   marked `:lasting` (anvil's, whose process outlives generations) are read but not waited
+//!   for. TERM, INT and QUIT make it write what the pipes hold, then exit.
 //! - The master keeps the read ends as well: what a log process leaves unread when it dies
 //!   stays in the pipes for its successor, or for the master while there is none.
 //! - It keeps the last [`crate::logging::RECENT_ERRORS`] warnings and errors and hands them to whoever
@@ -46,12 +47,27 @@ const READS_PER_TURN: usize = 4;
 /// endless writer.
 const READS_AT_STOP: usize = 64;
 
-/// Parses `ROOST_LOG_FDS` (`service:fd` separated by spaces) into the pipes it names. Each fd
-/// must be one this process inherited above stderr, named once.
-pub fn pipes_from_env(value: &str) -> Result<Vec<(String, RawFd)>, String> {
-    let mut pipes: Vec<(String, RawFd)> = Vec::new();
+/// One pipe of `ROOST_LOG_FDS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedPipe {
+    /// The service whose children write to it.
+    pub service: String,
+    /// Its fd here.
+    pub fd: RawFd,
+    /// Read, but its end not waited for (a writer may outlive the generation).
+    pub lasting: bool,
+}
+
+/// Parses `ROOST_LOG_FDS` (`service:fd` or `service:fd:lasting`, separated by spaces) into the
+/// pipes it names. Each fd must be one this process inherited above stderr, named once.
+pub fn pipes_from_env(value: &str) -> Result<Vec<NamedPipe>, String> {
+    let mut pipes: Vec<NamedPipe> = Vec::new();
     for entry in value.split_whitespace() {
-        let (service, fd) = entry
+        let (rest, lasting) = match entry.strip_suffix(":lasting") {
+            Some(rest) => (rest, true),
+            None => (entry, false),
+        };
+        let (service, fd) = rest
             .rsplit_once(':')
             .ok_or_else(|| format!("ROOST_LOG_FDS: '{entry}' is not service:fd"))?;
         let fd: RawFd = fd
@@ -59,10 +75,14 @@ pub fn pipes_from_env(value: &str) -> Result<Vec<(String, RawFd)>, String> {
             .ok()
             .filter(|fd| *fd > 2)
             .ok_or_else(|| format!("ROOST_LOG_FDS: '{entry}' has no fd above 2"))?;
-        if service.is_empty() || pipes.iter().any(|(_, seen)| *seen == fd) {
+        if service.is_empty() || pipes.iter().any(|seen| seen.fd == fd) {
             return Err(format!("ROOST_LOG_FDS: '{entry}' is not a new service:fd"));
         }
-        pipes.push((service.to_owned(), fd));
+        pipes.push(NamedPipe {
+            service: service.to_owned(),
+            fd,
+            lasting,
+        });
     }
     Ok(pipes)
 }
@@ -73,13 +93,18 @@ pub fn main() -> i32 {
         let named = pipes_from_env(&std::env::var("ROOST_LOG_FDS").unwrap_or_default())
             .map_err(|e| format!("log: {e}"))?;
         let mut pipes = Vec::with_capacity(named.len());
-        for (service, fd) in named {
+        let mut lasting = BTreeSet::new();
+        for (i, NamedPipe { service, fd, .. }) in named.iter().enumerate() {
+            let fd = *fd;
             // SAFETY: fcntl only asks whether the fd is open; an open one is ours to own: the
             // master placed it for this process and nothing else here uses it.
             if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
                 return Err(format!("log: fd {fd} of service {service} is not open"));
             }
-            pipes.push(LogPipe::new(&service, unsafe { OwnedFd::from_raw_fd(fd) }));
+            pipes.push(LogPipe::new(service, unsafe { OwnedFd::from_raw_fd(fd) }));
+            if named[i].lasting {
+                lasting.insert(i);
+            }
         }
         // Opened before the privileges go: log_path is often writable by root only.
         let mut log = LogWriter::for_settings(&start.settings.global);
@@ -92,7 +117,7 @@ pub fn main() -> i32 {
             // SAFETY: the master placed the listeners at these fds for this process alone.
             .map(|fd| Some(unsafe { UnixListener::from_raw_fd(*fd) }))
             .collect();
-        run(&start.env, pipes, listeners, &mut log).map_err(|e| format!("log: {e}"))
+        run(&start.env, pipes, &lasting, listeners, &mut log).map_err(|e| format!("log: {e}"))
     })
 }
 
@@ -100,6 +125,7 @@ pub fn main() -> i32 {
 fn run(
     env: &ChildEnv,
     mut pipes: Vec<LogPipe>,
+    lasting: &BTreeSet<usize>,
     mut listeners: Vec<Option<UnixListener>>,
     log: &mut LogWriter,
 ) -> io::Result<i32> {
@@ -133,6 +159,9 @@ fn run(
     // Every pipe may hold lines already: the previous log process's leftovers.
     let mut ready: BTreeSet<usize> = (0..pipes.len()).collect();
     let mut open: BTreeSet<usize> = ready.clone();
+    // The pipes whose end it waits for.
+    let awaited = |open: &BTreeSet<usize>| open.iter().filter(|i| !lasting.contains(i)).count();
+    let waits_for_ends = awaited(&open) > 0;
     let mut status_sent = false;
     let mut events = Events::with_capacity(64);
     loop {
@@ -155,10 +184,10 @@ fn run(
                 }
             }
         }
-        // With no pipe at all (a generation of log and anvil alone) there is no end to wait
-        // for: it stays until told to stop or its master is gone, rather than exiting at once
-        // to be started again at once.
-        if open.is_empty() && !pipes.is_empty() {
+        // With no pipe to wait for (a generation of log and anvil alone) there is no end: it
+        // stays until told to stop or its master is gone, rather than exiting at once to be
+        // started again at once.
+        if waits_for_ends && awaited(&open) == 0 {
             return Ok(0);
         }
         let timeout = if !ready.is_empty() {
@@ -186,7 +215,7 @@ fn run(
                 }
             } else if event.token() == MASTER_DEAD {
                 if event.is_error() || event.is_write_closed() {
-                    if pipes.is_empty() {
+                    if !waits_for_ends {
                         return Ok(0);
                     }
                     let _ = poll
@@ -234,12 +263,29 @@ mod tests {
 
     #[test]
     fn the_log_fds_name_their_service_and_bad_lists_are_refused() {
+        let pipe = |service: &str, fd, lasting| NamedPipe {
+            service: service.to_owned(),
+            fd,
+            lasting,
+        };
         assert_eq!(
-            pipes_from_env("pop3-login:6 pop3:7").expect("parses"),
-            vec![("pop3-login".to_owned(), 6), ("pop3".to_owned(), 7)]
+            pipes_from_env("pop3-login:6 pop3:7 anvil:8:lasting").expect("parses"),
+            vec![
+                pipe("pop3-login", 6, false),
+                pipe("pop3", 7, false),
+                pipe("anvil", 8, true)
+            ]
         );
         assert_eq!(pipes_from_env("").expect("none"), vec![]);
-        for bad in ["pop3", "pop3:x", "pop3:2", ":7", "a:7 b:7"] {
+        for bad in [
+            "pop3",
+            "pop3:x",
+            "pop3:2",
+            ":7",
+            "a:7 b:7",
+            "a:lasting",
+            "a:7:later",
+        ] {
             let error = pipes_from_env(bad).expect_err(bad);
             assert!(error.starts_with("ROOST_LOG_FDS: "), "{error}");
         }
