@@ -94,15 +94,19 @@ pub fn main() -> i32 {
             .map_err(|e| format!("log: {e}"))?;
         let mut pipes = Vec::with_capacity(named.len());
         let mut lasting = BTreeSet::new();
-        for (i, NamedPipe { service, fd, .. }) in named.iter().enumerate() {
-            let fd = *fd;
+        for (i, pipe) in named.iter().enumerate() {
             // SAFETY: fcntl only asks whether the fd is open; an open one is ours to own: the
             // master placed it for this process and nothing else here uses it.
-            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-                return Err(format!("log: fd {fd} of service {service} is not open"));
+            if unsafe { libc::fcntl(pipe.fd, libc::F_GETFD) } < 0 {
+                return Err(format!(
+                    "log: fd {} of service {} is not open",
+                    pipe.fd, pipe.service
+                ));
             }
-            pipes.push(LogPipe::new(service, unsafe { OwnedFd::from_raw_fd(fd) }));
-            if named[i].lasting {
+            pipes.push(LogPipe::new(&pipe.service, unsafe {
+                OwnedFd::from_raw_fd(pipe.fd)
+            }));
+            if pipe.lasting {
                 lasting.insert(i);
             }
         }
