@@ -7,6 +7,9 @@
 //! order) and are announced the systemd way (`LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID`), then
 //! roost's own fds follow with their numbers in `ROOST_*` variables. The environment is wiped
 //! but for `import_environment`.
+//!
+//! The same plan serves the spawner (`crate::spawner`), which forks the children of non-login
+//! built-ins instead: [`SpawnPlan::order`] is this child as its order.
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
@@ -22,7 +25,8 @@ use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use crate::fdplan::{self, FdOp};
 use crate::spawner::SpawnOrder;
 
-/// The programs built into the roost binary, run by re-executing it in that mode.
+/// The programs built into the roost binary, run by re-executing it in that mode (login
+/// services) or forked by the spawner (the others, `crate::spawner`).
 pub use crate::builtin::BUILTINS;
 
 /// The exit status of a child that could not exec (reference §2.4: "exec() failed").
