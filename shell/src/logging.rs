@@ -135,7 +135,7 @@ impl RecentError {
 /// How many recent errors the log process keeps (as many as the original's).
 pub const RECENT_ERRORS: usize = 1000;
 
-/// The master's log writer.
+/// The log writer of the master and of the log process.
 pub struct LogWriter {
     target: Target,
     /// `info_log_path`, when it names another place than log_path: Info lines go there.
