@@ -484,6 +484,74 @@ fn a_log_process_with_no_pipe_to_read_stays_rather_than_restarting_at_once() {
     assert!(roost.stop().success());
 }
 
+/// Removes the /dev/log a test bound, however the test ends.
+struct DevLog(std::os::unix::net::UnixDatagram);
+
+impl Drop for DevLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file("/dev/log");
+    }
+}
+
+#[test]
+fn as_root_syslog_gets_the_masters_lines_and_the_childrens_through_the_log_process() {
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: binding /dev/log needs root (CI runs as root)");
+        return;
+    }
+    if Path::new("/dev/log").exists() {
+        println!("skipped: a syslog daemon owns /dev/log here");
+        return;
+    }
+    let Ok(socket) = std::os::unix::net::UnixDatagram::bind("/dev/log") else {
+        println!("skipped: /dev/log cannot be bound here");
+        return;
+    };
+    let syslog = DevLog(socket);
+    syslog
+        .0
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("roost-e2e-syslog-prog-{}", std::process::id()));
+    let config = format!(
+        "log_path = syslog\nsyslog_facility = local3\n{}",
+        stderr_writing_service(&dir, port)
+    );
+    let mut roost = Roost::start("syslog", &config);
+    assert_eq!(echo(port, "hello\n").expect("echo"), "hello\n");
+    let master = roost.master_pid();
+    let (mut master_line, mut child_line) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buffer = [0u8; 4096];
+    while (master_line.is_none() || child_line.is_none()) && Instant::now() < deadline {
+        let Ok(n) = syslog.0.recv(&mut buffer) else {
+            continue;
+        };
+        let datagram = String::from_utf8_lossy(&buffer[..n]).into_owned();
+        if datagram.contains("roost: Info: roost v") {
+            master_line = Some(datagram);
+        } else if datagram.contains("say: Error: got hello") {
+            child_line = Some(datagram);
+        }
+    }
+    assert!(roost.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+    // local3 is facility 19: Info is priority 19 × 8 + 6, Error 19 × 8 + 3; the ident is roost's
+    // and the pid the writer's, the master's own or the log process's.
+    let master_line = master_line.expect("the master's start line in syslog");
+    assert!(
+        master_line.starts_with(&format!("<158>roost[{master}]: roost: Info: ")),
+        "{master_line}"
+    );
+    let child_line = child_line.expect("the child's line in syslog");
+    assert!(child_line.starts_with("<155>roost["), "{child_line}");
+    assert!(
+        !child_line.starts_with(&format!("<155>roost[{master}]")),
+        "written by the log process, not the master: {child_line}"
+    );
+}
+
 #[test]
 fn usr1_after_a_rename_writes_to_the_new_log_file() {
     let port = free_port();
