@@ -562,12 +562,7 @@ impl Daemon {
                 self.rewatch_logs();
             }
             Output::ForgetGeneration { generation } => {
-                let gone: Vec<ServiceId> = self
-                    .services
-                    .iter()
-                    .filter(|(_, s)| s.generation == generation)
-                    .map(|(id, _)| *id)
-                    .collect();
+                let gone = self.service_ios_of(generation);
                 self.generations.remove(&generation);
                 self.log_processes.remove(&generation);
                 self.templates.retain(|(g, _), _| *g != generation);
@@ -587,6 +582,15 @@ impl Daemon {
             Output::Lifecycle(state) => notify_systemd(state),
             Output::Exit(code) => self.exit = Some(code),
         }
+    }
+
+    /// The services of a generation whose pipes the master holds.
+    fn service_ios_of(&self, generation: Generation) -> Vec<ServiceId> {
+        self.services
+            .iter()
+            .filter(|(_, io)| io.generation == generation)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Closes a service's pipes, after writing what its log pipe still holds.
@@ -611,13 +615,7 @@ impl Daemon {
             return;
         };
         if !self.generations.contains_key(&generation) {
-            let ids: Vec<ServiceId> = self
-                .services
-                .iter()
-                .filter(|(_, io)| io.generation == generation)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in ids {
+            for id in self.service_ios_of(generation) {
                 self.remove_service_io(id);
             }
         }

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
 
 use roost_core::child::{ChildConfig, Input as ChildInput};
 use roost_core::ids::{Pid, ProcessUid};
@@ -90,25 +91,46 @@ impl ChildEnv {
     /// Applies `ROOST_RESTRICT_*`: chroot, groups, gid, uid (in that order, while still root).
     pub fn restrict_privileges() -> io::Result<()> {
         let parse = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
-        if let Ok(dir) = std::env::var("ROOST_RESTRICT_CHROOT") {
-            nix::unistd::chroot(dir.as_str())?;
-            nix::unistd::chdir("/")?;
-        }
-        if let Some(gid) = parse("ROOST_RESTRICT_GID") {
-            let groups: Vec<nix::unistd::Gid> = std::env::var("ROOST_RESTRICT_GROUPS")
-                .unwrap_or_default()
-                .split(',')
-                .filter_map(|g| g.parse().ok())
-                .map(nix::unistd::Gid::from_raw)
-                .collect();
-            nix::unistd::setgroups(&groups)?;
-            nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))?;
-        }
-        if let Some(uid) = parse("ROOST_RESTRICT_UID") {
-            nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
-        }
-        Ok(())
+        let groups: Vec<u32> = std::env::var("ROOST_RESTRICT_GROUPS")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|g| g.parse().ok())
+            .collect();
+        drop_to(
+            std::env::var_os("ROOST_RESTRICT_CHROOT")
+                .as_deref()
+                .map(Path::new),
+            parse("ROOST_RESTRICT_GID"),
+            &groups,
+            parse("ROOST_RESTRICT_UID"),
+        )
     }
+}
+
+/// Takes an identity in this (single-threaded) process: chroot, then the supplementary groups
+/// and the gid (only with a gid), then the uid, in that order while still root.
+pub(crate) fn drop_to(
+    chroot: Option<&Path>,
+    gid: Option<u32>,
+    groups: &[u32],
+    uid: Option<u32>,
+) -> io::Result<()> {
+    if let Some(dir) = chroot {
+        nix::unistd::chroot(dir)?;
+        nix::unistd::chdir("/")?;
+    }
+    if let Some(gid) = gid {
+        let groups: Vec<nix::unistd::Gid> = groups
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        nix::unistd::setgroups(&groups)?;
+        nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))?;
+    }
+    if let Some(uid) = uid {
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
+    }
+    Ok(())
 }
 
 /// Writes one status record; the child machine hears how it went.

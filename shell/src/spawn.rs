@@ -538,18 +538,7 @@ unsafe fn child_after_fork(
     unsafe {
         // The error pipe goes above the plan's fds first, so the dup2s cannot clobber it.
         let pipe = libc::fcntl(err.fd, libc::F_DUPFD_CLOEXEC, err.floor);
-        // Its own process group: a terminal's Ctrl-C under -F is not an idle-kill request.
-        libc::setsid();
-        // Dispositions reset (SIGPIPE too: SIG_IGN survives exec), and only then the mask
-        // (everything is blocked since the clone): the master's handlers never run here.
-        for signal in 1..32 {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::signal(signal, libc::SIG_DFL);
-            }
-        }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        reset_process_state();
         if fdplan::execute(fd_ops).is_err() {
             fail_before_exec(pipe);
         }
@@ -566,14 +555,7 @@ unsafe fn child_after_fork(
         if let Some(buffer) = listen_pid {
             write_pid(buffer, libc::getpid());
         }
-        if vsz_limit > 0 {
-            let limit = libc::rlimit {
-                rlim_cur: vsz_limit,
-                rlim_max: vsz_limit,
-            };
-            libc::setrlimit(libc::RLIMIT_AS, &limit);
-            libc::setrlimit(libc::RLIMIT_DATA, &limit);
-        }
+        set_vsz_limit(vsz_limit);
         if let Some(identity) = identity {
             if let Some(dir) = chroot {
                 if libc::chroot(dir.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
@@ -599,6 +581,44 @@ unsafe fn child_after_fork(
         let _ = &env;
         libc::execve(path.as_ptr(), argv.as_ptr(), env.as_ptr());
         fail_before_exec(pipe);
+    }
+}
+
+/// A new child's process state, the same for the exec path and the spawner's children: its own
+/// session (a terminal's Ctrl-C under -F is not an idle-kill request), every disposition the
+/// default (SIGPIPE too: SIG_IGN survives exec), and only then an empty mask (everything is
+/// blocked since the clone, so no handler of the parent's runs here).
+///
+/// # Safety
+/// Only in a new child before it runs anything else: async-signal-safe calls only.
+pub(crate) unsafe fn reset_process_state() {
+    unsafe {
+        libc::setsid();
+        for signal in 1..32 {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// `vsz_limit` as RLIMIT_AS and RLIMIT_DATA (0: none).
+///
+/// # Safety
+/// Async-signal-safe: for a new child before it runs anything else.
+pub(crate) unsafe fn set_vsz_limit(vsz_limit: u64) {
+    if vsz_limit > 0 {
+        let limit = libc::rlimit {
+            rlim_cur: vsz_limit,
+            rlim_max: vsz_limit,
+        };
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_AS, &limit);
+            libc::setrlimit(libc::RLIMIT_DATA, &limit);
+        }
     }
 }
 

@@ -288,18 +288,10 @@ fn child(order: &SpawnOrder, ops: &[fdplan::FdOp], title: &TitleArea) -> ! {
     // SAFETY: this process has one thread; everything below is what the exec path's child
     // does before execve, then the built-in's main as `roost --builtin` would run it.
     unsafe {
-        libc::setsid();
-        for signal in 1..32 {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::signal(signal, libc::SIG_DFL);
-            }
-        }
+        crate::spawn::reset_process_state();
         // As the Rust runtime leaves it for every `main`, the exec path's included: a write to
         // a closed socket is an EPIPE error, not a death.
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         if fdplan::execute(ops).is_err() {
             libc::_exit(EXIT_EXEC_FAILED);
         }
@@ -313,14 +305,7 @@ fn child(order: &SpawnOrder, ops: &[fdplan::FdOp], title: &TitleArea) -> ! {
         }
         libc::close_range((highest + 1) as libc::c_uint, libc::c_uint::MAX, 0);
         libc::umask(0o077);
-        if order.vsz_limit > 0 {
-            let limit = libc::rlimit {
-                rlim_cur: order.vsz_limit,
-                rlim_max: order.vsz_limit,
-            };
-            libc::setrlimit(libc::RLIMIT_AS, &limit);
-            libc::setrlimit(libc::RLIMIT_DATA, &limit);
-        }
+        crate::spawn::set_vsz_limit(order.vsz_limit);
     }
     if let Err(error) = take_identity(order.identity.as_ref()) {
         crate::builtin::say("Fatal", &format!("{}: {error}", order.builtin));
@@ -345,26 +330,15 @@ fn child(order: &SpawnOrder, ops: &[fdplan::FdOp], title: &TitleArea) -> ! {
 
 /// The identity of drop_priv_before_exec, as the exec path takes it.
 fn take_identity(identity: Option<&Identity>) -> io::Result<()> {
-    let Some(identity) = identity else {
-        return Ok(());
-    };
-    if let Some(dir) = &identity.chroot {
-        nix::unistd::chroot(dir)?;
-        nix::unistd::chdir("/")?;
+    match identity {
+        Some(identity) => crate::runtime::drop_to(
+            identity.chroot.as_deref(),
+            identity.gid,
+            &identity.groups,
+            identity.uid,
+        ),
+        None => Ok(()),
     }
-    if let Some(gid) = identity.gid {
-        let groups: Vec<nix::unistd::Gid> = identity
-            .groups
-            .iter()
-            .map(|g| nix::unistd::Gid::from_raw(*g))
-            .collect();
-        nix::unistd::setgroups(&groups)?;
-        nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))?;
-    }
-    if let Some(uid) = identity.uid {
-        nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
-    }
-    Ok(())
 }
 
 /// The spawner's argument area (what /proc/PID/cmdline and `ps` show), which each child

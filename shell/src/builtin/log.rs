@@ -29,14 +29,12 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use roost_core::child::Input as ChildInput;
 
+use super::server;
 use crate::logging::{LogPipe, LogWriter, PipeState};
 use crate::runtime::{write_status, ChildEnv};
 
-/// The signals.
-const SIGNALS: Token = Token(usize::MAX);
-/// The master-dead pipe.
-const MASTER_DEAD: Token = Token(usize::MAX - 1);
-/// The first listener (log-errors); pipes count from 0.
+/// The first listener (log-errors); pipes count from 0, and the runtime's own sources
+/// ([`server::SIGNALS`], [`server::MASTER_DEAD`]) sit at the top of the range.
 const FIRST_LISTENER: usize = 1 << 20;
 
 /// Reads of one pipe per turn (16 KiB each): a service that floods its pipe gets its turn
@@ -134,15 +132,9 @@ fn run(
     log: &mut LogWriter,
 ) -> io::Result<i32> {
     let mut poll = Poll::new()?;
-    let mut signals = signal_hook_mio::v1_0::Signals::new([
-        libc::SIGUSR1,
-        libc::SIGTERM,
-        libc::SIGINT,
-        libc::SIGQUIT,
-        libc::SIGHUP,
-    ])?;
-    poll.registry()
-        .register(&mut signals, SIGNALS, Interest::READABLE)?;
+    // The signals of the child protocol (SIGUSR1: reopen) and the master-dead pipe, as every
+    // built-in watches them.
+    let mut signals = server::watch_runtime(&poll, env, true)?;
     for (i, pipe) in pipes.iter().enumerate() {
         poll.registry()
             .register(&mut SourceFd(&pipe.raw_fd()), Token(i), Interest::READABLE)?;
@@ -155,11 +147,6 @@ fn run(
             Interest::READABLE,
         )?;
     }
-    poll.registry().register(
-        &mut SourceFd(&env.master_dead_fd),
-        MASTER_DEAD,
-        Interest::WRITABLE,
-    )?;
     // Every pipe may hold lines already: the previous log process's leftovers.
     let mut ready: BTreeSet<usize> = (0..pipes.len()).collect();
     let mut open: BTreeSet<usize> = ready.clone();
@@ -209,15 +196,14 @@ fn run(
         }
         let mut stop = false;
         for event in events.iter() {
-            if event.token() == SIGNALS {
+            if event.token() == server::SIGNALS {
                 for signal in signals.pending() {
                     match signal {
                         libc::SIGUSR1 => log.reopen(),
-                        libc::SIGHUP => {}
                         _ => stop = true,
                     }
                 }
-            } else if event.token() == MASTER_DEAD {
+            } else if event.token() == server::MASTER_DEAD {
                 if event.is_error() || event.is_write_closed() {
                     if !waits_for_ends {
                         return Ok(0);
