@@ -146,13 +146,70 @@ pub struct LogPipeFd {
     pub lasting: bool,
 }
 
+/// A child's environment as execve takes it: `NAME=value` strings, NUL-terminated, and room
+/// for `LISTEN_PID`, which only the child can fill in: with its own pid, after the fork.
+#[derive(Debug)]
+pub(crate) struct Environment {
+    vars: Vec<Vec<u8>>,
+    listen_pid: Option<usize>,
+}
+
+impl Environment {
+    /// The variables of `vars`, then `LISTEN_PID` when `listen_pid`.
+    pub(crate) fn new(vars: &[String], listen_pid: bool) -> Result<Environment, PlanError> {
+        let mut bytes: Vec<Vec<u8>> = Vec::with_capacity(vars.len() + 1);
+        for var in vars {
+            bytes.push(cstring(var)?.into_bytes_with_nul());
+        }
+        let listen_pid = listen_pid.then(|| {
+            // Room for any pid; the child writes its own digits and a NUL after fork.
+            bytes.push(b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0".to_vec());
+            bytes.len() - 1
+        });
+        Ok(Environment {
+            vars: bytes,
+            listen_pid,
+        })
+    }
+
+    /// The variables as text (LISTEN_PID without its digits).
+    pub(crate) fn vars(&self) -> Vec<String> {
+        self.vars
+            .iter()
+            .map(|v| {
+                String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(&[])).into_owned()
+            })
+            .collect()
+    }
+
+    /// The NULL-terminated pointer array for execve or `environ`, and the buffer the child
+    /// hands to [`write_pid`]. The pointers are valid as long as `self` is not dropped.
+    pub(crate) fn pointers(&mut self) -> (Vec<*const libc::c_char>, Option<*mut libc::c_char>) {
+        let listen_pid = self
+            .listen_pid
+            .map(|i| self.vars[i].as_mut_ptr().cast::<libc::c_char>());
+        let pointers = self
+            .vars
+            .iter()
+            .map(|v| v.as_ptr().cast())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        (pointers, listen_pid)
+    }
+}
+
+unsafe extern "C" {
+    /// The C library's environment, which `std::env` reads (and `set_var` replaces): a
+    /// NULL-terminated array of `NAME=value` strings.
+    pub(crate) static mut environ: *const *const libc::c_char;
+}
+
 /// Everything one child needs, computed before fork.
 #[derive(Debug)]
 pub struct SpawnPlan {
     path: CString,
     argv: Vec<CString>,
-    env: Vec<Vec<u8>>,
-    listen_pid_index: Option<usize>,
+    env: Environment,
     fd_ops: Vec<FdOp>,
     highest_fd: RawFd,
     identity_before_exec: Option<Identity>,
@@ -318,15 +375,7 @@ impl SpawnPlan {
                 env.push(format!("ROOST_RESTRICT_CHROOT={}", chroot.display()));
             }
         }
-        let mut env_bytes: Vec<Vec<u8>> = Vec::with_capacity(env.len() + 1);
-        for var in &env {
-            env_bytes.push(cstring(var)?.into_bytes_with_nul());
-        }
-        let listen_pid_index = (listen_fds > 0).then(|| {
-            // Room for any pid; the child writes its own digits and a NUL after fork.
-            env_bytes.push(b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0".to_vec());
-            env_bytes.len() - 1
-        });
+        let env_block = Environment::new(&env, listen_fds > 0)?;
         let highest_fd = next - 1;
         let identity_before_exec = if drop_before {
             input.identity.clone()
@@ -352,8 +401,7 @@ impl SpawnPlan {
         Ok(SpawnPlan {
             path: cstring(&path)?,
             argv: argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
-            env: env_bytes,
-            listen_pid_index,
+            env: env_block,
             fd_ops: fdplan::plan_fd_moves(&moves)?,
             highest_fd,
             identity_before_exec,
@@ -364,12 +412,7 @@ impl SpawnPlan {
 
     /// The environment as planned (tests, and `roost status` debugging).
     pub fn env_vars(&self) -> Vec<String> {
-        self.env
-            .iter()
-            .map(|v| {
-                String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(&[])).into_owned()
-            })
-            .collect()
+        self.env.vars()
     }
 
     /// The child as an order for the spawner, with the fds to send in the order of its
@@ -414,15 +457,7 @@ impl SpawnPlan {
             .map(|a| a.as_ptr())
             .chain(std::iter::once(std::ptr::null()))
             .collect();
-        let mut env_ptrs: Vec<*const libc::c_char> = self
-            .env
-            .iter()
-            .map(|v| v.as_ptr().cast())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect();
-        let listen_pid = self
-            .listen_pid_index
-            .map(|i| self.env[i].as_mut_ptr().cast::<libc::c_char>());
+        let (mut env_ptrs, listen_pid) = self.env.pointers();
         let chroot = match self
             .identity_before_exec
             .as_ref()
@@ -623,7 +658,10 @@ pub(crate) unsafe fn set_vsz_limit(vsz_limit: u64) {
 }
 
 /// Writes `LISTEN_PID=<pid>` into the prepared buffer (which has room for 12 digits).
-unsafe fn write_pid(buffer: *mut libc::c_char, pid: libc::pid_t) {
+///
+/// # Safety
+/// `buffer` is the one [`Environment::pointers`] returned, of an `Environment` still alive.
+pub(crate) unsafe fn write_pid(buffer: *mut libc::c_char, pid: libc::pid_t) {
     let prefix = b"LISTEN_PID=".len();
     let mut digits = [0u8; 12];
     let mut n = pid.max(0) as u32;

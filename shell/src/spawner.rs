@@ -33,7 +33,7 @@ use roost_core::ids::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::fdplan;
-use crate::spawn::{Identity, EXIT_EXEC_FAILED};
+use crate::spawn::{Environment, Identity, EXIT_EXEC_FAILED};
 
 /// The fd the spawner finds its socket at.
 const SOCKET_FD: RawFd = 3;
@@ -264,6 +264,13 @@ fn spawn_child(order: &SpawnOrder, fds: &[OwnedFd], title: &TitleArea) -> i32 {
     let Ok(ops) = fdplan::plan_fd_moves(&moves) else {
         return -libc::EINVAL;
     };
+    // The child's environment, made here as the exec path makes it: the child only points
+    // `environ` at it, instead of a setenv per variable (each a malloc, a search and a copy of
+    // the array, in a process whose every first write to a page copies it).
+    let Ok(mut environment) = Environment::new(&order.env, order.listen_pid) else {
+        return -libc::EINVAL;
+    };
+    let (env, listen_pid) = environment.pointers();
     // SAFETY: a fork-like clone (no CLONE_VM: the child gets a copy of this single-threaded
     // process) whose parent is the master (CLONE_PARENT). The child never returns here.
     let pid = unsafe {
@@ -277,14 +284,21 @@ fn spawn_child(order: &SpawnOrder, fds: &[OwnedFd], title: &TitleArea) -> i32 {
         )
     };
     match pid {
-        0 => child(order, &ops, title),
+        0 => child(order, &ops, &env, listen_pid, title),
         pid if pid > 0 => pid as i32,
         _ => -fdplan::errno(),
     }
 }
 
-/// The child: becomes what the order says, then runs the built-in.
-fn child(order: &SpawnOrder, ops: &[fdplan::FdOp], title: &TitleArea) -> ! {
+/// The child: becomes what the order says, then runs the built-in. `env` is its environment
+/// (a NULL-terminated array), `listen_pid` the room for its pid in it.
+fn child(
+    order: &SpawnOrder,
+    ops: &[fdplan::FdOp],
+    env: &[*const libc::c_char],
+    listen_pid: Option<*mut libc::c_char>,
+    title: &TitleArea,
+) -> ! {
     // SAFETY: this process has one thread; everything below is what the exec path's child
     // does before execve, then the built-in's main as `roost --builtin` would run it.
     unsafe {
@@ -306,22 +320,17 @@ fn child(order: &SpawnOrder, ops: &[fdplan::FdOp], title: &TitleArea) -> ! {
         libc::close_range((highest + 1) as libc::c_uint, libc::c_uint::MAX, 0);
         libc::umask(0o077);
         crate::spawn::set_vsz_limit(order.vsz_limit);
+        if let Some(buffer) = listen_pid {
+            crate::spawn::write_pid(buffer, libc::getpid());
+        }
+        // The array outlives this process's use of it: `child` never returns, and the
+        // spawner's memory it points into is this process's own copy.
+        crate::spawn::environ = env.as_ptr();
     }
     if let Err(error) = take_identity(order.identity.as_ref()) {
         crate::builtin::say("Fatal", &format!("{}: {error}", order.builtin));
         // SAFETY: leaves without running anything of the spawner's.
         unsafe { libc::_exit(EXIT_EXEC_FAILED) };
-    }
-    for (name, _) in std::env::vars_os() {
-        std::env::remove_var(name);
-    }
-    for var in &order.env {
-        if let Some((name, value)) = var.split_once('=') {
-            std::env::set_var(name, value);
-        }
-    }
-    if order.listen_pid {
-        std::env::set_var("LISTEN_PID", std::process::id().to_string());
     }
     title.set(&order.title);
     let code = crate::builtin::run(&order.builtin, &order.args);
