@@ -6,6 +6,7 @@
 //! status fd, and watches the master-dead fd: when the master closes its end, the write end
 //! reports an error, which is how a child learns that its master or its generation is gone.
 
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
@@ -228,25 +229,57 @@ impl crate::builtin::server::Service for Inetd {
     }
 }
 
-/// Puts the connection on stdin and stdout and execs the program.
+/// Puts the connection on stdin and stdout and execs the program, in the environment roost
+/// gave this process less the child protocol's own variables (`ROOST_*`, `LISTEN_*`).
+///
+/// This is the last thing the adapter does, once per connection: it takes the C library's
+/// `environ` as it is and calls execvpe, where `Command` would copy the environment into a
+/// map to remove two prefixes.
 fn exec_with_connection(conn: RawFd, program: &[String]) -> i32 {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: dup2 of an fd we own onto 0 and 1, then nothing of roost's survives: the
-    // program gets the connection and its stderr (the log pipe), as an inetd program expects.
+    let argv: Vec<CString> = match program.iter().map(|a| CString::new(a.as_bytes())).collect() {
+        Ok(argv) => argv,
+        Err(_) => {
+            say(
+                "Fatal",
+                "inetd: the program or an argument contains a NUL byte",
+            );
+            return crate::spawn::EXIT_EXEC_FAILED;
+        }
+    };
+    let argv: Vec<*const libc::c_char> = argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let mut envp: Vec<*const libc::c_char> = Vec::new();
+    // SAFETY: this process has one thread, so nothing changes `environ` while it is read;
+    // it is a NULL-terminated array of NUL-terminated strings.
     unsafe {
+        let mut var = crate::spawn::environ;
+        while !(*var).is_null() {
+            let text = std::ffi::CStr::from_ptr(*var).to_bytes();
+            if !text.starts_with(b"ROOST_") && !text.starts_with(b"LISTEN_") {
+                envp.push(*var);
+            }
+            var = var.add(1);
+        }
+    }
+    envp.push(std::ptr::null());
+    // SAFETY: dup2 of an fd we own onto 0 and 1, then nothing of roost's survives: the
+    // program gets the connection and its stderr (the log pipe), as an inetd program expects,
+    // with every signal's default (SIGPIPE's SIG_IGN would survive the exec) and an empty
+    // mask. The arrays point into `argv`'s strings and `environ`, both alive until execvpe.
+    let error = unsafe {
         libc::dup2(conn, 0);
         libc::dup2(conn, 1);
         libc::close_range(3, libc::c_uint::MAX, 0);
-    }
-    let mut command = std::process::Command::new(&program[0]);
-    command.args(&program[1..]);
-    for (name, _) in std::env::vars_os() {
-        let name_text = name.to_string_lossy();
-        if name_text.starts_with("ROOST_") || name_text.starts_with("LISTEN_") {
-            command.env_remove(&name);
-        }
-    }
-    let error = command.exec();
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        libc::execvpe(argv[0], argv.as_ptr(), envp.as_ptr());
+        io::Error::last_os_error()
+    };
     say(
         "Fatal",
         &format!("inetd: exec({}) failed: {error}", program[0]),

@@ -337,17 +337,10 @@ fn a_stale_pid_file_with_a_live_pid_does_not_block_a_start() {
 /// reads, and echoes it.
 fn stderr_writing_service(dir: &Path, port: u16) -> String {
     let program = dir.join("say.sh");
-    std::fs::create_dir_all(dir).expect("dir");
-    std::fs::write(
+    write_script(
         &program,
         "#!/bin/sh\nread line\necho \"Error: got $line\" >&2\necho \"$line\"\n",
-    )
-    .expect("program");
-    std::fs::set_permissions(
-        &program,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
+    );
     format!(
         "service say {{\n  executable = inetd {}\n  service_count = 1\n  inet_listener say {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n",
         program.display()
@@ -589,18 +582,11 @@ fn vsz_limit_stops_a_process_that_allocates_past_it() {
     // python3 allocating 200 MB under a 64 MB address-space limit.
     let script = "import sys; b = bytearray(200*1024*1024); sys.stdout.write('unreachable')";
     let dir = std::env::temp_dir().join(format!("roost-e2e-vsz-script-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
     let program = dir.join("alloc.sh");
-    std::fs::write(
+    write_script(
         &program,
-        format!("#!/bin/sh\nexec python3 -c \"{script}\"\n"),
-    )
-    .expect("script");
-    std::fs::set_permissions(
-        &program,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
+        &format!("#!/bin/sh\nexec python3 -c \"{script}\"\n"),
+    );
     let config = format!(
         "service alloc {{\n  executable = inetd {}\n  service_count = 1\n  vsz_limit = 64M\n  inet_listener alloc {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n",
         program.display()
@@ -906,4 +892,48 @@ fn as_root_a_child_runs_in_its_chroot() {
         "inside the chroot\n"
     );
     assert!(roost.stop().success());
+}
+
+/// What an inetd program starts with: the connection on stdin and stdout, the environment
+/// roost gives its children without the child protocol's own variables, every signal at its
+/// default (the Rust runtime ignores SIGPIPE, and SIG_IGN survives exec) and none blocked.
+#[test]
+fn an_inetd_program_gets_a_clean_environment_and_default_signals() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("roost-e2e-inetd-env-prog-{}", std::process::id()));
+    let program = dir.join("show.sh");
+    write_script(
+        &program,
+        "#!/bin/sh\nread line\nenv\ngrep -E '^Sig(Blk|Ign):' /proc/$$/status\necho \"line=$line\"\n",
+    );
+    let config = format!(
+        "import_environment = E2E_KEPT=kept TZ=UTC\nservice show {{\n  executable = inetd {} first-argument\n  service_count = 1\n  inet_listener show {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n",
+        program.display()
+    );
+    let mut roost = Roost::start("inetd-env", &config);
+    let output = echo(port, "hello\n").expect("the program answers");
+    let lines: Vec<&str> = output.lines().collect();
+    assert!(lines.contains(&"line=hello"), "{output}");
+    assert!(lines.contains(&"TZ=UTC"), "{output}");
+    assert!(lines.contains(&"E2E_KEPT=kept"), "{output}");
+    for line in &lines {
+        let name = line.split('=').next().unwrap_or("");
+        assert!(
+            !name.starts_with("ROOST_") && !name.starts_with("LISTEN_"),
+            "the child protocol leaked into the program's environment: {line}\n{output}"
+        );
+    }
+    // Signals 1 to 31: above them are the C library's own and the real-time ones, whose
+    // dispositions roost leaves as it found them (a test runner may ignore some).
+    let classic = |field: &str| -> u64 {
+        let line = lines
+            .iter()
+            .find_map(|l| l.strip_prefix(field))
+            .unwrap_or_else(|| panic!("no {field} in {output}"));
+        u64::from_str_radix(line.trim(), 16).expect("a hex mask") & 0x7fff_ffff
+    };
+    assert_eq!(classic("SigBlk:"), 0, "{output}");
+    assert_eq!(classic("SigIgn:"), 0, "{output}");
+    assert!(roost.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
 }

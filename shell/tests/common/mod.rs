@@ -288,6 +288,16 @@ pub fn echo(port: u16, text: &str) -> std::io::Result<String> {
     Ok(reply)
 }
 
+/// Writes `text` to `path` (and its directory) as an executable script.
+pub fn write_script(path: &Path, text: &str) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("script dir");
+    }
+    std::fs::write(path, text).expect("script");
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod +x");
+}
+
 pub fn echo_service(port: u16, extra: &str) -> String {
     format!(
         "service echo {{\n  executable = inetd /bin/cat\n  service_count = 1\n{extra}\n  inet_listener echo {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
