@@ -1062,7 +1062,8 @@ impl Daemon {
                 ),
             }
         }
-        let spawner = self.spawner.as_ref()?;
+        let spawner = self.spawner.as_mut()?;
+        let spawner_pid = spawner.pid();
         match spawner.spawn(order, fds) {
             Ok(pid) => Some(pid),
             // The exec path tries too, and reports what the system says.
@@ -1075,7 +1076,7 @@ impl Daemon {
                     ),
                 );
                 // SAFETY: kill(2) of our own child; it is reaped with the others.
-                unsafe { libc::kill(spawner.pid().0, libc::SIGKILL) };
+                unsafe { libc::kill(spawner_pid.0, libc::SIGKILL) };
                 self.spawner = None;
                 None
             }

@@ -23,7 +23,7 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 
 use crate::fdplan::{self, FdOp};
-use crate::spawner::SpawnOrder;
+use crate::spawner::{ChildTemplate, SpawnOrder};
 
 /// The programs built into the roost binary, run by re-executing it in that mode (login
 /// services) or forked by the spawner (the others, `crate::spawner`).
@@ -146,33 +146,48 @@ pub struct LogPipeFd {
     pub lasting: bool,
 }
 
-/// A child's environment as execve takes it: `NAME=value` strings, NUL-terminated, and room
-/// for `LISTEN_PID`, which only the child can fill in: with its own pid, after the fork.
+/// A child's environment as execve takes it: `NAME=value` strings, NUL-terminated, and
+/// *slots*: variables whose number only the child can write (`LISTEN_PID`, its own pid after
+/// the fork), or that change from one child to the next of the same plan (the spawner's
+/// `ROOST_PROCESS_UID`).
 #[derive(Debug)]
 pub(crate) struct Environment {
     vars: Vec<Vec<u8>>,
-    listen_pid: Option<usize>,
+    /// Each slot's index in `vars`, with the length of its `NAME=`.
+    slots: Vec<(usize, usize)>,
 }
 
+/// The variable that tells a child its pid, for its listeners (systemd's convention).
+pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
+
+/// The variable that tells a child the uid to echo in its status records.
+pub(crate) const PROCESS_UID: &str = "ROOST_PROCESS_UID";
+
+/// The room a slot has for its number: any u64, and the NUL.
+const SLOT_ROOM: usize = 21;
+
 impl Environment {
-    /// The variables of `vars`, then `LISTEN_PID` when `listen_pid`.
-    pub(crate) fn new(vars: &[String], listen_pid: bool) -> Result<Environment, PlanError> {
-        let mut bytes: Vec<Vec<u8>> = Vec::with_capacity(vars.len() + 1);
+    /// The variables of `vars`, then one slot per name of `slots`, in that order.
+    pub(crate) fn new(vars: &[String], slots: &[&str]) -> Result<Environment, PlanError> {
+        let mut bytes: Vec<Vec<u8>> = Vec::with_capacity(vars.len() + slots.len() + 1);
         for var in vars {
             bytes.push(cstring(var)?.into_bytes_with_nul());
         }
-        let listen_pid = listen_pid.then(|| {
-            // Room for any pid; the child writes its own digits and a NUL after fork.
-            bytes.push(b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0".to_vec());
-            bytes.len() - 1
-        });
+        let mut indexes = Vec::with_capacity(slots.len());
+        for name in slots {
+            let mut slot = cstring(name)?.into_bytes();
+            slot.push(b'=');
+            indexes.push((bytes.len(), slot.len()));
+            slot.resize(slot.len() + SLOT_ROOM, 0);
+            bytes.push(slot);
+        }
         Ok(Environment {
             vars: bytes,
-            listen_pid,
+            slots: indexes,
         })
     }
 
-    /// The variables as text (LISTEN_PID without its digits).
+    /// The variables as text (slots without their numbers).
     pub(crate) fn vars(&self) -> Vec<String> {
         self.vars
             .iter()
@@ -182,19 +197,25 @@ impl Environment {
             .collect()
     }
 
-    /// The NULL-terminated pointer array for execve or `environ`, and the buffer the child
-    /// hands to [`write_pid`]. The pointers are valid as long as `self` is not dropped.
-    pub(crate) fn pointers(&mut self) -> (Vec<*const libc::c_char>, Option<*mut libc::c_char>) {
-        let listen_pid = self
-            .listen_pid
-            .map(|i| self.vars[i].as_mut_ptr().cast::<libc::c_char>());
+    /// The NULL-terminated pointer array for execve or `environ`, and where each slot's
+    /// number goes (for [`write_number`]), in the order of the slots. The pointers are valid
+    /// as long as `self` is neither dropped nor changed.
+    pub(crate) fn pointers(&mut self) -> (Vec<*const libc::c_char>, Vec<*mut libc::c_char>) {
+        let slots = self
+            .slots
+            .iter()
+            .map(|&(i, name)| {
+                // SAFETY: `name` is within the slot, which has SLOT_ROOM bytes after it.
+                unsafe { self.vars[i].as_mut_ptr().add(name).cast::<libc::c_char>() }
+            })
+            .collect();
         let pointers = self
             .vars
             .iter()
             .map(|v| v.as_ptr().cast())
             .chain(std::iter::once(std::ptr::null()))
             .collect();
-        (pointers, listen_pid)
+        (pointers, slots)
     }
 }
 
@@ -334,7 +355,6 @@ impl SpawnPlan {
         }
         let config = input.config;
         env.push(format!("ROOST_SERVICE={}", config.name));
-        env.push(format!("ROOST_PROCESS_UID={}", input.uid.0));
         env.push(format!("ROOST_CLIENT_LIMIT={}", config.client_limit));
         env.push(format!("ROOST_PROCESS_LIMIT={}", config.process_limit));
         env.push(format!(
@@ -375,29 +395,36 @@ impl SpawnPlan {
                 env.push(format!("ROOST_RESTRICT_CHROOT={}", chroot.display()));
             }
         }
-        let env_block = Environment::new(&env, listen_fds > 0)?;
         let highest_fd = next - 1;
         let identity_before_exec = if drop_before {
             input.identity.clone()
         } else {
             None
         };
+        // Everything so far is the same for every child of this service and generation: the
+        // spawner keeps it as a template. The process uid is each child's own.
         let order = match input.program {
             Program::Builtin { name, args } => Some((
                 SpawnOrder {
-                    builtin: name.clone(),
-                    args: args.clone(),
-                    title: input.title.to_owned(),
-                    env: env.clone(),
-                    listen_pid: listen_fds > 0,
-                    destinations: moves.iter().map(|(_, to)| *to).collect(),
-                    vsz_limit: config.vsz_limit,
-                    identity: identity_before_exec.clone(),
+                    template: ChildTemplate {
+                        builtin: name.clone(),
+                        args: args.clone(),
+                        title: input.title.to_owned(),
+                        env: env.clone(),
+                        listen_pid: listen_fds > 0,
+                        destinations: moves.iter().map(|(_, to)| *to).collect(),
+                        vsz_limit: config.vsz_limit,
+                        identity: identity_before_exec.clone(),
+                    },
+                    process_uid: input.uid.0,
                 },
                 moves.iter().map(|(from, _)| *from).collect(),
             )),
             Program::External { .. } => None,
         };
+        env.push(format!("{PROCESS_UID}={}", input.uid.0));
+        let slots: &[&str] = if listen_fds > 0 { &[LISTEN_PID] } else { &[] };
+        let env_block = Environment::new(&env, slots)?;
         Ok(SpawnPlan {
             path: cstring(&path)?,
             argv: argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?,
@@ -457,7 +484,8 @@ impl SpawnPlan {
             .map(|a| a.as_ptr())
             .chain(std::iter::once(std::ptr::null()))
             .collect();
-        let (mut env_ptrs, listen_pid) = self.env.pointers();
+        let (mut env_ptrs, slots) = self.env.pointers();
+        let listen_pid = slots.first().copied();
         let chroot = match self
             .identity_before_exec
             .as_ref()
@@ -587,8 +615,8 @@ unsafe fn child_after_fork(
             libc::close_range(first, libc::c_uint::MAX, 0);
         }
         libc::umask(0o077);
-        if let Some(buffer) = listen_pid {
-            write_pid(buffer, libc::getpid());
+        if let Some(slot) = listen_pid {
+            write_number(slot, libc::getpid() as u64);
         }
         set_vsz_limit(vsz_limit);
         if let Some(identity) = identity {
@@ -657,14 +685,14 @@ pub(crate) unsafe fn set_vsz_limit(vsz_limit: u64) {
     }
 }
 
-/// Writes `LISTEN_PID=<pid>` into the prepared buffer (which has room for 12 digits).
+/// Writes `value` in decimal, and its terminator, into a slot of an [`Environment`]: no
+/// allocation, for a child between fork and exec.
 ///
 /// # Safety
-/// `buffer` is the one [`Environment::pointers`] returned, of an `Environment` still alive.
-pub(crate) unsafe fn write_pid(buffer: *mut libc::c_char, pid: libc::pid_t) {
-    let prefix = b"LISTEN_PID=".len();
-    let mut digits = [0u8; 12];
-    let mut n = pid.max(0) as u32;
+/// `slot` is one [`Environment::pointers`] returned, of an `Environment` still alive.
+pub(crate) unsafe fn write_number(slot: *mut libc::c_char, value: u64) {
+    let mut digits = [0u8; SLOT_ROOM];
+    let mut n = value;
     let mut len = 0;
     loop {
         digits[len] = b'0' + (n % 10) as u8;
@@ -675,9 +703,10 @@ pub(crate) unsafe fn write_pid(buffer: *mut libc::c_char, pid: libc::pid_t) {
         }
     }
     for i in 0..len {
-        unsafe { *buffer.add(prefix + i) = digits[len - 1 - i] as libc::c_char };
+        // SAFETY: at most 20 digits and the NUL, within the slot's SLOT_ROOM bytes.
+        unsafe { *slot.add(i) = digits[len - 1 - i] as libc::c_char };
     }
-    unsafe { *buffer.add(prefix + len) = 0 };
+    unsafe { *slot.add(len) = 0 };
 }
 
 #[cfg(test)]
@@ -900,10 +929,37 @@ mod tests {
     }
 
     #[test]
-    fn the_pid_is_written_in_place_with_its_terminator() {
-        let mut buffer = b"LISTEN_PID=\0\0\0\0\0\0\0\0\0\0\0\0".to_vec();
-        unsafe { write_pid(buffer.as_mut_ptr().cast(), 40213) };
-        assert_eq!(&buffer[..17], b"LISTEN_PID=40213\0");
+    fn slots_take_their_numbers_in_place() {
+        let mut env = Environment::new(&["A=1".to_owned()], &["LISTEN_PID", "ROOST_PROCESS_UID"])
+            .expect("an environment");
+        let (pointers, slots) = env.pointers();
+        unsafe {
+            write_number(slots[0], 40213);
+            write_number(slots[1], u64::MAX);
+        }
+        let text: Vec<String> = pointers[..3]
+            .iter()
+            .map(|p| {
+                unsafe { std::ffi::CStr::from_ptr(*p) }
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "A=1",
+                "LISTEN_PID=40213",
+                "ROOST_PROCESS_UID=18446744073709551615"
+            ]
+        );
+        assert!(pointers[3].is_null());
+        // A shorter number later leaves nothing of the longer one.
+        unsafe { write_number(slots[0], 7) };
+        assert_eq!(
+            unsafe { std::ffi::CStr::from_ptr(pointers[1]) },
+            c"LISTEN_PID=7"
+        );
     }
 
     fn spawn_program(path: &str) -> (Pid, Option<std::io::Error>) {

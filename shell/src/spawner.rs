@@ -7,12 +7,18 @@
 //! costs a tenth of that. The master itself cannot fork cheaply (its page tables grow with
 //! every table it keeps) and must not run service code in its own image.
 //!
-//! How: the master sends a [`SpawnOrder`] over a private `SOCK_SEQPACKET` socketpair with the
-//! child's fds (SCM_RIGHTS), in the order of their destinations. The spawner clones itself with
-//! `CLONE_PARENT`, so the child is the master's: the master reaps it and sees its exit status as
-//! for any other child. The child places its fds, resets signals, sets its environment, title,
-//! limits and identity exactly as the exec path would, then runs the built-in's `main`. The
-//! spawner answers with the pid (or the errno of a failed clone).
+//! How: the master talks to it over a private `SOCK_SEQPACKET` socketpair. It sends each
+//! [`ChildTemplate`] once (what every child of a service of a generation shares: environment,
+//! title, limits, identity, fd layout), and then, per child, the template's number, the
+//! child's process uid and its fds (SCM_RIGHTS, in the order of their destinations). The
+//! spawner clones itself with `CLONE_PARENT`, so the child is the master's: the master reaps it
+//! and sees its exit status as for any other child. The child places its fds, resets signals,
+//! takes its environment, title, limits and identity exactly as the exec path would, then runs
+//! the built-in's `main`. The spawner answers with the pid (or the errno of a failed clone).
+//!
+//! Every page the spawner writes between two clones is copied on write once more, so a spawn
+//! costs it one small message read into its stack: templates are decoded and their
+//! environments built when they arrive, not at each child.
 //!
 //! Which: only built-ins whose service is not `type = login`. Forked children share the
 //! spawner's address layout; a login process faces clients before authentication, so it keeps
@@ -33,16 +39,23 @@ use roost_core::ids::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::fdplan;
-use crate::spawn::{Environment, Identity, EXIT_EXEC_FAILED};
+use crate::spawn::{
+    write_number, Environment, Identity, EXIT_EXEC_FAILED, LISTEN_PID, PROCESS_UID,
+};
 
 /// The fd the spawner finds its socket at.
 const SOCKET_FD: RawFd = 3;
 
-/// The largest order (settings travel as an fd, so an order is the environment and a few names).
-const MAX_ORDER: usize = 64 * 1024;
+/// The largest message (settings travel as an fd, so a template is the environment and a few
+/// names).
+const MAX_MESSAGE: usize = 64 * 1024;
 
 /// The most fds one child receives (listeners and roost's own).
 const MAX_FDS: usize = 250;
+
+/// The most templates the spawner holds; when the master needs one more, both forget them all
+/// (reloads leave templates of generations that are gone).
+const MAX_TEMPLATES: usize = 64;
 
 /// How long the master waits for the pid before it gives up on the spawner.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -50,25 +63,44 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Room for the children's titles in the spawner's argument area: `roost-INSTANCE/SERVICE`.
 const TITLE_ROOM: usize = 200;
 
-/// One child to create: what `SpawnPlan` holds for the exec path, for a built-in.
+/// The master's messages, by their first byte.
+/// `T` and RON: the next template (numbered from 0 in the order they come). No answer.
+const TEMPLATE: u8 = b'T';
+/// `S`, the template's number (u32) and the process uid (u32), little-endian, with the fds:
+/// one child. Answered with the pid, or minus the errno, as an i32.
+const SPAWN: u8 = b'S';
+/// `F`: forget every template. No answer.
+const FORGET: u8 = b'F';
+
+/// What every child of one service of one generation shares: what `SpawnPlan` holds for the
+/// exec path, for a built-in, but the process uid.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpawnOrder {
+pub struct ChildTemplate {
     /// The built-in's name.
     pub builtin: String,
     /// Its arguments.
     pub args: Vec<String>,
     /// The process title.
     pub title: String,
-    /// The environment, `NAME=value` each (without `LISTEN_PID`).
+    /// The environment, `NAME=value` each (without `LISTEN_PID` and `ROOST_PROCESS_UID`).
     pub env: Vec<String>,
     /// Whether `LISTEN_PID` is set to the child's pid.
     pub listen_pid: bool,
-    /// Where each fd sent with the order goes, in order.
+    /// Where each fd sent with a spawn goes, in order.
     pub destinations: Vec<RawFd>,
     /// RLIMIT_AS and RLIMIT_DATA (0: none).
     pub vsz_limit: u64,
     /// The identity taken before the built-in runs (drop_priv_before_exec).
     pub identity: Option<Identity>,
+}
+
+/// One child to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpawnOrder {
+    /// What it shares with its siblings.
+    pub template: ChildTemplate,
+    /// Its own process uid (`ROOST_PROCESS_UID`).
+    pub process_uid: u32,
 }
 
 /// Why the spawner created no child.
@@ -87,6 +119,8 @@ pub enum SpawnError {
 pub struct Spawner {
     socket: OwnedFd,
     pid: Pid,
+    /// The templates the spawner holds, by number.
+    templates: Vec<ChildTemplate>,
 }
 
 impl Spawner {
@@ -129,6 +163,7 @@ impl Spawner {
         Ok(Spawner {
             socket: ours,
             pid: Pid(child.id() as i32),
+            templates: Vec::new(),
         })
     }
 
@@ -137,29 +172,27 @@ impl Spawner {
         self.pid
     }
 
-    /// Creates one child; its fds are `fds`, in the order of `order.destinations`.
-    pub fn spawn(&self, order: &SpawnOrder, fds: &[RawFd]) -> Result<Pid, SpawnError> {
-        let broken = |error: nix::errno::Errno| SpawnError::Spawner(error.into());
-        let text = ron::to_string(order).map_err(|e| SpawnError::Spawner(io::Error::other(e)))?;
-        if text.len() > MAX_ORDER || fds.len() > MAX_FDS || fds.len() != order.destinations.len() {
+    /// Creates one child; its fds are `fds`, in the order of `order.template.destinations`.
+    pub fn spawn(&mut self, order: &SpawnOrder, fds: &[RawFd]) -> Result<Pid, SpawnError> {
+        if fds.len() > MAX_FDS || fds.len() != order.template.destinations.len() {
             return Err(SpawnError::Clone(io::Error::other(
                 "the order does not fit the spawner",
             )));
         }
-        let rights = [ControlMessage::ScmRights(fds)];
-        sendmsg::<()>(
-            self.socket.as_raw_fd(),
-            &[IoSlice::new(text.as_bytes())],
-            &rights,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .map_err(broken)?;
+        let number = match self.templates.iter().position(|t| *t == order.template) {
+            Some(number) => number,
+            None => self.send_template(&order.template)?,
+        };
+        let mut message = [0u8; 9];
+        message[0] = SPAWN;
+        message[1..5].copy_from_slice(&(number as u32).to_le_bytes());
+        message[5..9].copy_from_slice(&order.process_uid.to_le_bytes());
+        self.send(&message, fds)?;
         let mut answer = [0u8; 4];
         let got = loop {
             match nix::sys::socket::recv(self.socket.as_raw_fd(), &mut answer, MsgFlags::empty()) {
                 Err(nix::errno::Errno::EINTR) => continue,
-                other => break other.map_err(broken)?,
+                other => break other.map_err(|e| SpawnError::Spawner(e.into()))?,
             }
         };
         if got != answer.len() {
@@ -169,6 +202,77 @@ impl Spawner {
             pid if pid > 0 => Ok(Pid(pid)),
             errno => Err(SpawnError::Clone(io::Error::from_raw_os_error(-errno))),
         }
+    }
+
+    /// Sends `template` as the next one (after forgetting them all when the table is full);
+    /// returns its number.
+    fn send_template(&mut self, template: &ChildTemplate) -> Result<usize, SpawnError> {
+        let text =
+            ron::to_string(template).map_err(|e| SpawnError::Spawner(io::Error::other(e)))?;
+        if 1 + text.len() > MAX_MESSAGE {
+            return Err(SpawnError::Clone(io::Error::other(
+                "the order does not fit the spawner",
+            )));
+        }
+        if self.templates.len() >= MAX_TEMPLATES {
+            self.send(&[FORGET], &[])?;
+            self.templates.clear();
+        }
+        let mut message = Vec::with_capacity(1 + text.len());
+        message.push(TEMPLATE);
+        message.extend_from_slice(text.as_bytes());
+        self.send(&message, &[])?;
+        self.templates.push(template.clone());
+        Ok(self.templates.len() - 1)
+    }
+
+    fn send(&self, message: &[u8], fds: &[RawFd]) -> Result<(), SpawnError> {
+        let rights = [ControlMessage::ScmRights(fds)];
+        let rights: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+        sendmsg::<()>(
+            self.socket.as_raw_fd(),
+            &[IoSlice::new(message)],
+            rights,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map(drop)
+        .map_err(|e| SpawnError::Spawner(e.into()))
+    }
+}
+
+/// A template as the spawner keeps it: decoded, its environment built, ready to clone.
+struct Prepared {
+    template: ChildTemplate,
+    /// What `env` and `slots` point into.
+    _environment: Environment,
+    /// The environment's pointer array, for `environ`.
+    env: Vec<*const libc::c_char>,
+    /// Its slots: the process uid's, then LISTEN_PID's if any.
+    slots: Vec<*mut libc::c_char>,
+}
+
+impl Prepared {
+    /// Decodes a template; `None` when it is not one (a spawn of it is answered EINVAL).
+    fn new(text: &[u8]) -> Option<Prepared> {
+        let template: ChildTemplate = ron::from_str(std::str::from_utf8(text).ok()?).ok()?;
+        // The destinations alone decide whether a plan exists (none is negative, none
+        // repeats), whatever fds come with a spawn.
+        let moves: Vec<(RawFd, RawFd)> = template.destinations.iter().map(|&to| (0, to)).collect();
+        fdplan::plan_fd_moves(&moves).ok()?;
+        let slots: &[&str] = if template.listen_pid {
+            &[PROCESS_UID, LISTEN_PID]
+        } else {
+            &[PROCESS_UID]
+        };
+        let mut environment = Environment::new(&template.env, slots).ok()?;
+        let (env, slots) = environment.pointers();
+        Some(Prepared {
+            template,
+            _environment: environment,
+            env,
+            slots,
+        })
     }
 }
 
@@ -184,9 +288,12 @@ pub fn main() -> i32 {
         libc::close_range((SOCKET_FD + 1) as libc::c_uint, libc::c_uint::MAX, 0);
         OwnedFd::from_raw_fd(SOCKET_FD)
     };
-    let mut buffer = vec![0u8; MAX_ORDER];
+    let mut templates: Vec<Option<Prepared>> = Vec::new();
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    // On the stack: a spawn writes only the few bytes it reads.
+    let mut buffer = [0u8; MAX_MESSAGE];
     loop {
-        let (order, fds) = match receive(&socket, &mut buffer) {
+        let (len, fds) = match receive(&socket, &mut buffer, &mut cmsg) {
             Ok(Some(received)) => received,
             Ok(None) => return 0,
             Err(error) => {
@@ -194,9 +301,27 @@ pub fn main() -> i32 {
                 return 1;
             }
         };
-        let answer = match order {
-            Some(order) => spawn_child(&order, &fds, &title),
-            None => -libc::EINVAL,
+        let message = &buffer[..len];
+        let answer = match message.first() {
+            Some(&TEMPLATE) => {
+                templates.push(Prepared::new(&message[1..]));
+                continue;
+            }
+            Some(&FORGET) => {
+                templates.clear();
+                continue;
+            }
+            Some(&SPAWN) if message.len() == 9 => {
+                let number = u32::from_le_bytes([message[1], message[2], message[3], message[4]]);
+                let uid = u32::from_le_bytes([message[5], message[6], message[7], message[8]]);
+                match templates.get_mut(number as usize) {
+                    Some(Some(prepared)) if prepared.template.destinations.len() == fds.len() => {
+                        spawn_child(prepared, uid, &fds, &title)
+                    }
+                    _ => -libc::EINVAL,
+                }
+            }
+            _ => -libc::EINVAL,
         };
         drop(fds);
         if nix::sys::socket::send(
@@ -211,66 +336,76 @@ pub fn main() -> i32 {
     }
 }
 
-/// Reads one order and its fds; `None` when the master is gone. An order that does not decode
-/// comes back as `Some((None, fds))`, answered with EINVAL.
-#[allow(clippy::type_complexity)]
+/// The fds that came with a message, closed when dropped. Kept out of the heap: a spawn writes
+/// as few pages as it can (each is copied again after the clone).
+struct ReceivedFds {
+    fds: [RawFd; MAX_FDS],
+    len: usize,
+}
+
+impl ReceivedFds {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn as_slice(&self) -> &[RawFd] {
+        &self.fds[..self.len]
+    }
+}
+
+impl Drop for ReceivedFds {
+    fn drop(&mut self) {
+        for fd in self.as_slice() {
+            // SAFETY: SCM_RIGHTS gave us these fds; nothing else owns them.
+            drop(unsafe { OwnedFd::from_raw_fd(*fd) });
+        }
+    }
+}
+
+/// Reads one message into `buffer` and its fds; `None` when the master is gone.
 fn receive(
     socket: &OwnedFd,
     buffer: &mut [u8],
-) -> io::Result<Option<(Option<SpawnOrder>, Vec<OwnedFd>)>> {
-    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
-    let (len, fds) = loop {
+    cmsg: &mut [u8],
+) -> io::Result<Option<(usize, ReceivedFds)>> {
+    loop {
         let mut iov = [IoSliceMut::new(buffer)];
         let message = match recvmsg::<()>(
             socket.as_raw_fd(),
             &mut iov,
-            Some(&mut space),
+            Some(cmsg),
             MsgFlags::MSG_CMSG_CLOEXEC,
         ) {
             Ok(message) => message,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(error) => return Err(error.into()),
         };
-        let mut fds = Vec::new();
+        let mut fds = ReceivedFds {
+            fds: [-1; MAX_FDS],
+            len: 0,
+        };
         for cmsg in message.cmsgs()? {
             if let ControlMessageOwned::ScmRights(received) = cmsg {
-                // SAFETY: SCM_RIGHTS gave us these fds; nothing else owns them.
-                fds.extend(
-                    received
-                        .into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
+                for fd in received {
+                    if fds.len < MAX_FDS {
+                        fds.fds[fds.len] = fd;
+                        fds.len += 1;
+                    } else {
+                        // SAFETY: ours, and more than any child takes.
+                        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                    }
+                }
             }
         }
-        break (message.bytes, fds);
-    };
-    if len == 0 {
-        return Ok(None);
+        if message.bytes == 0 {
+            return Ok(None);
+        }
+        return Ok(Some((message.bytes, fds)));
     }
-    let order = std::str::from_utf8(&buffer[..len])
-        .ok()
-        .and_then(|text| ron::from_str::<SpawnOrder>(text).ok())
-        .filter(|order| order.destinations.len() == fds.len());
-    Ok(Some((order, fds)))
 }
 
 /// Clones this process as a child of the master; returns its pid, or minus the errno.
-fn spawn_child(order: &SpawnOrder, fds: &[OwnedFd], title: &TitleArea) -> i32 {
-    let moves: Vec<(RawFd, RawFd)> = fds
-        .iter()
-        .map(AsRawFd::as_raw_fd)
-        .zip(order.destinations.iter().copied())
-        .collect();
-    let Ok(ops) = fdplan::plan_fd_moves(&moves) else {
-        return -libc::EINVAL;
-    };
-    // The child's environment, made here as the exec path makes it: the child only points
-    // `environ` at it, instead of a setenv per variable (each a malloc, a search and a copy of
-    // the array, in a process whose every first write to a page copies it).
-    let Ok(mut environment) = Environment::new(&order.env, order.listen_pid) else {
-        return -libc::EINVAL;
-    };
-    let (env, listen_pid) = environment.pointers();
+fn spawn_child(prepared: &Prepared, uid: u32, fds: &ReceivedFds, title: &TitleArea) -> i32 {
     // SAFETY: a fork-like clone (no CLONE_VM: the child gets a copy of this single-threaded
     // process) whose parent is the master (CLONE_PARENT). The child never returns here.
     let pid = unsafe {
@@ -284,21 +419,20 @@ fn spawn_child(order: &SpawnOrder, fds: &[OwnedFd], title: &TitleArea) -> i32 {
         )
     };
     match pid {
-        0 => child(order, &ops, &env, listen_pid, title),
+        0 => child(prepared, uid, fds.as_slice(), title),
         pid if pid > 0 => pid as i32,
         _ => -fdplan::errno(),
     }
 }
 
-/// The child: becomes what the order says, then runs the built-in. `env` is its environment
-/// (a NULL-terminated array), `listen_pid` the room for its pid in it.
-fn child(
-    order: &SpawnOrder,
-    ops: &[fdplan::FdOp],
-    env: &[*const libc::c_char],
-    listen_pid: Option<*mut libc::c_char>,
-    title: &TitleArea,
-) -> ! {
+/// The child: becomes what the template says, then runs the built-in.
+fn child(prepared: &Prepared, uid: u32, fds: &[RawFd], title: &TitleArea) -> ! {
+    let template = &prepared.template;
+    let moves: Vec<(RawFd, RawFd)> = fds
+        .iter()
+        .copied()
+        .zip(template.destinations.iter().copied())
+        .collect();
     // SAFETY: this process has one thread; everything below is what the exec path's child
     // does before execve, then the built-in's main as `roost --builtin` would run it.
     unsafe {
@@ -306,34 +440,45 @@ fn child(
         // As the Rust runtime leaves it for every `main`, the exec path's included: a write to
         // a closed socket is an EPIPE error, not a death.
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-        if fdplan::execute(ops).is_err() {
+        // The template's destinations were checked when it came: the plan exists.
+        let placed = fdplan::plan_fd_moves(&moves).map(|ops| fdplan::execute(&ops));
+        if !matches!(placed, Ok(Ok(()))) {
             libc::_exit(EXIT_EXEC_FAILED);
         }
         // Only the planned fds survive. No exec will close the rest (the received copies, the
         // spawner's socket), so every other one is closed here.
-        let highest = order.destinations.iter().copied().max().unwrap_or(2).max(2);
+        let highest = template
+            .destinations
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(2)
+            .max(2);
         for fd in 0..highest {
-            if !order.destinations.contains(&fd) {
+            if !template.destinations.contains(&fd) {
                 libc::close(fd);
             }
         }
         libc::close_range((highest + 1) as libc::c_uint, libc::c_uint::MAX, 0);
         libc::umask(0o077);
-        crate::spawn::set_vsz_limit(order.vsz_limit);
-        if let Some(buffer) = listen_pid {
-            crate::spawn::write_pid(buffer, libc::getpid());
+        crate::spawn::set_vsz_limit(template.vsz_limit);
+        // The environment was built when the template came: the child writes its two
+        // numbers into its own copy and points `environ` at it (not a setenv per variable,
+        // each a malloc, a search and a copy of the array, in a process whose every first
+        // write to a page copies it). It stays: `child` never returns.
+        write_number(prepared.slots[0], u64::from(uid));
+        if let Some(&slot) = prepared.slots.get(1) {
+            write_number(slot, libc::getpid() as u64);
         }
-        // The array outlives this process's use of it: `child` never returns, and the
-        // spawner's memory it points into is this process's own copy.
-        crate::spawn::environ = env.as_ptr();
+        crate::spawn::environ = prepared.env.as_ptr();
     }
-    if let Err(error) = take_identity(order.identity.as_ref()) {
-        crate::builtin::say("Fatal", &format!("{}: {error}", order.builtin));
+    if let Err(error) = take_identity(template.identity.as_ref()) {
+        crate::builtin::say("Fatal", &format!("{}: {error}", template.builtin));
         // SAFETY: leaves without running anything of the spawner's.
         unsafe { libc::_exit(EXIT_EXEC_FAILED) };
     }
-    title.set(&order.title);
-    let code = crate::builtin::run(&order.builtin, &order.args);
+    title.set(&template.title);
+    let code = crate::builtin::run(&template.builtin, &template.args);
     std::process::exit(code);
 }
 
@@ -393,8 +538,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_order_round_trips_through_ron() {
-        let order = SpawnOrder {
+    fn a_template_round_trips_through_ron() {
+        let order = ChildTemplate {
             builtin: "pop3".into(),
             args: vec![],
             title: "roost/pop3".into(),
@@ -410,6 +555,9 @@ mod tests {
             }),
         };
         let text = ron::to_string(&order).expect("encodes");
-        assert_eq!(ron::from_str::<SpawnOrder>(&text).expect("decodes"), order);
+        assert_eq!(
+            ron::from_str::<ChildTemplate>(&text).expect("decodes"),
+            order
+        );
     }
 }
