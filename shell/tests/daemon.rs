@@ -904,7 +904,9 @@ fn an_inetd_program_gets_a_clean_environment_and_default_signals() {
     let program = dir.join("show.sh");
     write_script(
         &program,
-        "#!/bin/sh\nread line\nenv\ngrep -E '^Sig(Blk|Ign):' /proc/$$/status\necho \"line=$line\"\n",
+        // Its own masks, read with the shell's built-ins before it forks anything: a forking
+        // shell blocks signals around each fork, which a child could see.
+        "#!/bin/sh\nread line\nwhile IFS= read -r l; do case \"$l\" in Sig*) echo \"$l\";; esac; done < /proc/$$/status\necho \"line=$line\"\nenv\n",
     );
     let config = format!(
         "import_environment = E2E_KEPT=kept TZ=UTC\nservice show {{\n  executable = inetd {} first-argument\n  service_count = 1\n  inet_listener show {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n",
