@@ -1233,7 +1233,15 @@ impl Daemon {
             self.log.master(Level::Warning, &warning.to_string());
         }
         let (master_config, _) = derive(&config.settings);
+        let before = system::process_limit();
         raise_process_limit(&mut self.log, &master_config);
+        if system::process_limit() != before {
+            // The spawner's clones count against the limit it was started with: it leaves
+            // when its socket closes, and the next spawn starts one under the new limit at
+            // once (the once-a-second pace is for spawners that die).
+            self.spawner = None;
+            self.spawner_started = None;
+        }
         let settings = config.settings.clone();
         self.feed(Input::Reload(Box::new(master_config)));
         self.generations

@@ -79,6 +79,11 @@ pub fn current_user_name() -> String {
         .unwrap_or_else(|| nix::unistd::geteuid().to_string())
 }
 
+/// RLIMIT_NPROC as it is now (soft, hard); `None` when it cannot be read.
+pub fn process_limit() -> Option<(u64, u64)> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NPROC).ok()
+}
+
 /// Reference §3.3: the master raises RLIMIT_NPROC to `wanted` (core's
 /// `MasterConfig::process_limit_total`) when it is lower. As root both
 /// limits go up; otherwise only the soft limit, as far as the hard one allows, and the shortfall

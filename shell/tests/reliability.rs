@@ -557,6 +557,52 @@ fn an_unprivileged_master_raises_its_soft_process_limit_to_the_services_total() 
     assert!(roost.stop().success());
 }
 
+/// A reload that raises the services' process_limit total raises RLIMIT_NPROC for the
+/// spawner too (it is started again under the new limit), so the children of built-ins are
+/// still forked by it, not executed because its clones fail.
+#[test]
+fn a_reload_that_raises_the_process_limit_reaches_the_spawner() {
+    if !can_run_unprivileged() {
+        return;
+    }
+    let port = free_port();
+    let small = "  process_min_avail = 1\n  process_limit = 2";
+    let mut roost = Roost::prepare("nproc-reload", &echo_service(port, small));
+    launch_unprivileged(&mut roost, 64125, (1, 5000));
+    roost.wait_for(|r| r.children().len() == 1, "one child");
+    let config = std::fs::read_to_string(&roost.config).expect("config");
+    std::fs::write(
+        &roost.config,
+        config.replace(small, "  process_min_avail = 30\n  process_limit = 60"),
+    )
+    .expect("write");
+    // SAFETY: a signal to the master we started.
+    unsafe { libc::kill(roost.master_pid(), libc::SIGHUP) };
+    roost.wait_for(
+        |r| r.children().len() >= 30,
+        "30 children of the new generation",
+    );
+    let executed: Vec<String> = roost
+        .children()
+        .iter()
+        .map(|(pid, _)| cmdline(*pid))
+        .filter(|line| line.contains("--builtin"))
+        .collect();
+    assert!(
+        executed.is_empty(),
+        "executed instead of forked: {executed:?}\n{}",
+        roost.log_text()
+    );
+    assert_eq!(echo(port, "forked\n").expect("served"), "forked\n");
+    // The spawner it replaced left quietly: a planned replacement is no failure.
+    assert!(
+        !roost.log_text().contains("the spawner (pid"),
+        "{}",
+        roost.log_text()
+    );
+    assert!(roost.stop().success());
+}
+
 /// Fork failing under RLIMIT_NPROC (as an unprivileged user: root is exempt) throttles the
 /// service instead of spinning: the fork error and the throttle are logged, the throttle doubles
 /// while connections keep arriving, and the master's CPU time stays low.
