@@ -188,12 +188,9 @@ pub fn run_inetd(program: &[String]) -> i32 {
         has_die_callback: false,
         starts_with_client: false,
     };
-    let mut inetd = Inetd { conn: None };
-    match crate::builtin::server::run(&env, config, &mut inetd) {
-        Ok(code) => match inetd.conn {
-            Some(conn) => exec_with_connection(conn.as_raw_fd(), program),
-            None => code,
-        },
+    match wait_for_connection(&env, config) {
+        Ok(Ok(conn)) => exec_with_connection(conn.as_raw_fd(), program),
+        Ok(Err(code)) => code,
         Err(error) => {
             say("Error", &format!("inetd: {error}"));
             1
@@ -201,31 +198,202 @@ pub fn run_inetd(program: &[String]) -> i32 {
     }
 }
 
-/// The inetd adapter as a service of the shared loop: it takes one connection and is done.
-struct Inetd {
-    conn: Option<std::os::unix::net::UnixStream>,
+/// The inetd adapter's life before its exec: core's child machine decides when it accepts,
+/// what status it reports and when it leaves; this loop only polls the listeners, the
+/// master-dead pipe, the status pipe while a write would block, and the signals of the child
+/// protocol. Returns the connection, or the exit status the machine chose.
+///
+/// Every adapter serves one connection and is gone, so this is most of what roost adds to a
+/// connection's cost (issue 8): it is `poll(2)` and a `signalfd`, where the shared loop of the
+/// other built-ins (`builtin::server`) sets up an event loop, a signal pipe and handlers, and
+/// connection tables, whose pages a freshly forked process must each fault in and its exec
+/// tear down again.
+fn wait_for_connection(
+    env: &ChildEnv,
+    config: ChildConfig,
+) -> io::Result<Result<std::os::fd::OwnedFd, i32>> {
+    use roost_core::child::{Child, Output as ChildOutput};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let start = std::time::Instant::now();
+    let now = || roost_core::time::Instant::from_millis(start.elapsed().as_millis() as u64);
+    let signals = SignalFd::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGQUIT])?;
+    let mut child = Child::new(config, now());
+    child.handle(ChildInput::InitDone, now());
+    let mut listeners: Vec<OwnedFd> = env
+        .listeners
+        .iter()
+        // SAFETY: the listener fds are this process's (the child protocol), used only here.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
+        .collect();
+    let (mut accepting, mut status_blocked) = (false, false);
+    let mut master_dead = Some(env.master_dead_fd);
+    loop {
+        while let Some(output) = child.poll_output() {
+            match output {
+                ChildOutput::WriteStatus { available_count } => {
+                    let result = write_status(env, available_count);
+                    status_blocked = result == ChildInput::StatusWouldBlock;
+                    child.handle(result, now());
+                }
+                ChildOutput::SetAccepting { on } => accepting = on,
+                ChildOutput::CloseListeners => {
+                    listeners.clear();
+                    accepting = false;
+                }
+                ChildOutput::Exit(code) => return Ok(Err(code)),
+                ChildOutput::AwaitStatusWritable
+                | ChildOutput::Refuse
+                | ChildOutput::DieCallback => {}
+            }
+        }
+        // The signals first, then the master-dead pipe (no event asked: its error comes
+        // anyway), the status pipe while blocked, then the listeners while accepting.
+        let mut fds = vec![
+            pollfd(signals.fd.as_raw_fd(), libc::POLLIN),
+            pollfd(master_dead.unwrap_or(-1), 0),
+            pollfd(
+                if status_blocked { env.status_fd } else { -1 },
+                libc::POLLOUT,
+            ),
+        ];
+        if accepting {
+            fds.extend(
+                listeners
+                    .iter()
+                    .map(|l| pollfd(l.as_raw_fd(), libc::POLLIN)),
+            );
+        }
+        let timeout = child.poll_timeout().map_or(-1, |at| {
+            at.as_millis()
+                .saturating_sub(now().as_millis())
+                .min(i32::MAX as u64) as i32
+        });
+        // SAFETY: a pollfd array we own.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if ready < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if child.poll_timeout().is_some_and(|at| at <= now()) {
+            child.handle(ChildInput::Timeout, now());
+        }
+        if fds[0].revents != 0 {
+            for signal in signals.pending() {
+                child.handle(
+                    ChildInput::Signal(crate::builtin::server::signal_of(signal)),
+                    now(),
+                );
+            }
+            // What the machine says to a signal comes before any listener: a process that
+            // leaves now must not take one more client first.
+            continue;
+        }
+        if fds[1].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+            master_dead = None;
+            child.handle(ChildInput::MasterDead, now());
+            continue;
+        }
+        if fds[2].revents != 0 {
+            status_blocked = false;
+            child.handle(ChildInput::StatusWritable, now());
+        }
+        for ready in fds[3..].iter().filter(|p| p.revents != 0) {
+            // SAFETY: accept4 on one of our listening fds.
+            let conn = unsafe {
+                libc::accept4(
+                    ready.fd,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            };
+            if conn < 0 {
+                let error = io::Error::last_os_error();
+                match error.raw_os_error() {
+                    // Another process took it, or its client left first.
+                    Some(libc::EAGAIN | libc::ECONNABORTED | libc::EINTR | libc::EPROTO) => {
+                        continue
+                    }
+                    // Out of fds or memory: polling again would only spin.
+                    _ => return Err(error),
+                }
+            }
+            // SAFETY: accept4 returned a new fd we own.
+            let conn = unsafe { OwnedFd::from_raw_fd(conn) };
+            child.handle(ChildInput::Accepted, now());
+            // Report busy before the process becomes its program.
+            while let Some(output) = child.poll_output() {
+                if let ChildOutput::WriteStatus { available_count } = output {
+                    let result = write_status(env, available_count);
+                    child.handle(result, now());
+                }
+            }
+            return Ok(Ok(conn));
+        }
+    }
 }
 
-impl crate::builtin::server::Service for Inetd {
-    type Client = ();
+fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
 
-    fn accepted(
-        &mut self,
-        stream: std::os::unix::net::UnixStream,
-        _listener: usize,
-    ) -> Option<(crate::builtin::conn::Conn, ())> {
-        self.conn = Some(stream);
-        None
+/// Signals taken as reads of a `signalfd`: blocked, so none interrupts anything or runs a
+/// handler, and read when `poll` says so. The exec of the program sets the mask free again.
+struct SignalFd {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl SignalFd {
+    /// Blocks `signals` and opens a non-blocking signalfd for them.
+    fn block(signals: &[libc::c_int]) -> io::Result<SignalFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a sigset on our stack, filled by the C library; the returned fd is ours.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for signal in signals {
+                libc::sigaddset(&mut set, *signal);
+            }
+            if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(SignalFd {
+                fd: std::os::fd::OwnedFd::from_raw_fd(fd),
+            })
+        }
     }
 
-    fn input(&mut self, _: &mut (), _: &mut crate::builtin::conn::Conn, _: &mut Vec<u8>) -> bool {
-        false
-    }
-
-    fn closed(&mut self, _client: ()) {}
-
-    fn done(&self) -> bool {
-        self.conn.is_some()
+    /// The signals waiting, in the order they came.
+    fn pending(&self) -> Vec<libc::c_int> {
+        let mut signals = Vec::new();
+        loop {
+            // SAFETY: a plain C struct the kernel fills.
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            // SAFETY: a read into a buffer of exactly one record.
+            let n = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    (&mut info as *mut libc::signalfd_siginfo).cast(),
+                    size,
+                )
+            };
+            if n != size as isize {
+                return signals;
+            }
+            signals.push(info.ssi_signo as libc::c_int);
+        }
     }
 }
 

@@ -68,9 +68,9 @@ pub trait Service {
     /// once it is out.
     fn timed_out(&mut self, _client: &mut Self::Client, _conn: &mut Conn) {}
 
-    /// True when the process has what it came for (the inetd adapter's one connection, a pop3
-    /// process bound to another uid): the loop returns 0 once no connection is left, after the
-    /// status the last accept caused is written.
+    /// True when the process has what it came for (a pop3 process bound to another uid): the
+    /// loop returns 0 once no connection is left, after the status the last accept caused is
+    /// written.
     fn done(&self) -> bool {
         false
     }
