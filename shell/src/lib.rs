@@ -31,9 +31,16 @@ pub fn default_base_dir() -> String {
 
 /// Where the configuration comes from: `-c FILE`, else /etc/roost/roost.conf if it exists,
 /// else the embedded default with its base_dir.
+///
+/// A relative FILE is taken from the directory roost was started in, once: the master moves
+/// to its base_dir, and a reload must read the same file.
 pub fn config_source(path: Option<&str>) -> daemon::Source {
     match path {
-        Some(path) => daemon::Source::File(path.to_owned()),
+        Some(path) => daemon::Source::File(
+            std::path::absolute(path)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| path.to_owned()),
+        ),
         None if std::path::Path::new(SYSTEM_CONFIG).exists() => {
             daemon::Source::File(SYSTEM_CONFIG.to_owned())
         }

@@ -939,3 +939,33 @@ fn an_inetd_program_gets_a_clean_environment_and_default_signals() {
     assert!(roost.stop().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A configuration named by a path relative to where roost was started is read again at a
+/// reload, although the master has moved to its base_dir since.
+#[test]
+fn a_reload_rereads_a_configuration_given_by_a_relative_path() {
+    let port = free_port();
+    let mut roost = Roost::prepare("relative", &echo_service(port, "  process_min_avail = 1"));
+    roost.launch_relative();
+    roost.wait_for(|r| r.children().len() == 1, "one child");
+    let text = std::fs::read_to_string(&roost.config).expect("config");
+    std::fs::write(
+        &roost.config,
+        text.replace("process_min_avail = 1", "process_min_avail = 2"),
+    )
+    .expect("write");
+    let output = roost.command(&["reload"]);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        roost.log_text()
+    );
+    roost.wait_for(|r| r.children().len() == 2, "two children after the reload");
+    assert!(
+        !roost.log_text().contains("reload failed"),
+        "{}",
+        roost.log_text()
+    );
+    assert!(roost.stop().success());
+}

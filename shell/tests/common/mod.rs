@@ -143,6 +143,16 @@ impl Roost {
         self.run_master(command);
     }
 
+    /// Starts `roost -F -c roost.conf` in the test's directory: the configuration by a
+    /// relative path.
+    pub fn launch_relative(&mut self) {
+        let mut command = Command::new(ROOST);
+        command
+            .current_dir(&self.dir)
+            .args(["-F", "-c", "roost.conf"]);
+        self.run_master(command);
+    }
+
     /// Starts `roost -F -c <config>` through `wrapper`, a program that execs the rest of its
     /// arguments (`setpriv ... --`), so the master keeps the wrapper's pid.
     pub fn launch_through(&mut self, mut wrapper: Command) {
