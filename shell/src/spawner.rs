@@ -314,7 +314,7 @@ pub fn main() -> i32 {
             Some(&SPAWN) if message.len() == 9 => {
                 let number = u32::from_le_bytes([message[1], message[2], message[3], message[4]]);
                 let uid = u32::from_le_bytes([message[5], message[6], message[7], message[8]]);
-                match templates.get_mut(number as usize) {
+                match templates.get(number as usize) {
                     Some(Some(prepared)) if prepared.template.destinations.len() == fds.len() => {
                         spawn_child(prepared, uid, &fds, &title)
                     }
