@@ -186,15 +186,10 @@ fn log_errors(source: &daemon::Source) -> ExitCode {
     let Some(socket) = daemon::service_socket(&config.settings, "log", "log-errors") else {
         return fail("the log service has no log-errors unix_listener");
     };
-    let mut stream = match std::os::unix::net::UnixStream::connect(&socket) {
+    let mut stream = match connect(&socket, "is roost running?") {
         Ok(stream) => stream,
-        Err(e) => {
-            return fail(&format!(
-                "connect({socket}) failed: {e} (is roost running?)"
-            ))
-        }
+        Err(code) => return code,
     };
-    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
     let mut text = String::new();
     if let Err(e) = stream.read_to_string(&mut text) {
         return fail(&format!("read({socket}) failed: {e}"));
@@ -212,6 +207,18 @@ fn log_errors(source: &daemon::Source) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Connects to one of a running roost's sockets, with a 10 s read timeout; on failure says
+/// why, with `hint`, and gives the exit code.
+fn connect(socket: &str, hint: &str) -> Result<std::os::unix::net::UnixStream, ExitCode> {
+    match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(stream) => {
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+            Ok(stream)
+        }
+        Err(e) => Err(fail(&format!("connect({socket}) failed: {e} ({hint})"))),
+    }
+}
+
 /// `roost who`: asks anvil (base_dir/anvil) for its table, as `doveadm who` does.
 fn who(source: &daemon::Source) -> ExitCode {
     use std::io::{BufRead, Write};
@@ -220,15 +227,10 @@ fn who(source: &daemon::Source) -> ExitCode {
         Err(error) => return fail(&error),
     };
     let socket = format!("{base_dir}/anvil");
-    let mut stream = match std::os::unix::net::UnixStream::connect(&socket) {
+    let mut stream = match connect(&socket, "is roost running a mail protocol?") {
         Ok(stream) => stream,
-        Err(e) => {
-            return fail(&format!(
-                "connect({socket}) failed: {e} (is roost running a mail protocol?)"
-            ))
-        }
+        Err(code) => return code,
     };
-    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
     if let Err(e) = stream.write_all(b"WHO\n") {
         return fail(&format!("write({socket}) failed: {e}"));
     }
