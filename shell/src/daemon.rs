@@ -603,7 +603,7 @@ impl Daemon {
             .registry()
             .deregister(&mut SourceFd(&io.status_r.as_raw_fd()));
         self.tokens.remove(&io.tokens[0]);
-        self.watch_log(&mut io, false);
+        watch_log(self.poll.registry(), &mut self.log, &mut io, false);
         self.tokens.remove(&io.tokens[1]);
         io.log.read(LOG_READS_PER_TURN, &mut self.log);
         io.log.flush(&mut self.log);
@@ -756,30 +756,9 @@ impl Daemon {
             tokens: [status_token, log_token],
         };
         let master_reads = self.master_reads_log(&io);
-        self.watch_log(&mut io, master_reads);
+        watch_log(self.poll.registry(), &mut self.log, &mut io, master_reads);
         self.services.insert(service, io);
         Ok(())
-    }
-
-    /// Starts or stops the master's reading of a service's log pipe. Registering reports data
-    /// already waiting (epoll), so nothing a log process left is missed.
-    fn watch_log(&mut self, io: &mut ServiceIo, on: bool) {
-        if io.log_watched == on {
-            return;
-        }
-        let fd = io.log.raw_fd();
-        if on {
-            io.log_watched = self
-                .poll
-                .registry()
-                .register(&mut SourceFd(&fd), io.tokens[1], Interest::READABLE)
-                .is_ok();
-        } else {
-            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-            io.log_watched = false;
-            // What the master read of a line is written now, before the log process's lines.
-            io.log.flush(&mut self.log);
-        }
     }
 
     /// A log process of `generation` runs: it reads the generation's pipes from now on.
@@ -819,15 +798,17 @@ impl Daemon {
     /// Watches the log pipes the master reads now, and no other (after a log process came or
     /// went, or a reload changed the current generation).
     fn rewatch_logs(&mut self) {
-        let ids: Vec<ServiceId> = self.services.keys().copied().collect();
-        for id in ids {
-            let Some(mut io) = self.services.remove(&id) else {
+        let reads: Vec<(ServiceId, bool)> = self
+            .services
+            .iter()
+            .map(|(id, io)| (*id, self.master_reads_log(io)))
+            .collect();
+        for (id, master_reads) in reads {
+            let Some(io) = self.services.get_mut(&id) else {
                 continue;
             };
-            let master_reads = self.master_reads_log(&io);
             let newly = master_reads && !io.log_watched;
-            self.watch_log(&mut io, master_reads);
-            self.services.insert(id, io);
+            watch_log(self.poll.registry(), &mut self.log, io, master_reads);
             if newly {
                 // What a log process left is read at once, whatever epoll reports.
                 self.backlog.insert(Pipe::Log(id));
@@ -1514,6 +1495,25 @@ fn raise_process_limit(log: &mut LogWriter, config: &MasterConfig) {
                 "process limit (ulimit -u) is lower than the services' process_limit total ({hard} < {wanted}): forks beyond it fail and are throttled"
             ),
         );
+    }
+}
+
+/// Starts or stops the master's reading of a service's log pipe. Registering reports data
+/// already waiting (epoll), so nothing a log process left is missed.
+fn watch_log(registry: &mio::Registry, log: &mut LogWriter, io: &mut ServiceIo, on: bool) {
+    if io.log_watched == on {
+        return;
+    }
+    let fd = io.log.raw_fd();
+    if on {
+        io.log_watched = registry
+            .register(&mut SourceFd(&fd), io.tokens[1], Interest::READABLE)
+            .is_ok();
+    } else {
+        let _ = registry.deregister(&mut SourceFd(&fd));
+        io.log_watched = false;
+        // What the master read of a line is written now, before the log process's lines.
+        io.log.flush(log);
     }
 }
 
