@@ -68,7 +68,7 @@ impl ChildEnv {
         own_pid: u32,
     ) -> Result<ChildEnv, NotAChild> {
         let listen_fds: i32 = get("LISTEN_FDS").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let pid_matches = get("LISTEN_PID")
+        let pid_matches = get(crate::spawn::LISTEN_PID)
             .and_then(|v| v.parse::<u32>().ok())
             .is_none_or(|pid| pid == own_pid);
         let listeners = if pid_matches {
@@ -78,7 +78,7 @@ impl ChildEnv {
         };
         Ok(ChildEnv {
             service: get("ROOST_SERVICE").ok_or(NotAChild("ROOST_SERVICE"))?,
-            uid: ProcessUid(var(&get, "ROOST_PROCESS_UID")?),
+            uid: ProcessUid(var(&get, crate::spawn::PROCESS_UID)?),
             status_fd: var(&get, "ROOST_STATUS_FD")?,
             master_dead_fd: var(&get, "ROOST_MASTER_DEAD_FD")?,
             listeners,
