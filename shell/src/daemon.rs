@@ -1223,10 +1223,11 @@ impl Daemon {
             self.spawner = None;
             self.spawner_started = None;
         }
-        let settings = config.settings.clone();
         self.feed(Input::Reload(Box::new(master_config)));
         self.generations
-            .insert(self.master.current_generation(), settings);
+            .insert(self.master.current_generation(), config.settings);
+        drop(config.raw);
+        system::release_free_memory();
         Ok(())
     }
 

@@ -113,7 +113,7 @@ fn main() -> ExitCode {
             };
             if effective {
                 let (master, left_out) = daemon::derive(&config.settings);
-                for line in left_out_lines(&config, &left_out) {
+                for line in left_out_lines(&config.raw, &left_out) {
                     println!("# {line}");
                 }
                 print!("{}", config::print_effective(&master));
@@ -143,7 +143,7 @@ fn main() -> ExitCode {
                         eprintln!("roost: Warning: {warning}");
                     }
                     let (_, left_out) = daemon::derive(&config.settings);
-                    for line in left_out_lines(&config, &left_out) {
+                    for line in left_out_lines(&config.raw, &left_out) {
                         eprintln!("roost: Info: {line}");
                     }
                     println!("{}: OK", source.describe());
@@ -424,7 +424,13 @@ fn run(source: daemon::Source, foreground: bool) -> ExitCode {
             return ExitCode::from(89);
         }
     };
-    let settings = config.settings.clone();
+    // The configuration as written (with the catalogue's every default service) is only
+    // needed to say which services are left out; the master keeps the typed settings alone.
+    let config::Config { raw, settings, .. } = config;
+    let (master_config, left_out) = daemon::derive(&settings);
+    let left_out = left_out_lines(&raw, &left_out);
+    drop(raw);
+    roost::system::release_free_memory();
     let global = &settings.global;
     if let Err(error) = std::fs::create_dir_all(&global.base_dir) {
         return fail(&format!(
@@ -474,8 +480,7 @@ fn run(source: daemon::Source, foreground: bool) -> ExitCode {
     for warning in warnings {
         log.master(Level::Warning, &warning.to_string());
     }
-    let (master_config, left_out) = daemon::derive(&settings);
-    for line in left_out_lines(&config, &left_out) {
+    for line in left_out {
         log.master(Level::Info, &line);
     }
     let daemon = match Daemon::new(settings, master_config, source, log, foreground) {
@@ -489,11 +494,9 @@ fn run(source: daemon::Source, foreground: bool) -> ExitCode {
 
 /// What is said of the services left out: one line for each the configuration names, and one
 /// for all the catalogue's defaults it never mentions (a stock tree has 16 of them).
-fn left_out_lines(config: &config::Config, left_out: &[config::LeftOut]) -> Vec<String> {
+fn left_out_lines(raw: &config::RawConfig, left_out: &[config::LeftOut]) -> Vec<String> {
     let named = |left: &config::LeftOut| {
-        config
-            .raw
-            .services
+        raw.services
             .iter()
             .any(|s| s.name == left.service && s.mentioned.is_some())
     };
@@ -538,7 +541,7 @@ fn simulate(source: &daemon::Source, load: &str, plot: Option<&str>) -> ExitCode
         }
     };
     let (master_config, left_out) = daemon::derive(&config.settings);
-    for line in left_out_lines(&config, &left_out) {
+    for line in left_out_lines(&config.raw, &left_out) {
         eprintln!("roost: Info: {line}");
     }
     let report = sim::plan::run(master_config, profile);
