@@ -18,7 +18,7 @@
 //! too, as pipes whose end it does not wait for. The log service's own fd 2 is the master's
 //! stderr.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -30,7 +30,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use roost_core::config::{self, Config};
-use roost_core::ids::{Generation, ListenerId, Pid, ServiceId};
+use roost_core::ids::{Generation, ListenerId, Pid, ProcessUid, ServiceId};
 use roost_core::input::Input;
 use roost_core::master::Master;
 use roost_core::notice::Level;
@@ -257,6 +257,62 @@ pub struct Daemon {
     spawner_started: Option<StdInstant>,
     /// Every spawner not reaped yet.
     spawner_pids: BTreeSet<Pid>,
+    /// Children a spawner may have cloned after the master gave up on its answer.
+    strays: Strays,
+}
+
+/// How many unanswered orders and reaped unknown pids [`Strays`] remembers.
+const STRAYS_KEPT: usize = 64;
+
+/// Children a spawner may have cloned although the master gave up on its answer: the spawner
+/// was stopped for not answering in time, and the child was started again by exec. Such a
+/// child is the master's (`CLONE_PARENT`) but unknown to the core, which ignores the records
+/// of pids it does not know: left alone, it would serve outside every limit. Its first status
+/// record gives it away (the process uid of an unanswered order, from a pid the core does not
+/// know), and it is killed.
+#[derive(Debug, Default)]
+struct Strays {
+    /// The process uids of the orders left unanswered, newest last.
+    unanswered: VecDeque<ProcessUid>,
+    /// Pids killed as strays, not reaped yet: their exit is no one's news.
+    killed: BTreeSet<Pid>,
+    /// Pids unknown to the core that were reaped while an order was unanswered: a record of
+    /// theirs read later is not a stray's (the pid may be another process's by then).
+    reaped: VecDeque<Pid>,
+}
+
+impl Strays {
+    fn unanswered(&mut self, process_uid: ProcessUid) {
+        if self.unanswered.len() == STRAYS_KEPT {
+            self.unanswered.pop_front();
+        }
+        self.unanswered.push_back(process_uid);
+    }
+
+    /// Whether a status record from `pid`, which the core does not know, with `process_uid`
+    /// is a stray's.
+    fn is_stray(&self, pid: Pid, process_uid: ProcessUid) -> bool {
+        self.unanswered.contains(&process_uid) && !self.reaped.contains(&pid)
+    }
+
+    fn killed(&mut self, pid: Pid, process_uid: ProcessUid) {
+        self.unanswered.retain(|&uid| uid != process_uid);
+        self.killed.insert(pid);
+    }
+
+    /// A pid the core does not know was reaped; whether it was a stray killed here.
+    fn reaped(&mut self, pid: Pid) -> bool {
+        if self.killed.remove(&pid) {
+            return true;
+        }
+        if !self.unanswered.is_empty() {
+            if self.reaped.len() == STRAYS_KEPT {
+                self.reaped.pop_front();
+            }
+            self.reaped.push_back(pid);
+        }
+        false
+    }
 }
 
 /// What every child of one service of one generation shares (`Daemon::make_template`).
@@ -356,6 +412,7 @@ impl Daemon {
             spawner: None,
             spawner_started: None,
             spawner_pids: BTreeSet::new(),
+            strays: Strays::default(),
         })
     }
 
@@ -1050,6 +1107,7 @@ impl Daemon {
             // The exec path tries too, and reports what the system says.
             Err(SpawnError::Clone(_)) => None,
             Err(SpawnError::Spawner(error)) => {
+                self.strays.unanswered(ProcessUid(order.process_uid));
                 self.log.master(
                     Level::Warning,
                     &format!(
@@ -1183,6 +1241,9 @@ impl Daemon {
                 }
                 continue;
             }
+            if !self.master.has_pid(Pid(pid)) && self.strays.reaped(Pid(pid)) {
+                continue;
+            }
             // A log process's pipes are the master's again, with what it left in them.
             self.take_logs_back(Pid(pid));
             // Read what it said last before the core forgets the pid.
@@ -1246,6 +1307,13 @@ impl Daemon {
             match decode_status_chunk(&buffer[..n]) {
                 Ok(records) => {
                     for record in records {
+                        if !self.strays.unanswered.is_empty()
+                            && !self.master.has_pid(record.pid)
+                            && self.strays.is_stray(record.pid, record.uid)
+                        {
+                            self.kill_stray(service, record.pid, record.uid);
+                            continue;
+                        }
                         self.feed(Input::Status {
                             pid: record.pid,
                             uid: record.uid,
@@ -1260,6 +1328,24 @@ impl Daemon {
             }
         }
         self.backlog.insert(Pipe::Status(service));
+    }
+
+    fn kill_stray(&mut self, service: ServiceId, pid: Pid, process_uid: ProcessUid) {
+        // SAFETY: kill(2) of a child of this master that is not reaped yet (a reaped pid the
+        // core did not know is never taken for a stray), so the pid is still its.
+        unsafe { libc::kill(pid.0, libc::SIGKILL) };
+        self.strays.killed(pid, process_uid);
+        let name = self
+            .master
+            .service_config(service)
+            .map_or("?", |config| config.name.as_str());
+        self.log.master(
+            Level::Warning,
+            &format!(
+                "service({name}): pid {pid} killed: the spawner created it after the master \
+                 had given up on its answer, and the child was started again by exec"
+            ),
+        );
     }
 
     /// Reads a log pipe the master watches (a log process reads the others).

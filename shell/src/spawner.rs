@@ -24,7 +24,9 @@
 //! spawner's address layout; a login process faces clients before authentication, so it keeps
 //! a fresh exec (and a fresh ASLR layout) for each process, as in the original.
 //!
-//! If the spawner is gone or does not answer, the master starts children the exec way.
+//! If the spawner is gone or does not answer in time, the master stops it and starts children
+//! the exec way. A child it cloned before it stalled is the master's but unknown to the core;
+//! its first status record gives it away and the master kills it (`daemon::Strays`).
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -192,6 +194,7 @@ impl Spawner {
         let got = loop {
             match nix::sys::socket::recv(self.socket.as_raw_fd(), &mut answer, MsgFlags::empty()) {
                 Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return Err(timed_out("no answer")),
                 other => break other.map_err(|e| SpawnError::Spawner(e.into()))?,
             }
         };
@@ -237,8 +240,19 @@ impl Spawner {
             None,
         )
         .map(drop)
-        .map_err(|e| SpawnError::Spawner(e.into()))
+        .map_err(|e| match e {
+            nix::errno::Errno::EAGAIN => timed_out("it took no order"),
+            e => SpawnError::Spawner(e.into()),
+        })
     }
+}
+
+/// The spawner did not do `what` within [`ANSWER_TIMEOUT`].
+fn timed_out(what: &str) -> SpawnError {
+    SpawnError::Spawner(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("{what} within {} s", ANSWER_TIMEOUT.as_secs()),
+    ))
 }
 
 /// A template as the spawner keeps it: decoded, its environment built, ready to clone.

@@ -603,6 +603,101 @@ fn a_reload_that_raises_the_process_limit_reaches_the_spawner() {
     assert!(roost.stop().success());
 }
 
+/// A spawner that clones a child and then stalls past the master's 2 s wait for its answer is
+/// stopped, and the child is started again by exec. The clone it made is the master's child but
+/// unknown to the core: its first status record gives it away and it is killed, so the service
+/// runs the processes the core counts and no stray outside its limits. The stall is real: strace
+/// holds the spawner's answer back for 3 s.
+#[test]
+fn a_child_the_spawner_cloned_after_the_master_gave_up_on_it_is_killed() {
+    if !is_root() {
+        println!("skipped: attaching strace to the spawner needs root (CI runs as root)");
+        return;
+    }
+    if Command::new("strace").arg("-V").output().is_err() {
+        println!("skipped: strace is not installed");
+        return;
+    }
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("roost-e2e-stray-prog-{}", std::process::id()));
+    let program = dir.join("hold.sh");
+    write_script(
+        &program,
+        "#!/bin/sh\nread line\necho \"held $line\"\nsleep 30\n",
+    );
+    let config = format!(
+        "service hold {{\n  executable = inetd {}\n  service_count = 1\n  process_min_avail = 1\n  inet_listener hold {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n",
+        program.display()
+    );
+    let mut roost = Roost::start("stray", &config);
+    roost.wait_for(
+        |r| r.spawner().is_some() && r.children().len() == 1,
+        "the spawner and one adapter",
+    );
+    let spawner = roost.spawner().expect("the spawner runs");
+    let mut strace = Command::new("strace")
+        .args([
+            "-e",
+            "trace=sendto",
+            "-e",
+            "inject=sendto:delay_enter=3s",
+            "-o",
+            "/dev/null",
+            "-p",
+        ])
+        .arg(spawner.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("strace runs");
+    let traced = poll_until(10, || {
+        std::fs::read_to_string(format!("/proc/{spawner}/status"))
+            .is_ok_and(|status| !status.contains("TracerPid:\t0\n"))
+    });
+    assert!(traced, "strace did not attach to the spawner");
+    // The adapter takes the client and execs the program; the master orders a new adapter,
+    // which the spawner clones and then cannot report.
+    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    client.write_all(b"one\n").expect("write");
+    let mut reply = String::new();
+    BufReader::new(&client)
+        .read_line(&mut reply)
+        .unwrap_or_else(|e| panic!("the program answers: {e}\n{}", roost.log_text()));
+    assert_eq!(reply, "held one\n", "{}", roost.log_text());
+    roost.wait_for_log("the spawner failed (no answer within 2 s)");
+    roost.wait_for_log("the spawner created it after the master had given up on its answer");
+    let _ = strace.wait();
+    // What the core counts is what runs: the held program, and one adapter.
+    let counted = |r: &Roost| -> Vec<i32> {
+        let output = r.command(&["status"]);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        // The second table: one line per process.
+        let processes = text.split("\n\n").nth(1).unwrap_or("");
+        let mut pids: Vec<i32> = processes
+            .lines()
+            .filter_map(|line| line.strip_prefix("hold\t"))
+            .filter_map(|rest| rest.split('\t').next()?.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        pids
+    };
+    let running = |r: &Roost| -> Vec<i32> {
+        let mut pids: Vec<i32> = r.children().iter().map(|(pid, _)| *pid).collect();
+        pids.sort_unstable();
+        pids
+    };
+    roost.wait_for(
+        |r| running(r).len() == 2 && running(r) == counted(r),
+        "the processes the core counts, and no other",
+    );
+    drop(client);
+    assert!(roost.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Fork failing under RLIMIT_NPROC (as an unprivileged user: root is exempt) throttles the
 /// service instead of spinning: the fork error and the throttle are logged, the throttle doubles
 /// while connections keep arriving, and the master's CPU time stays low.

@@ -376,6 +376,11 @@ impl Master {
         self.current
     }
 
+    /// Whether `pid` is a process the master knows (created and not yet exited).
+    pub fn has_pid(&self, pid: Pid) -> bool {
+        self.pids.get(pid).is_some()
+    }
+
     /// How many processes are alive (created and not yet exited), over every generation.
     pub fn process_count(&self) -> usize {
         self.processes.len()
