@@ -259,6 +259,9 @@ pub struct Daemon {
     spawner_pids: BTreeSet<Pid>,
     /// Children a spawner may have cloned after the master gave up on its answer.
     strays: Strays,
+    /// Where to report that the master has started (the parent left waiting in the
+    /// foreground, `system::daemonize`).
+    started: Option<OwnedFd>,
 }
 
 /// How many unanswered orders and reaped unknown pids [`Strays`] remembers.
@@ -336,6 +339,11 @@ struct SpawnTemplate {
 }
 
 impl Daemon {
+    /// Once it has started, the master writes a byte to `started` (see `system::daemonize`).
+    pub fn report_start_to(&mut self, started: OwnedFd) {
+        self.started = Some(started);
+    }
+
     /// A master for checked settings, with its control socket at `<base_dir>/control`.
     pub fn new(
         settings: Settings,
@@ -413,6 +421,7 @@ impl Daemon {
             spawner_started: None,
             spawner_pids: BTreeSet::new(),
             strays: Strays::default(),
+            started: None,
         })
     }
 
@@ -439,8 +448,18 @@ impl Daemon {
                 ),
             );
         }
+        let mut starting = true;
         let mut events = Events::with_capacity(256);
         while self.exit.is_none() {
+            if starting && self.master.has_started() {
+                // From here on what fails is said in the log alone. (A start that fails
+                // sets the exit: the parent left waiting sees the master's exit status.)
+                starting = false;
+                self.log.started();
+                if let Some(started) = self.started.take() {
+                    system::report_started(started);
+                }
+            }
             let timeout = if self.backlog.is_empty() {
                 self.master.poll_timeout().map(|at| {
                     std::time::Duration::from_millis(

@@ -45,19 +45,24 @@ impl Target {
                 file: None,
             },
         };
-        target.reopen();
+        // A file that cannot be opened now is said at start-up (`LogWriter::unwritable`).
+        let _ = target.reopen();
         target
     }
 
-    fn reopen(&mut self) {
+    /// Reopens a file or reconnects to syslog; the error of a file that cannot be opened (its
+    /// lines are lost until a reopen succeeds).
+    fn reopen(&mut self) -> Result<(), String> {
         match self {
             Target::Stderr => {}
             Target::File { path, file } => {
-                *file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&*path)
-                    .ok();
+                match OpenOptions::new().create(true).append(true).open(&*path) {
+                    Ok(opened) => *file = Some(opened),
+                    Err(error) => {
+                        *file = None;
+                        return Err(format!("Can't open log file {path}: {error}"));
+                    }
+                }
             }
             Target::Syslog { socket, .. } => {
                 *socket = UnixDatagram::unbound()
@@ -65,6 +70,7 @@ impl Target {
                     .filter(|s| s.connect("/dev/log").is_ok());
             }
         }
+        Ok(())
     }
 
     /// Writes one line; false when it is lost.
@@ -148,6 +154,9 @@ pub struct LogWriter {
     pub lost_lines: u64,
     /// The last warnings and errors of children, when kept (the log process keeps them).
     recent: Option<VecDeque<RecentError>>,
+    /// While the master starts: where its errors are written as well, the stderr of whoever
+    /// started it (reference §4.1 step 5), when the log itself goes elsewhere.
+    startup_echo: Option<File>,
 }
 
 /// The syslog ident and the master's line prefix: `roost`, or the instance name.
@@ -188,6 +197,7 @@ impl LogWriter {
             ident: ident.to_owned(),
             lost_lines: 0,
             recent: None,
+            startup_echo: None,
         }
     }
 
@@ -222,18 +232,42 @@ impl LogWriter {
         matches!(self.target, Target::Stderr)
     }
 
-    /// Reopens the files (after logrotate renamed them) or reconnects to syslog.
+    /// Reopens the files (after logrotate renamed them) or reconnects to syslog. A file that
+    /// cannot be opened loses its lines until the next reopen that succeeds.
     pub fn reopen(&mut self) {
-        self.target.reopen();
+        let _ = self.target.reopen();
         if let Some(info) = &mut self.info {
-            info.reopen();
+            let _ = info.reopen();
         }
+    }
+
+    /// Why a log file cannot be written, if one cannot: a master that starts with it would
+    /// lose every line.
+    pub fn unwritable(&mut self) -> Option<String> {
+        let error = self.target.reopen().err();
+        error.or_else(|| self.info.as_mut()?.reopen().err())
+    }
+
+    /// From now until [`LogWriter::started`], the master's errors are written to `stderr`
+    /// too, unless the log goes there already.
+    pub fn echo_errors_to(&mut self, stderr: File) {
+        if !self.is_stderr() {
+            self.startup_echo = Some(stderr);
+        }
+    }
+
+    /// The master has started: its errors go to the log alone.
+    pub fn started(&mut self) {
+        self.startup_echo = None;
     }
 
     /// A line of the master itself.
     pub fn master(&mut self, level: Level, text: &str) {
-        let prefix = self.ident.clone();
-        self.write(level, &format!("{prefix}: {level}: {text}"));
+        let line = format!("{}: {level}: {text}", self.ident);
+        if let (Some(echo), Level::Error | Level::Fatal) = (&mut self.startup_echo, level) {
+            let _ = echo.write_all(format!("{line}\n").as_bytes());
+        }
+        self.write(level, &line);
     }
 
     /// A line a child of `service` wrote to its stderr.

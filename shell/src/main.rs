@@ -257,6 +257,9 @@ fn who(source: &daemon::Source) -> ExitCode {
     ))
 }
 
+/// The exit status of a master that cannot open its log (the original's FATAL_LOGOPEN).
+const EXIT_LOG_OPEN: u8 = 80;
+
 fn fail(text: &str) -> ExitCode {
     eprintln!("roost: Error: {text}");
     ExitCode::from(89)
@@ -446,21 +449,16 @@ fn run(source: daemon::Source, foreground: bool) -> ExitCode {
         Ok(pid_file) => pid_file,
         Err(error) => return fail(&error),
     };
-    if !foreground {
-        // SAFETY: no thread exists yet; the parent exits at once.
-        match unsafe { libc::fork() } {
-            -1 => {
-                return fail(&format!(
-                    "fork() failed: {}",
-                    std::io::Error::last_os_error()
-                ))
-            }
-            0 => unsafe {
-                libc::setsid();
-            },
-            _ => return ExitCode::SUCCESS,
+    // In the background, the parent waits until the master has started, and exits with its
+    // status if it did not.
+    let started = if foreground {
+        None
+    } else {
+        match roost::system::daemonize() {
+            Ok(started) => Some(started),
+            Err(error) => return fail(&format!("Can't go to the background: {error}")),
         }
-    }
+    };
     if let Err(error) = std::env::set_current_dir(&global.base_dir) {
         return fail(&format!("chdir({}) failed: {error}", global.base_dir));
     }
@@ -468,6 +466,15 @@ fn run(source: daemon::Source, foreground: bool) -> ExitCode {
         return fail(&format!("Can't write the pid file: {error}"));
     }
     let mut log = LogWriter::for_settings(global);
+    if let Some(error) = log.unwritable() {
+        eprintln!("roost: Fatal: {error}");
+        return ExitCode::from(EXIT_LOG_OPEN);
+    }
+    // Until it has started, the master's errors reach whoever started it too (reference §4.1
+    // step 5).
+    if let Ok(stderr) = roost::system::stderr_copy() {
+        log.echo_errors_to(stderr);
+    }
     log.master(
         Level::Info,
         &format!(
@@ -483,10 +490,19 @@ fn run(source: daemon::Source, foreground: bool) -> ExitCode {
     for line in left_out {
         log.master(Level::Info, &line);
     }
-    let daemon = match Daemon::new(settings, master_config, source, log, foreground) {
+    let logs_to_stderr = log.is_stderr();
+    let mut daemon = match Daemon::new(settings, master_config, source, log, foreground) {
         Ok(daemon) => daemon,
         Err(error) => return fail(&format!("Can't start: {error}")),
     };
+    if let Some(started) = started {
+        // A daemon does not hold the terminal, ssh session or pipe that started it, and its
+        // children do not inherit it, unless its log goes there.
+        if !logs_to_stderr {
+            let _ = roost::system::detach_stderr();
+        }
+        daemon.report_start_to(started);
+    }
     let code = daemon.run();
     pid_file.remove();
     ExitCode::from(code.clamp(0, 255) as u8)

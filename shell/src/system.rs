@@ -124,3 +124,65 @@ pub fn raise_process_limit(wanted: u64) -> Result<(), (u64, u64)> {
     }
     Ok(())
 }
+
+/// Goes to the background (reference §4.1 step 12), in a new session with stdin and stdout on
+/// /dev/null. The parent does not return: it waits until the child reports that it has started
+/// (one byte on the returned pipe, [`report_started`]) and exits 0, or until the child exits
+/// first and exits with its status, so that whoever started roost (an init script, systemd's
+/// `Type=forking`) sees a failed start as one. The child gets the pipe's write end
+/// (close-on-exec: no process it starts keeps it).
+pub fn daemonize() -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::unistd::{fork, ForkResult};
+    let (started_r, started_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: the master has one thread; the parent only reads, waits and exits.
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => {
+            drop(started_w);
+            let mut byte = [0u8; 1];
+            loop {
+                match nix::unistd::read(&started_r, &mut byte) {
+                    Ok(1) => std::process::exit(0),
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    _ => break,
+                }
+            }
+            // The child exited (or is exiting) before it started: its status is ours.
+            let code = match nix::sys::wait::waitpid(child, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
+                _ => 89,
+            };
+            std::process::exit(code)
+        }
+        ForkResult::Child => {
+            nix::unistd::setsid()?;
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?;
+            nix::unistd::dup2_stdin(&null)?;
+            nix::unistd::dup2_stdout(&null)?;
+            Ok(started_w)
+        }
+    }
+}
+
+/// Tells the parent [`daemonize`] left waiting that the master has started.
+pub fn report_started(started: std::os::fd::OwnedFd) {
+    let _ = nix::unistd::write(&started, &[0]);
+}
+
+/// A copy of stderr as it is now (close-on-exec), to write to after stderr itself moved.
+pub fn stderr_copy() -> std::io::Result<std::fs::File> {
+    let fd = nix::fcntl::fcntl(std::io::stderr(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: a new fd of our own.
+    Ok(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Points stderr at /dev/null: a daemon whose log goes elsewhere must not hold the terminal
+/// (or the ssh session, or the pipe) that started it, nor hand it to its children.
+pub fn detach_stderr() -> std::io::Result<()> {
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    nix::unistd::dup2_stderr(&null)?;
+    Ok(())
+}

@@ -757,6 +757,100 @@ fn fork_failing_under_rlimit_nproc_throttles_rather_than_spins() {
     assert!(roost.stop().success());
 }
 
+/// Runs `roost <args> -c <config>` in the background mode (no -F) with stdout and stderr on
+/// pipes, as `out=$(roost ...)` or an ssh session does: (exit status, stdout, stderr), or a
+/// failure if either pipe stays open past 10 s (some process kept the caller's end).
+fn run_in_background(config: &Path) -> (std::process::ExitStatus, String, String) {
+    let mut child = Command::new(ROOST)
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("roost runs");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    for mut pipe in [
+        Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().expect("stderr")),
+    ] {
+        let sender = sender.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            let _ = sender.send(text);
+        });
+    }
+    let mut read = Vec::new();
+    for _ in 0..2 {
+        match receiver.recv_timeout(Duration::from_secs(10)) {
+            Ok(text) => read.push(text),
+            Err(_) => panic!("roost kept the caller's stdout or stderr open: {read:?}"),
+        }
+    }
+    let status = child.wait().expect("status");
+    // Which pipe ended first is not known; stdout is expected empty.
+    read.sort_by_key(|text| !text.is_empty());
+    (status, read[0].clone(), read[1].clone())
+}
+
+/// In the background, `roost` returns once the master has started, with 0, keeping nothing of
+/// its caller open; the master serves with stdin, stdout and stderr on /dev/null. A start that
+/// fails returns the master's exit status with the errors on stderr (reference §4.1 steps 5 and
+/// 12): listening failed is 89, a log that cannot be opened the original's 80. (It returned 0
+/// with nothing said, and `$(roost)` waited for the master to end.)
+#[test]
+fn in_the_background_roost_returns_once_started_and_reports_a_failed_start() {
+    let port = free_port();
+    let roost = Roost::prepare("background", &echo_service(port, ""));
+    let (status, stdout, stderr) = run_in_background(&roost.config);
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(stdout, "");
+    let pid: i32 = std::fs::read_to_string(roost.dir.join("run/master.pid"))
+        .expect("master.pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    for fd in 0..3 {
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("fd");
+        assert_eq!(target, Path::new("/dev/null"), "fd {fd} of the master");
+    }
+    assert_eq!(echo(port, "served\n").expect("served"), "served\n");
+    assert!(roost.command(&["stop"]).status.success());
+    assert!(poll_until(10, || !alive(pid)), "the master did not stop");
+
+    let held = std::net::TcpListener::bind(("127.0.0.1", port)).expect("hold the port");
+    let (status, _, stderr) = run_in_background(&roost.config);
+    assert_eq!(status.code(), Some(89), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "listen(127.0.0.1, {port}) failed: Address already in use"
+        )) && stderr.contains("Fatal: Failed to start listeners"),
+        "{stderr}"
+    );
+    drop(held);
+
+    let text = std::fs::read_to_string(&roost.config).expect("config");
+    let unopenable = roost.dir.join("no-such-dir/roost.log");
+    std::fs::write(
+        &roost.config,
+        text.replace(
+            &format!("log_path = {}", roost.log.display()),
+            &format!("log_path = {}", unopenable.display()),
+        ),
+    )
+    .expect("write");
+    let (status, _, stderr) = run_in_background(&roost.config);
+    assert_eq!(status.code(), Some(80), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "Fatal: Can't open log file {}",
+            unopenable.display()
+        )),
+        "{stderr}"
+    );
+}
+
 /// `log_path = /dev/full`: every line is lost, yet the master starts, serves, replaces a killed
 /// child, survives a child that floods its stderr, and stops cleanly.
 #[test]

@@ -376,6 +376,12 @@ impl Master {
         self.current
     }
 
+    /// Whether the first generation has started: its listeners open, its first processes
+    /// ordered (false again once the master is done).
+    pub fn has_started(&self) -> bool {
+        matches!(self.phase, Phase::Running | Phase::ShuttingDown { .. })
+    }
+
     /// Whether `pid` is a process the master knows (created and not yet exited).
     pub fn has_pid(&self, pid: Pid) -> bool {
         self.pids.get(pid).is_some()
