@@ -130,14 +130,48 @@ pub fn derive(settings: &Settings) -> (MasterConfig, Vec<config::LeftOut>) {
 pub fn check(config: &Config) -> Result<Vec<config::Warning>, Vec<String>> {
     let warnings = config::check(config, &system::RealSystem)
         .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-    let (master, _) = derive(&config.settings);
+    let (master, left_out) = derive(&config.settings);
     let running: Vec<String> = master.services.iter().map(|s| s.name.clone()).collect();
-    let errors = crate::builtin::check::builtin_errors(config, &running);
+    let mut errors = program_errors(config, &running, &left_out);
+    errors.extend(crate::builtin::check::builtin_errors(config, &running));
     if errors.is_empty() {
         Ok(warnings)
     } else {
         Err(errors)
     }
+}
+
+/// The programs the configuration names by an absolute path that cannot be run (reference
+/// §3.4's `access(EXECUTABLE) failed`): an executable, or the program of an `inetd` one. A
+/// program named by a bare name that is not there (a stock tree's `imap-login`) is only left
+/// out; a path is the operator's own, and a typo in it must not make a service vanish.
+fn program_errors(config: &Config, running: &[String], left_out: &[config::LeftOut]) -> Vec<String> {
+    let absolute = |executable: &str, word: usize| {
+        executable
+            .split_whitespace()
+            .nth(word)
+            .filter(|path| path.starts_with('/'))
+            .map(str::to_owned)
+    };
+    let left = left_out
+        .iter()
+        .filter_map(|left| Some((left.service.as_str(), absolute(&left.executable, 0)?)));
+    let inetd = config
+        .settings
+        .services
+        .iter()
+        .filter(|service| running.contains(&service.name))
+        .filter(|service| service.executable.split_whitespace().next() == Some("inetd"))
+        .filter_map(|service| Some((service.name.as_str(), absolute(&service.executable, 1)?)));
+    left.chain(inetd)
+        .filter_map(|(service, path)| {
+            let error = nix::unistd::access(path.as_str(), nix::unistd::AccessFlags::X_OK).err()?;
+            Some(format!(
+                "service({service}): access({path}) failed: {}",
+                io::Error::from(error)
+            ))
+        })
+        .collect()
 }
 
 /// One opened listener.

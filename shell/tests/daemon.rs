@@ -462,7 +462,7 @@ fn a_log_process_with_no_pipe_to_read_stays_rather_than_restarting_at_once() {
     // for. Exiting at once, it would be started again at once, for ever.
     let mut roost = Roost::start(
         "lonelylog",
-        "service auth {\n  executable = /nonexistent\n}\n",
+        "service auth {\n  executable = no-such-program\n}\n",
     );
     roost.wait_for(|r| r.log_processes().len() == 1, "the log process");
     let first = roost.log_processes();
