@@ -145,7 +145,11 @@ pub fn check(config: &Config) -> Result<Vec<config::Warning>, Vec<String>> {
 /// §3.4's `access(EXECUTABLE) failed`): an executable, or the program of an `inetd` one. A
 /// program named by a bare name that is not there (a stock tree's `imap-login`) is only left
 /// out; a path is the operator's own, and a typo in it must not make a service vanish.
-fn program_errors(config: &Config, running: &[String], left_out: &[config::LeftOut]) -> Vec<String> {
+fn program_errors(
+    config: &Config,
+    running: &[String],
+    left_out: &[config::LeftOut],
+) -> Vec<String> {
     let absolute = |executable: &str, word: usize| {
         executable
             .split_whitespace()

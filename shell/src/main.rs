@@ -291,7 +291,8 @@ fn ask(socket: &str, request: &Request) -> Result<Reply, String> {
     let mut stream = std::os::unix::net::UnixStream::connect(socket)
         .map_err(|e| format!("connect({socket}) failed: {e} (is roost running?)"))?;
     // A reload reads and checks the whole configuration: give it time.
-    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(60)));
+    let wait = std::time::Duration::from_secs(if *request == Request::Reload { 60 } else { 10 });
+    let _ = stream.set_read_timeout(Some(wait));
     let mut bytes = wire_control::HANDSHAKE.to_vec();
     request.encode(&mut bytes);
     stream
@@ -303,9 +304,13 @@ fn ask(socket: &str, request: &Request) -> Result<Reply, String> {
         if let Some(reply) = decoder.next_reply() {
             return reply.map_err(|e| format!("{socket}: {e}"));
         }
-        let n = stream
-            .read(&mut chunk)
-            .map_err(|e| format!("read({socket}) failed: {e}"))?;
+        let n = stream.read(&mut chunk).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!(
+                "the master did not answer on {socket} within {} s (is it stopped, or stuck?)",
+                wait.as_secs()
+            ),
+            _ => format!("read({socket}) failed: {e}"),
+        })?;
         if n == 0 {
             return Err(format!(
                 "{socket}: the master closed the connection without a reply"
@@ -384,14 +389,20 @@ fn control_command(source: &daemon::Source, request: Request) -> ExitCode {
     }
     match ask(&socket, &request) {
         Ok(Reply::Ok(text)) => {
-            if request == Request::Stop && pid.is_some() {
+            if let (Request::Stop, Some(pid)) = (&request, pid) {
                 // As `doveadm stop`: wait until the master is gone, that is until the lock on
                 // its pid file is released (a zombie still answers kill(pid, 0)).
-                for _ in 0..300 {
-                    if PidFile::running(&base_dir).is_none() {
-                        break;
+                let gone = (0..300).any(|_| {
+                    let gone = PidFile::running(&base_dir).is_none();
+                    if !gone {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
                     }
-                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    gone
+                });
+                if !gone {
+                    return fail(&format!(
+                        "the master (pid {pid}) is still running after 30 s"
+                    ));
                 }
             }
             if !text.is_empty() {

@@ -851,6 +851,32 @@ fn in_the_background_roost_returns_once_started_and_reports_a_failed_start() {
     );
 }
 
+/// A master that does not answer (stopped here with SIGSTOP) makes a control command fail
+/// after its wait, saying so, instead of hanging.
+#[test]
+fn a_control_command_to_a_master_that_does_not_answer_fails_after_its_wait() {
+    let port = free_port();
+    let roost = Roost::start("unanswered", &echo_service(port, ""));
+    let pid = roost.master_pid();
+    // SAFETY: signals to the master we started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let (output, finished) = run_bounded(
+        Command::new(ROOST)
+            .arg("status")
+            .arg("-c")
+            .arg(&roost.config),
+        30,
+    );
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(finished, "roost status hung");
+    assert_eq!(output.status.code(), Some(89));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the master did not answer") && stderr.contains("within 10 s"),
+        "{stderr}"
+    );
+}
+
 /// `log_path = /dev/full`: every line is lost, yet the master starts, serves, replaces a killed
 /// child, survives a child that floods its stderr, and stops cleanly.
 #[test]
