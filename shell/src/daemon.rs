@@ -1328,8 +1328,31 @@ impl Daemon {
     fn reload(&mut self) -> Result<(), String> {
         let config = self.source.load().map_err(|e| e.to_string())?;
         let warnings = check(&config).map_err(|errors| errors.join("; "))?;
+        let running = &self.generations[&self.master.current_generation()].global;
+        let new = &config.settings.global;
+        if new.base_dir != running.base_dir {
+            // The pid file, the control socket and the lock live there: a master that moved
+            // would leave them behind, and `roost stop -c` could no longer reach it.
+            return Err(format!(
+                "base_dir can't be changed by a reload ({} -> {}): restart roost",
+                running.base_dir, new.base_dir
+            ));
+        }
+        // The master's own lines follow the log settings, as its children's do.
+        let log = (LogWriter::settings_of(new) != LogWriter::settings_of(running))
+            .then(|| LogWriter::for_settings(new));
+        let log = match log {
+            Some(mut log) => match log.unwritable() {
+                Some(error) => return Err(error),
+                None => Some(log),
+            },
+            None => None,
+        };
         for warning in warnings {
             self.log.master(Level::Warning, &warning.to_string());
+        }
+        if let Some(log) = log {
+            self.log.replace(log);
         }
         let (master_config, _) = derive(&config.settings);
         let before = system::process_limit();

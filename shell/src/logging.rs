@@ -217,6 +217,24 @@ impl LogWriter {
         writer
     }
 
+    /// The global settings a writer of [`LogWriter::for_settings`] follows.
+    pub fn settings_of(global: &roost_core::settings::GlobalSettings) -> [&str; 5] {
+        [
+            &global.log_path,
+            &global.info_log_path,
+            &global.log_timestamp,
+            &global.syslog_facility,
+            &global.instance_name,
+        ]
+    }
+
+    /// Writes to where `new` does from now on (a reload changed the log settings), keeping
+    /// the count of lines lost so far.
+    pub fn replace(&mut self, new: LogWriter) {
+        let lost_lines = self.lost_lines;
+        *self = LogWriter { lost_lines, ..new };
+    }
+
     /// Keeps the last [`RECENT_ERRORS`] warnings and errors of children from now on.
     pub fn keep_recent_errors(&mut self) {
         self.recent.get_or_insert_with(VecDeque::new);

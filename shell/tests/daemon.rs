@@ -940,6 +940,76 @@ fn an_inetd_program_gets_a_clean_environment_and_default_signals() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A reload that changes log_path moves the master's own lines too, not only its children's.
+/// One that changes base_dir is refused (the pid file, the lock and the control socket are
+/// there) and the running generation serves on; one whose new log cannot be opened likewise.
+#[test]
+fn a_reload_moves_the_masters_log_and_refuses_to_move_base_dir() {
+    let port = free_port();
+    let mut roost = Roost::start("reload-places", &echo_service(port, ""));
+    let text = std::fs::read_to_string(&roost.config).expect("config");
+    let moved = roost.dir.join("moved.log");
+    let old_log = format!("log_path = {}", roost.log.display());
+    std::fs::write(
+        &roost.config,
+        text.replace(&old_log, &format!("log_path = {}", moved.display())),
+    )
+    .expect("write");
+    let output = roost.command(&["reload"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // SAFETY: a signal to the master we started: it says so in a line of its own.
+    unsafe { libc::kill(roost.master_pid(), libc::SIGUSR1) };
+    assert!(
+        poll_until(10, || std::fs::read_to_string(&moved)
+            .is_ok_and(|t| t.contains("roost: Info: Reopening log files"))),
+        "the master's lines did not follow log_path; old log:\n{}",
+        roost.log_text()
+    );
+
+    let run = roost.dir.join("run");
+    let elsewhere = roost.dir.join("elsewhere");
+    let refused = |roost: &Roost, from: &str, to: &str, expect: &str| {
+        let text = std::fs::read_to_string(&roost.config).expect("config");
+        std::fs::write(&roost.config, text.replace(from, to)).expect("write");
+        // SAFETY: a signal to the master we started.
+        unsafe { libc::kill(roost.master_pid(), libc::SIGHUP) };
+        assert!(
+            poll_until(10, || std::fs::read_to_string(&moved)
+                .is_ok_and(|t| t.contains(expect))),
+            "no {expect:?} in the log:\n{}",
+            std::fs::read_to_string(&moved).unwrap_or_default()
+        );
+        std::fs::write(&roost.config, text).expect("write back");
+        assert_eq!(echo(port, "still\n").expect("served"), "still\n");
+    };
+    refused(
+        &roost,
+        &format!("base_dir = {}", run.display()),
+        &format!("base_dir = {}", elsewhere.display()),
+        &format!(
+            "Config reload failed: base_dir can't be changed by a reload ({} -> {}): restart roost",
+            run.display(),
+            elsewhere.display()
+        ),
+    );
+    let unopenable = roost.dir.join("no-such-dir/roost.log");
+    refused(
+        &roost,
+        &format!("log_path = {}", moved.display()),
+        &format!("log_path = {}", unopenable.display()),
+        &format!(
+            "Config reload failed: Can't open log file {}",
+            unopenable.display()
+        ),
+    );
+    assert!(!elsewhere.exists(), "the refused base_dir was created");
+    assert!(roost.stop().success());
+}
+
 /// A configuration named by a path relative to where roost was started is read again at a
 /// reload, although the master has moved to its base_dir since.
 #[test]
