@@ -300,6 +300,9 @@ pub struct Daemon {
     /// Where to report that the master has started (the parent left waiting in the
     /// foreground, `system::daemonize`).
     started: Option<OwnedFd>,
+    /// While a reload runs: the listeners of the new generation that could not be opened,
+    /// for `roost reload` to say (the generation runs without them, reference §3.5).
+    reload_failures: Option<Vec<String>>,
 }
 
 /// How many unanswered orders and reaped unknown pids [`Strays`] remembers.
@@ -460,6 +463,7 @@ impl Daemon {
             spawner_pids: BTreeSet::new(),
             strays: Strays::default(),
             started: None,
+            reload_failures: None,
         })
     }
 
@@ -591,6 +595,10 @@ impl Daemon {
                     );
                 }
                 Err(error) => {
+                    if let Some(failures) = &mut self.reload_failures {
+                        let name = self.master.listener_service_name(listener).unwrap_or("?");
+                        failures.push(format!("service({name}): {}", error.text));
+                    }
                     let now = self.now();
                     self.master.handle(
                         Input::ListenFailed {
@@ -1324,8 +1332,9 @@ impl Daemon {
     }
 
     /// Reads the configuration again and hands it to the core; an error keeps the running
-    /// generation and is returned (for `roost reload`).
-    fn reload(&mut self) -> Result<(), String> {
+    /// generation and is returned (for `roost reload`). The new generation runs without the
+    /// listeners that could not be opened, returned.
+    fn reload(&mut self) -> Result<Vec<String>, String> {
         let config = self.source.load().map_err(|e| e.to_string())?;
         let warnings = check(&config).map_err(|errors| errors.join("; "))?;
         let running = &self.generations[&self.master.current_generation()].global;
@@ -1364,12 +1373,14 @@ impl Daemon {
             self.spawner = None;
             self.spawner_started = None;
         }
+        self.reload_failures = Some(Vec::new());
         self.feed(Input::Reload(Box::new(master_config)));
+        let failures = self.reload_failures.take().unwrap_or_default();
         self.generations
             .insert(self.master.current_generation(), config.settings);
         drop(config.raw);
         system::release_free_memory();
-        Ok(())
+        Ok(failures)
     }
 
     fn on_status_pipe(&mut self, service: ServiceId) {
@@ -1533,7 +1544,13 @@ impl Daemon {
             Request::Reload => {
                 self.feed(Input::Signal(Signal::Hup));
                 match self.reload() {
-                    Ok(()) => Reply::Ok("configuration reloaded".to_owned()),
+                    Ok(failures) if failures.is_empty() => {
+                        Reply::Ok("configuration reloaded".to_owned())
+                    }
+                    Ok(failures) => Reply::Error(format!(
+                        "the new configuration runs without listeners that failed: {}",
+                        failures.join("; ")
+                    )),
                     Err(error) => {
                         self.log
                             .master(Level::Error, &format!("Config reload failed: {error}"));

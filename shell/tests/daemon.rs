@@ -1010,6 +1010,36 @@ fn a_reload_moves_the_masters_log_and_refuses_to_move_base_dir() {
     assert!(roost.stop().success());
 }
 
+/// A reload whose new listener cannot be opened runs the new generation without it (reference
+/// §3.5), and `roost reload` says so and exits non-zero instead of "configuration reloaded".
+#[test]
+fn a_reload_says_which_new_listeners_failed() {
+    let port = free_port();
+    let mut roost = Roost::start("reload-listen", &echo_service(port, ""));
+    let held = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("hold a port");
+    let taken = held.local_addr().expect("addr").port();
+    let text = std::fs::read_to_string(&roost.config).expect("config");
+    std::fs::write(
+        &roost.config,
+        format!(
+            "{text}service other {{\n  executable = inetd /bin/cat\n  inet_listener other {{\n    address = 127.0.0.1\n    port = {taken}\n  }}\n}}\n"
+        ),
+    )
+    .expect("write");
+    let output = roost.command(&["reload"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(89), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the new configuration runs without listeners that failed: service(other): listen(127.0.0.1, {taken}) failed: Address already in use"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(echo(port, "new\n").expect("served"), "new\n");
+    drop(held);
+    assert!(roost.stop().success());
+}
+
 /// A configuration named by a path relative to where roost was started is read again at a
 /// reload, although the master has moved to its base_dir since.
 #[test]
