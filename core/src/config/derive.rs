@@ -57,13 +57,23 @@ pub(super) fn effective_process_limit(settings: &Settings, service: &ServiceSett
     }
 }
 
-/// Effective client_limit: defaulted, then capped by service_count.
+/// Effective service_count: as written, except for an inetd-style service (`executable =
+/// inetd PROGRAM`), whose every process takes one connection and becomes the program with it.
+pub(super) fn effective_service_count(service: &ServiceSettings) -> u32 {
+    if service.executable.split_whitespace().next() == Some("inetd") {
+        1
+    } else {
+        service.service_count
+    }
+}
+
+/// Effective client_limit: defaulted, then capped by the effective service_count.
 pub(super) fn effective_client_limit(settings: &Settings, service: &ServiceSettings) -> u32 {
     let limit = match service.client_limit {
         0 => settings.global.default_client_limit.max(1),
         limit => limit,
     };
-    match service.service_count {
+    match effective_service_count(service) {
         0 => limit,
         count => limit.min(count),
     }
@@ -201,7 +211,7 @@ fn service_config(settings: &Settings, service: &ServiceSettings) -> ServiceConf
         service_type,
         process_limit,
         client_limit: effective_client_limit(settings, service),
-        service_count: service.service_count,
+        service_count: effective_service_count(service),
         process_min_avail: service.process_min_avail.min(process_limit),
         idle_kill,
         vsz_limit: effective_vsz_limit(settings, service),

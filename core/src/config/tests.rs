@@ -81,6 +81,24 @@ fn a_service_block_modifies_the_default_service_and_a_new_name_creates_one() {
     );
 }
 
+/// An inetd-style process takes one connection and becomes the program: the master counts
+/// it with service_count 1 and client_limit 1 whatever is written, so its limit messages and
+/// status name what really binds.
+#[test]
+fn an_inetd_service_has_service_count_and_client_limit_1() {
+    let config = load_text(
+        "protocols = none\nservice echo {\n  executable = inetd /bin/cat\n  client_limit = 50\n  inet_listener echo {\n    port = 7\n  }\n}\nservice plain {\n  executable = /bin/cat\n  client_limit = 50\n}\n",
+    )
+    .expect("parses");
+    let (master, _) = master_config(&config.settings, &|_| true);
+    let limits = |name: &str| {
+        let s = master.services.iter().find(|s| s.name == name).expect(name);
+        (s.service_count, s.client_limit)
+    };
+    assert_eq!(limits("echo"), (1, 1));
+    assert_eq!(limits("plain"), (0, 50));
+}
+
 #[test]
 fn an_unknown_key_inside_a_service_is_an_error_with_file_and_line() {
     assert_eq!(
