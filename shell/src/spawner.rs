@@ -296,6 +296,10 @@ pub fn main() -> i32 {
         eprintln!("roost: Error: spawner: /proc/self/stat has no argument area");
         return 1;
     };
+    // Its own title alone, without the room left for its children's after it.
+    if let Some(own) = std::env::args().next() {
+        title.set(&own);
+    }
     // SAFETY: the master placed the socket at fd 3 for this process alone. Nothing above it
     // is ours: what the master's own parent let it inherit (a build's jobserver pipe) goes.
     let socket = unsafe {
