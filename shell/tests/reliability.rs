@@ -851,6 +851,43 @@ fn in_the_background_roost_returns_once_started_and_reports_a_failed_start() {
     );
 }
 
+/// `roost stop` while a program an inetd adapter became serves a client: the master does not
+/// wait out its 5 s for the log process (which reports it accepts nothing once told), and it
+/// does not SIGQUIT the program (whose default action would dump core and cut the client):
+/// with shutdown_clients = no the client is still served after the master is gone, with yes
+/// the program is sent SIGTERM. Neither end is logged as a failure.
+#[test]
+fn stop_leaves_an_inetd_programs_client_to_shutdown_clients_and_waits_for_nobody() {
+    for shutdown_clients in ["no", "yes"] {
+        let port = free_port();
+        let mut roost = Roost::start(
+            &format!("stop-inetd-{shutdown_clients}"),
+            &format!(
+                "shutdown_clients = {shutdown_clients}\n{}",
+                echo_service(port, "")
+            ),
+        );
+        let mut client = Client::connect(port).expect("connect");
+        assert_eq!(client.round_trip("before").expect("echo"), "before\n");
+        let started = Instant::now();
+        assert!(roost.stop().success());
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(4_500),
+            "the stop waited {took:?}: the 5 s wait for children to stop accepting ran out"
+        );
+        if shutdown_clients == "no" {
+            assert_eq!(client.round_trip("after").expect("still served"), "after\n");
+        } else {
+            let mut rest = String::new();
+            let _ = client.reader.read_line(&mut rest);
+            assert_eq!(rest, "", "the program was stopped with its master");
+        }
+        let log = roost.log_text();
+        assert!(!log.contains("killed with signal"), "{log}");
+    }
+}
+
 /// A master that does not answer (stopped here with SIGSTOP) makes a control command fail
 /// after its wait, saying so, instead of hanging.
 #[test]

@@ -1289,12 +1289,16 @@ impl Master {
         let service_id = process.service;
         let initialised = process.initialised;
         let mut throttle = false;
+        // At shutdown a child that ends by the signal the master sent it did as asked.
+        let asked = matches!(self.phase, Phase::ShuttingDown { .. })
+            && matches!(status, ExitStatus::Signaled { signal, .. }
+                if signal == Signal::Quit.number() || signal == Signal::Term.number());
         if status.is_success() {
             let service = self.service_mut(service_id);
             service.have_successful_exits = true;
             service.exit_failures_in_sec = 0;
             service.throttle_backoff = THROTTLE_INITIAL;
-        } else {
+        } else if !asked {
             let service = self.service(service_id);
             let reason = match status {
                 ExitStatus::Exited(code) => ExitReason::Error {
@@ -1782,22 +1786,38 @@ impl Master {
         }
     }
 
+    /// §4.5: SIGQUIT to every remaining child, so it closes its listeners and a restart can
+    /// bind at once. Done better than the original for a process that took its last
+    /// connection (service_count used up, not a login process): it holds no listener, and
+    /// when it is a program an inetd adapter became, SIGQUIT's default action would kill it
+    /// with a core dump and cut its client. It is left to finish its client, or, with
+    /// shutdown_clients = yes, sent SIGTERM: such a program cannot see the master go.
     fn shutdown_quit(&mut self) {
         self.timers.disarm(Timer::ShutdownPoll);
-        let pids: Vec<Pid> = self
-            .process_ids()
-            .into_iter()
-            .filter_map(|id| self.process(id).pid())
-            .collect();
-        if pids.is_empty() {
+        let mut sent = false;
+        for id in self.process_ids() {
+            let process = self.process(id);
+            let Some(pid) = process.pid() else {
+                continue;
+            };
+            let service = self.service(process.service);
+            let config = &service.config;
+            let spent = config.service_count > 0
+                && process.total_count >= u64::from(config.service_count)
+                && config.service_type != ServiceType::Login;
+            let signal = if !spent {
+                Signal::Quit
+            } else if self.generations[&service.generation].shutdown_clients {
+                Signal::Term
+            } else {
+                continue;
+            };
+            self.emit(Output::Kill { pid, signal });
+            sent = true;
+        }
+        if !sent {
             self.finish(0);
             return;
-        }
-        for pid in pids {
-            self.emit(Output::Kill {
-                pid,
-                signal: Signal::Quit,
-            });
         }
         self.timers
             .arm_if_idle(Timer::ShutdownExit, self.now + SHUTDOWN_QUIT_GRACE);

@@ -1137,6 +1137,93 @@ fn shutdown_gives_up_waiting_after_five_seconds_and_exits_early_when_all_are_gon
 }
 
 #[test]
+fn shutdown_stops_waiting_once_the_idle_processes_have_left() {
+    let mut w = World::new(vec![ServiceConfig {
+        process_min_avail: 2,
+        ..service("echo", ServiceType::Default)
+    }]);
+    w.turn();
+    w.turn();
+    w.all_report(S1, 1);
+    let pids = w.pids_of(S1);
+    w.status(pids[0], 0);
+    w.turn();
+    w.clear();
+    w.handle(Input::Signal(Signal::Term));
+    // The idle ones see the master gone and leave; the busy one serves its client.
+    for &pid in &pids[1..] {
+        w.exit(pid, ExitStatus::Exited(0));
+    }
+    let left = w.pids_of(S1);
+    w.advance(100);
+    assert_eq!(
+        w.kills(Signal::Quit),
+        left,
+        "no process accepts: quit at once"
+    );
+}
+
+/// A process that took its last connection holds no listener: SIGQUIT (whose default action
+/// dumps core) would only cut the client of a program an inetd adapter became. With
+/// shutdown_clients = yes it is sent SIGTERM (it cannot see the master go), with no it is left
+/// to its client; either way its end by that signal is no failure to log.
+#[test]
+fn shutdown_quits_only_processes_that_may_still_listen() {
+    for shutdown_clients in [true, false] {
+        let mut w = World::new(vec![ServiceConfig {
+            service_count: 1,
+            client_limit: 1,
+            ..service("echo", ServiceType::Default)
+        }]);
+        w.master
+            .generations
+            .get_mut(&Generation(1))
+            .expect("generation 1")
+            .shutdown_clients = shutdown_clients;
+        w.readable(L1, 1);
+        let busy = w.pids_of(S1)[0];
+        w.status(busy, 1);
+        w.status(busy, 0);
+        w.readable(L1, 1);
+        let idle: Vec<Pid> = w.pids_of(S1).into_iter().filter(|p| *p != busy).collect();
+        for &pid in &idle {
+            w.status(pid, 1);
+        }
+        w.clear();
+        w.handle(Input::Signal(Signal::Term));
+        w.advance(5_000);
+        assert_eq!(
+            w.kills(Signal::Quit),
+            idle,
+            "shutdown_clients = {shutdown_clients}"
+        );
+        let term = w.kills(Signal::Term);
+        if shutdown_clients {
+            assert_eq!(term, vec![busy]);
+            w.exit(
+                busy,
+                ExitStatus::Signaled {
+                    signal: Signal::Term.number(),
+                    core_dumped: false,
+                },
+            );
+        } else {
+            assert!(term.is_empty());
+        }
+        for &pid in &idle {
+            w.exit(
+                pid,
+                ExitStatus::Signaled {
+                    signal: Signal::Quit.number(),
+                    core_dumped: false,
+                },
+            );
+        }
+        assert_eq!(w.notices(), vec!["Killed with signal 15".to_owned()]);
+    }
+}
+
+#[test]
 fn shutdown_does_not_wait_for_an_idle_log_process_which_accepts_nothing() {
     let mut w = World::new(vec![ServiceConfig {
         idle_kill: None,

@@ -8,14 +8,16 @@
 //! - It exits 0 once every pipe is closed: the master closes its write ends when the
 //!   generation retires, so that happens after the generation's last child is gone. Pipes
 //!   marked `:lasting` (anvil's, whose process outlives generations) are read but not waited
-//!   for. TERM, INT and QUIT make it write what the pipes hold, then exit.
+//!   for. TERM and INT make it write what the pipes hold, then exit.
 //! - The master keeps the read ends as well: what a log process leaves unread when it dies
 //!   stays in the pipes for its successor, or for the master while there is none.
 //! - It keeps the last [`crate::logging::RECENT_ERRORS`] warnings and errors and hands them to whoever
 //!   connects to its `log-errors` listener (`roost log errors`, the original's
 //!   `doveadm log errors`), one `SECS<TAB>SERVICE<TAB>TEXT` line each.
-//! - When its master or generation is gone (the master-dead pipe), it closes that listener, so
-//!   that a new master can bind the path; the lines still come until the last child is gone.
+//! - When its master or generation is gone (the master-dead pipe), or at the master's SIGQUIT,
+//!   it closes that listener and reports that it accepts nothing (so a master shutting down
+//!   waits no longer for it, and a new master can bind the path); the lines still come until
+//!   the last child is gone.
 //! - Its own stderr is the master's (reading its own pipe would loop). It reports itself idle
 //!   once, as the original's does.
 
@@ -195,11 +197,15 @@ fn run(
             return Err(error);
         }
         let mut stop = false;
+        let mut close_listeners = false;
         for event in events.iter() {
             if event.token() == server::SIGNALS {
                 for signal in signals.pending() {
                     match signal {
                         libc::SIGUSR1 => log.reopen(),
+                        // The master's last word at its shutdown (§4.5): take no more
+                        // connections; the lines still come until the last child is gone.
+                        libc::SIGQUIT => close_listeners = true,
                         _ => stop = true,
                     }
                 }
@@ -211,11 +217,7 @@ fn run(
                     let _ = poll
                         .registry()
                         .deregister(&mut SourceFd(&env.master_dead_fd));
-                    for listener in listeners.iter_mut().filter_map(Option::take) {
-                        let _ = poll
-                            .registry()
-                            .deregister(&mut SourceFd(&listener.as_raw_fd()));
-                    }
+                    close_listeners = true;
                 }
             } else if event.token().0 >= FIRST_LISTENER {
                 if let Some(Some(listener)) = listeners.get(event.token().0 - FIRST_LISTENER) {
@@ -224,6 +226,16 @@ fn run(
             } else if open.contains(&event.token().0) {
                 ready.insert(event.token().0);
             }
+        }
+        if close_listeners && listeners.iter().any(Option::is_some) {
+            for listener in listeners.iter_mut().filter_map(Option::take) {
+                let _ = poll
+                    .registry()
+                    .deregister(&mut SourceFd(&listener.as_raw_fd()));
+            }
+            // A master waiting at its shutdown for its children to stop accepting (§4.5)
+            // hears it at once.
+            let _ = write_status(env, 0);
         }
         if stop {
             for i in open {
