@@ -159,13 +159,11 @@ pub struct LogWriter {
     startup_echo: Option<File>,
 }
 
-/// The syslog ident and the master's line prefix: `roost`, or the instance name.
+/// The syslog ident and the master's line prefix: `roost`, or `roost-NAME` for an instance,
+/// as the first part of its process titles (`roost-NAME/SERVICE`).
 pub fn ident(instance_name: &str) -> String {
-    if instance_name.is_empty() {
-        "roost".to_owned()
-    } else {
-        instance_name.to_owned()
-    }
+    let title = crate::spawn::process_title(instance_name, "");
+    title.trim_end_matches('/').to_owned()
 }
 
 fn facility_code(name: &str) -> u8 {

@@ -833,7 +833,8 @@ fn a_failed_exec_is_logged_with_its_reason() {
     assert!(roost.stop().success());
 }
 
-/// `-i NAME` names the instance: titles become `roost-NAME/SERVICE`, and a reload keeps it.
+/// `-i NAME` names the instance: titles become `roost-NAME/SERVICE`, the master's log lines
+/// `roost-NAME: ...`, and a reload keeps it.
 #[test]
 fn the_instance_name_from_the_command_line_is_in_titles_and_survives_a_reload() {
     let port = free_port();
@@ -861,6 +862,11 @@ fn the_instance_name_from_the_command_line_is_in_titles_and_survives_a_reload() 
         "the new generation's children, still roost-second/echo",
     );
     assert!(roost.stop().success());
+    let log = roost.log_text();
+    assert!(
+        log.contains("roost-second: Info: roost v") && !log.contains("\nsecond: "),
+        "{log}"
+    );
 }
 
 /// As root, `chroot = jail` (relative to base_dir) confines the child: the program it runs
