@@ -8,7 +8,7 @@ pub struct RealFiles;
 
 impl Files for RealFiles {
     fn read_to_string(&self, path: &str) -> Result<String, String> {
-        std::fs::read_to_string(path).map_err(|e| e.to_string())
+        config_text(std::fs::read(path).map_err(|e| e.to_string())?)
     }
 
     fn list_dir(&self, path: &str) -> Result<Vec<String>, String> {
@@ -18,6 +18,35 @@ impl Files for RealFiles {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect())
     }
+}
+
+/// A configuration file's text. It is UTF-8, but a whole-line comment may be in an older
+/// encoding (the Latin-1 comments of an old European configuration, which Dovecot, reading
+/// bytes, accepts): such a line is read with its odd bytes replaced. Any other line that is
+/// not UTF-8 is an error that names it.
+fn config_text(bytes: Vec<u8>) -> Result<String, String> {
+    let bytes = match String::from_utf8(bytes) {
+        Ok(text) => return Ok(text),
+        Err(error) => error.into_bytes(),
+    };
+    let mut text = String::with_capacity(bytes.len());
+    for (index, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
+        match std::str::from_utf8(line) {
+            Ok(line) => text.push_str(line),
+            Err(_) if line.trim_ascii_start().starts_with(b"#") => {
+                text.push_str(&String::from_utf8_lossy(line));
+            }
+            Err(error) => {
+                return Err(format!(
+                    "line {} is not UTF-8 (byte {} of the line is 0x{:02x})",
+                    index + 1,
+                    error.valid_up_to() + 1,
+                    line[error.valid_up_to()]
+                ))
+            }
+        }
+    }
+    Ok(text)
 }
 
 /// The real environment.
@@ -185,4 +214,23 @@ pub fn detach_stderr() -> std::io::Result<()> {
     let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
     nix::unistd::dup2_stderr(&null)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_text;
+
+    #[test]
+    fn a_latin1_comment_is_read_and_any_other_line_that_is_not_utf8_is_named() {
+        let text = config_text(b"# f\xfcr den Server\nbase_dir = /tmp\n".to_vec()).expect("read");
+        assert_eq!(text, "# f\u{fffd}r den Server\nbase_dir = /tmp\n");
+        assert_eq!(
+            config_text(b"# ok\nlog_path = /tmp/gr\xfc\xdf.log\n".to_vec()),
+            Err("line 2 is not UTF-8 (byte 19 of the line is 0xfc)".to_owned())
+        );
+        assert_eq!(
+            config_text("ünïcode = ok\n".as_bytes().to_vec()).as_deref(),
+            Ok("ünïcode = ok\n")
+        );
+    }
 }
