@@ -1348,15 +1348,14 @@ impl Daemon {
             ));
         }
         // The master's own lines follow the log settings, as its children's do.
-        let log = (LogWriter::settings_of(new) != LogWriter::settings_of(running))
-            .then(|| LogWriter::for_settings(new));
-        let log = match log {
-            Some(mut log) => match log.unwritable() {
-                Some(error) => return Err(error),
-                None => Some(log),
-            },
-            None => None,
-        };
+        let mut log = None;
+        if LogWriter::settings_of(new) != LogWriter::settings_of(running) {
+            let mut next = LogWriter::for_settings(new);
+            if let Some(error) = next.unwritable() {
+                return Err(error);
+            }
+            log = Some(next);
+        }
         for warning in warnings {
             self.log.master(Level::Warning, &warning.to_string());
         }
