@@ -1807,7 +1807,11 @@ impl Master {
                 && config.service_type != ServiceType::Login;
             let signal = if !spent {
                 Signal::Quit
-            } else if self.generations[&service.generation].shutdown_clients {
+            } else if self
+                .generations
+                .get(&service.generation)
+                .is_none_or(|generation| generation.shutdown_clients)
+            {
                 Signal::Term
             } else {
                 continue;
