@@ -8,7 +8,9 @@ use std::fmt;
 use super::derive::{
     effective_process_limit, effective_vsz_limit, enabled_protocols, is_enabled, resolve_path,
 };
-use super::{Config, ConfigError, ListenerType, ParseWarning, RawService, System};
+use super::{
+    Config, ConfigError, ListenerType, Origin, ParseWarning, RawConfig, RawService, System,
+};
 use crate::settings::{ServiceSettings, Settings, VSZ_LIMIT_DEFAULT};
 use crate::setup::ServiceType;
 
@@ -287,11 +289,82 @@ impl fmt::Display for Refusal {
     }
 }
 
+/// A refusal, placed by [`check`] once every check ran.
+fn refused(refusal: Refusal) -> ConfigError {
+    ConfigError::Check {
+        refusal,
+        origin: None,
+    }
+}
+
+impl Refusal {
+    /// What it is about, to find where that was written: the service (none for a global
+    /// setting) and the setting (none for the service as a whole).
+    fn subject(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Refusal::ListenEmpty => (None, Some("listen")),
+            Refusal::FirstValidLarger { what } => (
+                None,
+                Some(if *what == "uid" {
+                    "first_valid_uid"
+                } else {
+                    "first_valid_gid"
+                }),
+            ),
+            Refusal::DefaultUserMissing { setting, .. } => (None, Some(setting)),
+            Refusal::DefaultVszLimitTooLow => (None, Some("default_vsz_limit")),
+            Refusal::UnknownProtocol(_) => (None, Some("protocols")),
+            Refusal::UnknownServiceType { service, .. } => (Some(service), Some("type")),
+            Refusal::DropPrivWithChroot { service } => {
+                (Some(service), Some("drop_priv_before_exec"))
+            }
+            Refusal::MinAvailOverLimit { service } => (Some(service), Some("process_min_avail")),
+            Refusal::VszLimitTooLow { service } => (Some(service), Some("vsz_limit")),
+            Refusal::ProcessLimitMustBeOne { service } => (Some(service), Some("process_limit")),
+            Refusal::UnknownUser {
+                service, setting, ..
+            }
+            | Refusal::UnknownGroup {
+                service, setting, ..
+            } => {
+                // `service x { user }` names a setting of the service itself; one of a
+                // listener (`service x { unix_listener s { group } }`) is placed at the service.
+                let key = setting
+                    .strip_prefix(&format!("service {service} {{ "))
+                    .and_then(|rest| rest.strip_suffix(" }"))
+                    .filter(|key| !key.contains(' '));
+                (Some(service), key)
+            }
+            Refusal::PathEmpty { service } => (Some(service), None),
+            Refusal::DuplicateListener { second, .. } => (Some(second), None),
+            Refusal::DuplicateServiceName(service) => (Some(service), None),
+            Refusal::NoServices | Refusal::MissingName(_) | Refusal::MultipleServices { .. } => {
+                (None, None)
+            }
+        }
+    }
+}
+
+/// Where what `refusal` is about was written: its setting, else its service's first mention.
+/// `None` for a default the configuration never wrote.
+fn origin_of(raw: &RawConfig, refusal: &Refusal) -> Option<Origin> {
+    match refusal.subject() {
+        (Some(service), setting) => {
+            let service = raw.services.iter().find(|s| s.name == service)?;
+            setting
+                .and_then(|key| service.settings.get(key)?.origin.clone())
+                .or_else(|| service.mentioned.clone())
+        }
+        (None, Some(setting)) => raw.globals.get(setting)?.origin.clone(),
+        (None, None) => None,
+    }
+}
+
 /// Runs every check: the errors that refuse the configuration, or the warnings to show.
 pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<ConfigError>> {
     let settings = &config.settings;
     let mut errors = Vec::new();
-    let mut error = |refusal: Refusal| errors.push(ConfigError::Check(refusal));
+    let mut error = |refusal: Refusal| errors.push(refused(refusal));
     let global = &settings.global;
     if global.listen.trim().is_empty() {
         error(Refusal::ListenEmpty);
@@ -385,11 +458,11 @@ pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<C
             .iter()
             .find(|raw| raw.name == service.name);
         check_service(settings, service, raw, system, &mut |refusal| {
-            errors.push(ConfigError::Check(refusal))
+            errors.push(refused(refusal))
         });
         for listener in service.unix_listeners.iter().chain(&service.fifo_listeners) {
             if listener.path.is_empty() {
-                errors.push(ConfigError::Check(Refusal::PathEmpty {
+                errors.push(refused(Refusal::PathEmpty {
                     service: service.name.clone(),
                 }));
                 continue;
@@ -404,7 +477,7 @@ pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<C
             }
             let path = resolve_path(settings, &listener.path);
             if let Some(first) = listeners.insert(path.clone(), service.name.clone()) {
-                errors.push(ConfigError::Check(Refusal::DuplicateListener {
+                errors.push(refused(Refusal::DuplicateListener {
                     listener: path,
                     first,
                     second: service.name.clone(),
@@ -414,7 +487,7 @@ pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<C
         for listener in service.inet_listeners.iter().filter(|l| l.port != 0) {
             let key = format!("{}:{}", listener.port, listener.address);
             if let Some(first) = listeners.insert(key.clone(), service.name.clone()) {
-                errors.push(ConfigError::Check(Refusal::DuplicateListener {
+                errors.push(refused(Refusal::DuplicateListener {
                     listener: key,
                     first,
                     second: service.name.clone(),
@@ -423,7 +496,16 @@ pub fn check(config: &Config, system: &dyn System) -> Result<Vec<Warning>, Vec<C
         }
     }
     if !errors.is_empty() {
-        return Err(errors);
+        return Err(errors
+            .into_iter()
+            .map(|error| match error {
+                ConfigError::Check { refusal, .. } => ConfigError::Check {
+                    origin: origin_of(&config.raw, &refusal),
+                    refusal,
+                },
+                error => error,
+            })
+            .collect());
     }
     warnings.extend(load_warnings(settings, system));
     Ok(warnings)

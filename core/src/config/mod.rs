@@ -90,9 +90,15 @@ pub enum ConfigError {
     /// A value without a place (a default, or a value given on the command line).
     #[error("{0}")]
     Invalid(String),
-    /// A check of reference §3.4 failed.
-    #[error("{0}")]
-    Check(Refusal),
+    /// A check of reference §3.4 failed; where the setting (or the service) it is about was
+    /// written, when the configuration wrote it.
+    #[error("{}{refusal}", origin.as_ref().map(|o| format!("{o}: ")).unwrap_or_default())]
+    Check {
+        /// The check's text.
+        refusal: Refusal,
+        /// Where.
+        origin: Option<Origin>,
+    },
     /// The RON form could not be read.
     #[error("{file}:{line}:{column}: {message}")]
     Ron {

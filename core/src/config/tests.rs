@@ -339,65 +339,65 @@ fn effective_values_apply_defaults_caps_and_protocols() {
 fn checks_refuse_contradictions_with_the_originals_texts() {
     assert_eq!(
         check_errors("listen =\n"),
-        vec!["listen can't be set empty"]
+        vec!["/etc/roost/roost.conf:1: listen can't be set empty"]
     );
     assert_eq!(
         check_errors("first_valid_uid = 1000\nlast_valid_uid = 10\n"),
-        vec!["first_valid_uid can't be larger than last_valid_uid"]
+        vec!["/etc/roost/roost.conf:1: first_valid_uid can't be larger than last_valid_uid"]
     );
     assert_eq!(
         check_errors("default_login_user = dovenull\n"),
-        vec!["default_login_user doesn't exist: dovenull"]
+        vec!["/etc/roost/roost.conf:1: default_login_user doesn't exist: dovenull"]
     );
     assert_eq!(
         check_errors("service x {\n  executable = x\n  type = bogus\n}\n"),
-        vec!["service(x): Unknown service type: bogus"]
+        vec!["/etc/roost/roost.conf:3: service(x): Unknown service type: bogus"]
     );
     assert_eq!(
         check_errors("protocols = imap gopher\n"),
-        vec!["protocols: Unknown protocol: gopher"]
+        vec!["/etc/roost/roost.conf:1: protocols: Unknown protocol: gopher"]
     );
     assert_eq!(
         check_errors("service a {\n  executable = a\n  inet_listener a {\n    port = 7\n    address = 127.0.0.1\n  }\n}\nservice b {\n  executable = b\n  inet_listener b {\n    port = 7\n    address = 127.0.0.1\n  }\n}\n"),
-        vec!["duplicate listener: 7:127.0.0.1 (service b; also in service a)"]
+        vec!["/etc/roost/roost.conf:8: duplicate listener: 7:127.0.0.1 (service b; also in service a)"]
     );
     assert_eq!(
         check_errors("service x {\n  executable = x\n  unix_listener login/pop3 {\n  }\n}\n"),
-        vec!["duplicate listener: /run/roost/login/pop3 (service x; also in service pop3)"]
+        vec!["/etc/roost/roost.conf:1: duplicate listener: /run/roost/login/pop3 (service x; also in service pop3)"]
     );
     assert_eq!(
         check_errors(
             "service x {\n  executable = x\n  chroot = empty\n  drop_priv_before_exec = yes\n}\n"
         ),
-        vec!["service(x): drop_priv_before_exec=yes can't be used with chroot"]
+        vec!["/etc/roost/roost.conf:4: service(x): drop_priv_before_exec=yes can't be used with chroot"]
     );
     assert_eq!(
         check_errors(
             "service x {\n  executable = x\n  process_limit = 2\n  process_min_avail = 3\n}\n"
         ),
-        vec!["service(x): process_min_avail is higher than process_limit"]
+        vec!["/etc/roost/roost.conf:4: service(x): process_min_avail is higher than process_limit"]
     );
     assert_eq!(
         check_errors("service x {\n  executable = x\n  vsz_limit = 512k\n}\n"),
-        vec!["service(x): vsz_limit is too low"]
+        vec!["/etc/roost/roost.conf:3: service(x): vsz_limit is too low"]
     );
     // Found by the bad-configuration suite: one low default_vsz_limit gave twenty errors,
     // one for every catalogue service that inherits it. It is one error, said once.
     assert_eq!(
         check_errors("default_vsz_limit = 1000\nservice x {\n  executable = x\n}\n"),
-        vec!["default_vsz_limit is too low"]
+        vec!["/etc/roost/roost.conf:1: default_vsz_limit is too low"]
     );
     assert_eq!(
         check_errors("service anvil {\n  process_limit = 2\n}\n"),
-        vec!["service(anvil): process_limit must be 1"]
+        vec!["/etc/roost/roost.conf:2: service(anvil): process_limit must be 1"]
     );
     assert_eq!(
         check_errors("service x {\n  executable = x\n  user = mallory\n}\n"),
-        vec!["service(x): User doesn't exist: mallory (See service x { user } setting)"]
+        vec!["/etc/roost/roost.conf:3: service(x): User doesn't exist: mallory (See service x { user } setting)"]
     );
     assert_eq!(
         check_errors("service x {\n  executable = x\n  unix_listener s {\n    group = nosuch\n  }\n}\n"),
-        vec!["service(x): Group doesn't exist: nosuch (See service x { unix_listener s { group } } setting)"]
+        vec!["/etc/roost/roost.conf:1: service(x): Group doesn't exist: nosuch (See service x { unix_listener s { group } } setting)"]
     );
     assert_eq!(
         check_errors("service log2 {\n  executable = log\n  type = log\n}\n"),
@@ -541,7 +541,7 @@ fn extra_groups_may_be_separated_by_commas() {
     assert!(check(&config, &SYSTEM).is_ok());
     assert_eq!(
         check_errors("service x {\n  executable = x\n  extra_groups = root,nosuch\n}\n"),
-        vec!["service(x): Group doesn't exist: nosuch (See service x { extra_groups } setting)"]
+        vec!["/etc/roost/roost.conf:3: service(x): Group doesn't exist: nosuch (See service x { extra_groups } setting)"]
     );
 }
 
