@@ -794,6 +794,18 @@ fn run_in_background(config: &Path) -> (std::process::ExitStatus, String, String
     (status, read[0].clone(), read[1].clone())
 }
 
+/// A master started in the background, killed if the test ends before it stopped it.
+struct Running(Option<i32>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: a signal to the master this test started and has not seen stop.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
 /// In the background, `roost` returns once the master has started, with 0, keeping nothing of
 /// its caller open; the master serves with stdin, stdout and stderr on /dev/null. A start that
 /// fails returns the master's exit status with the errors on stderr (reference §4.1 steps 5 and
@@ -811,6 +823,7 @@ fn in_the_background_roost_returns_once_started_and_reports_a_failed_start() {
         .trim()
         .parse()
         .expect("a pid");
+    let mut running = Running(Some(pid));
     for fd in 0..3 {
         let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("fd");
         assert_eq!(target, Path::new("/dev/null"), "fd {fd} of the master");
@@ -818,6 +831,7 @@ fn in_the_background_roost_returns_once_started_and_reports_a_failed_start() {
     assert_eq!(echo(port, "served\n").expect("served"), "served\n");
     assert!(roost.command(&["stop"]).status.success());
     assert!(poll_until(10, || !alive(pid)), "the master did not stop");
+    running.0 = None;
 
     let held = std::net::TcpListener::bind(("127.0.0.1", port)).expect("hold the port");
     let (status, _, stderr) = run_in_background(&roost.config);
