@@ -160,13 +160,24 @@ fn program_errors(
     let left = left_out
         .iter()
         .filter_map(|left| Some((left.service.as_str(), absolute(&left.executable, 0)?)));
+    // The adapter execs its program inside the service's chroot (applied as root only).
     let inetd = config
         .settings
         .services
         .iter()
         .filter(|service| running.contains(&service.name))
         .filter(|service| service.executable.split_whitespace().next() == Some("inetd"))
-        .filter_map(|service| Some((service.name.as_str(), absolute(&service.executable, 1)?)));
+        .filter_map(|service| {
+            let path = absolute(&service.executable, 1)?;
+            let path = match chroot_dir(service, &config.settings.global) {
+                Some(root) if system::is_root() => root
+                    .join(path.trim_start_matches('/'))
+                    .display()
+                    .to_string(),
+                _ => path,
+            };
+            Some((service.name.as_str(), path))
+        });
     left.chain(inetd)
         .filter_map(|(service, path)| {
             let error = nix::unistd::access(path.as_str(), nix::unistd::AccessFlags::X_OK).err()?;
@@ -176,6 +187,19 @@ fn program_errors(
             ))
         })
         .collect()
+}
+
+/// The directory a service's children are chrooted to (`chroot`, relative to base_dir).
+fn chroot_dir(
+    service: &ServiceSettings,
+    global: &roost_core::settings::GlobalSettings,
+) -> Option<PathBuf> {
+    match service.chroot.as_str() {
+        "" => None,
+        dir if dir.starts_with('/') => Some(PathBuf::from(dir)),
+        "." => Some(PathBuf::from(&global.base_dir)),
+        dir => Some(Path::new(&global.base_dir).join(dir)),
+    }
 }
 
 /// One opened listener.
@@ -1240,12 +1264,7 @@ impl Daemon {
                     .ok_or_else(|| io::Error::other(format!("Group doesn't exist: {group}")))?,
             );
         }
-        let chroot = match service.chroot.as_str() {
-            "" => None,
-            dir if dir.starts_with('/') => Some(PathBuf::from(dir)),
-            "." => Some(PathBuf::from(&global.base_dir)),
-            dir => Some(Path::new(&global.base_dir).join(dir)),
-        };
+        let chroot = chroot_dir(service, global);
         if let Some(dir) = &chroot {
             std::fs::create_dir_all(dir)?;
         }

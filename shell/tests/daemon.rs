@@ -869,9 +869,9 @@ fn the_instance_name_from_the_command_line_is_in_titles_and_survives_a_reload() 
     );
 }
 
-/// As root, `chroot = jail` (relative to base_dir) confines the child: the program it runs
-/// sees the jail as `/`. The roost-aware inetd adapter enters the chroot itself after exec
-/// (ROOST_RESTRICT_CHROOT), then execs the program inside it.
+/// As root, `chroot = jail` (relative to base_dir) confines the child: the program it runs sees
+/// the jail as `/` (and exists only there). The roost-aware inetd adapter enters the chroot itself
+/// after exec (ROOST_RESTRICT_CHROOT), then execs the program inside it.
 #[test]
 fn as_root_a_child_runs_in_its_chroot() {
     if unsafe { libc::geteuid() } != 0 {
@@ -882,7 +882,7 @@ fn as_root_a_child_runs_in_its_chroot() {
     let mut roost = Roost::prepare(
         "chroot",
         &format!(
-            "service jailed {{\n  executable = inetd /bin/cat /marker\n  service_count = 1\n  user = nobody\n  chroot = jail\n  inet_listener jailed {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
+            "service jailed {{\n  executable = inetd /bin/jailed-cat /marker\n  service_count = 1\n  user = nobody\n  chroot = jail\n  inet_listener jailed {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
         ),
     );
     let jail = roost.dir.join("run/jail");
@@ -890,6 +890,8 @@ fn as_root_a_child_runs_in_its_chroot() {
         println!("skipped: could not copy /bin/cat and its libraries into a chroot");
         return;
     }
+    // A program that exists only inside the chroot: the check looks for it there.
+    std::fs::rename(jail.join("bin/cat"), jail.join("bin/jailed-cat")).expect("rename");
     std::fs::write(jail.join("marker"), "inside the chroot\n").expect("marker");
     std::fs::write(roost.dir.join("marker"), "outside\n").expect("decoy");
     roost.spawn();
