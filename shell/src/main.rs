@@ -558,7 +558,7 @@ fn simulate(source: &daemon::Source, load: &str, plot: Option<&str>) -> ExitCode
         Ok(text) => text,
         Err(error) => return fail(&format!("Can't read {load}: {error}")),
     };
-    let profile: sim::load::LoadProfile = match ron::from_str(&text) {
+    let mut profile: sim::load::LoadProfile = match ron::from_str(&text) {
         Ok(profile) => profile,
         Err(error) => {
             return fail(&format!(
@@ -571,8 +571,23 @@ fn simulate(source: &daemon::Source, load: &str, plot: Option<&str>) -> ExitCode
     for line in left_out_lines(&config.raw, &left_out) {
         eprintln!("roost: Info: {line}");
     }
+    let problems = profile.problems(&master_config);
+    if !problems.is_empty() {
+        for problem in &problems {
+            eprintln!("roost: Error: {load}: {problem}");
+        }
+        return ExitCode::from(89);
+    }
+    // The daemon's accept queues, not the original's process_limit × client_limit.
+    if profile.backlog.is_none() {
+        profile.backlog = u32::try_from(roost::listen::backlog()).ok();
+    }
     let report = sim::plan::run(master_config, profile);
     print!("{report}");
+    if report.violation.is_some() {
+        // A broken rule of the master: the figures above stop where it broke.
+        return ExitCode::from(70);
+    }
     if let Some(path) = plot {
         if let Err(error) = std::fs::write(path, sim::plot::timeline_svg(&report)) {
             return fail(&format!("Can't write {path}: {error}"));

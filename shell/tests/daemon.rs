@@ -1048,6 +1048,61 @@ fn a_reload_says_which_new_listeners_failed() {
     assert!(roost.stop().success());
 }
 
+/// `roost sim` plans for the daemon as it runs: a burst larger than process_limit ×
+/// client_limit waits in the daemon's accept queue (at least somaxconn) and is served, as the
+/// real daemon serves it, instead of being dropped by the original's small backlog. A profile
+/// a run would misread or never finish is refused, each problem said.
+#[test]
+fn roost_sim_models_the_daemons_backlog_and_refuses_a_profile_it_would_misread() {
+    let roost = Roost::prepare(
+        "sim",
+        "service slow {\n  executable = inetd /bin/cat\n  service_count = 1\n  process_limit = 5\n  inet_listener slow {\n    address = 127.0.0.1\n    port = 1\n  }\n}\n",
+    );
+    let load = roost.dir.join("burst.ron");
+    std::fs::write(
+        &load,
+        r#"LoadProfile(duration_ms: 30000, seed: 1, clients: [ClientGroup(service: "slow", count: 20, session_ms: (500, 500))])"#,
+    )
+    .expect("write");
+    let sim = |load: &Path| {
+        Command::new(ROOST)
+            .args(["sim", "-c"])
+            .arg(&roost.config)
+            .arg("--load")
+            .arg(load)
+            .output()
+            .expect("roost sim runs")
+    };
+    let output = sim(&load);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let row: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.starts_with("slow "))
+        .expect("a row for slow")
+        .split_whitespace()
+        .collect();
+    // service peak accepted queued wait-p50 wait-p99 login-p50 login-p99 served dropped killed
+    assert_eq!((row[8], row[9]), ("20", "0"), "{stdout}");
+
+    let bad = roost.dir.join("bad.ron");
+    std::fs::write(
+        &bad,
+        r#"LoadProfile(duration_ms: 18446744073709551615, clients: [ClientGroup(service: "nosuch", count: 1)])"#,
+    )
+    .expect("write");
+    let output = sim(&bad);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(89), "{stderr}");
+    assert!(
+        stderr.contains("duration_ms: 18446744073709551615 is not between 1 and")
+            && stderr.contains(
+                "clients[0] (service \"nosuch\"): the configuration runs no such service"
+            ),
+        "{stderr}"
+    );
+}
+
 /// A configuration named by a path relative to where roost was started is read again at a
 /// reload, although the master has moved to its base_dir since.
 #[test]

@@ -30,8 +30,9 @@ pub struct LoadProfile {
     /// Events at fixed times (signals to the master, reloads).
     #[serde(default)]
     pub events: Vec<TimedEvent>,
-    /// The listen backlog of every listener; `None` = max(process_limit × client_limit, 4),
-    /// capped at 4096 (somaxconn), as the shell sets it.
+    /// The listen backlog of every listener; `None` = the original's max(process_limit ×
+    /// client_limit, 4), capped at 4096 (somaxconn), as the pinned scenarios model it. The
+    /// daemon listens with at least somaxconn, and `roost sim` fills that in when unset.
     #[serde(default)]
     pub backlog: Option<u32>,
     /// Milliseconds between two samples of the time series; 0 = about 500 samples per run.
@@ -51,6 +52,59 @@ pub struct LoadProfile {
     /// discrete-event driver has no network and ignores them).
     #[serde(default)]
     pub net_faults: Vec<NetFault>,
+}
+
+/// The longest run a profile may ask for: 30 simulated days.
+pub const MAX_DURATION_MS: u64 = 30 * 24 * 3600 * 1000;
+
+impl LoadProfile {
+    /// What is wrong with the profile for `config`, one line each: what a run would silently
+    /// ignore (clients of a service the configuration does not have, clients that start after
+    /// the end, reversed ranges) or could not finish (a run longer than [`MAX_DURATION_MS`],
+    /// clients that reconnect without waiting).
+    pub fn problems(&self, config: &MasterConfig) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.duration_ms == 0 || self.duration_ms > MAX_DURATION_MS {
+            problems.push(format!(
+                "duration_ms: {} is not between 1 and {MAX_DURATION_MS} (30 days)",
+                self.duration_ms
+            ));
+        }
+        for (index, group) in self.clients.iter().enumerate() {
+            let at = format!("clients[{index}] (service {:?})", group.service);
+            if !config.services.iter().any(|s| s.name == group.service) {
+                let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+                problems.push(format!(
+                    "{at}: the configuration runs no such service (it runs: {})",
+                    names.join(", ")
+                ));
+            }
+            if group.start_ms >= self.duration_ms {
+                problems.push(format!(
+                    "{at}: start_ms {} is not before the end (duration_ms {})",
+                    group.start_ms, self.duration_ms
+                ));
+            }
+            for (name, (min, max)) in [
+                ("login_delay_ms", group.login_delay_ms),
+                ("session_ms", group.session_ms),
+                ("auth_ms", group.auth_ms),
+            ] {
+                if min > max {
+                    problems.push(format!(
+                        "{at}: {name} ({min}, {max}): the minimum is above the maximum"
+                    ));
+                }
+            }
+            if group.reconnect > 0 && group.retry_ms == 0 {
+                problems.push(format!(
+                    "{at}: reconnect {} with retry_ms 0: a client dropped at once would reconnect at once, for ever in no time",
+                    group.reconnect
+                ));
+            }
+        }
+        problems
+    }
 }
 
 /// A network fault of the turmoil world: from `at_ms` for `duration_ms`, the links between the
@@ -433,5 +487,55 @@ impl ServiceSpec {
             foreign: false,
             listeners: self.listeners(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> MasterConfig {
+        MasterConfig {
+            services: vec![ServiceConfig {
+                name: "echo".into(),
+                protocol: String::new(),
+                service_type: ServiceType::Default,
+                process_limit: 5,
+                client_limit: 1,
+                service_count: 1,
+                process_min_avail: 0,
+                idle_kill: None,
+                vsz_limit: 0,
+                foreign: false,
+                listeners: Vec::new(),
+            }],
+            shutdown_clients: true,
+        }
+    }
+
+    #[test]
+    fn a_profile_a_run_would_silently_misread_or_never_finish_is_refused() {
+        let text = r#"LoadProfile(duration_ms: 18446744073709551615, clients: [
+            ClientGroup(service: "echo", count: 3, reconnect: 5, retry_ms: 0),
+            ClientGroup(service: "nosuch", count: 1, session_ms: (5000, 10)),
+        ])"#;
+        let profile: LoadProfile = ron::from_str(text).expect("reads");
+        assert_eq!(
+            profile.problems(&config()),
+            vec![
+                "duration_ms: 18446744073709551615 is not between 1 and 2592000000 (30 days)",
+                "clients[0] (service \"echo\"): reconnect 5 with retry_ms 0: a client dropped at once would reconnect at once, for ever in no time",
+                "clients[1] (service \"nosuch\"): the configuration runs no such service (it runs: echo)",
+                "clients[1] (service \"nosuch\"): session_ms (5000, 10): the minimum is above the maximum",
+            ]
+        );
+        let fine: LoadProfile = ron::from_str(
+            r#"LoadProfile(duration_ms: 1000, clients: [ClientGroup(service: "echo", count: 3, start_ms: 1000)])"#,
+        )
+        .expect("reads");
+        assert_eq!(
+            fine.problems(&config()),
+            vec!["clients[0] (service \"echo\"): start_ms 1000 is not before the end (duration_ms 1000)"]
+        );
     }
 }
