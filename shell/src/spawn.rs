@@ -235,6 +235,9 @@ pub struct SpawnPlan {
     highest_fd: RawFd,
     identity_before_exec: Option<Identity>,
     vsz_limit: u64,
+    /// A foreign program under shutdown_clients = yes: it cannot see the master-dead pipe, so
+    /// the kernel sends it SIGTERM when the master is gone (even by `kill -9`).
+    dies_with_master: bool,
     /// The same child as an order for the spawner (built-ins only), and the fds it sends.
     order: Option<(SpawnOrder, Vec<RawFd>)>,
 }
@@ -433,6 +436,7 @@ impl SpawnPlan {
             highest_fd,
             identity_before_exec,
             vsz_limit: config.vsz_limit,
+            dies_with_master: config.foreign && input.shutdown_clients,
             order,
         })
     }
@@ -501,6 +505,9 @@ impl SpawnPlan {
         };
         let (fd_ops, highest_fd, vsz_limit, path) =
             (&self.fd_ops, self.highest_fd, self.vsz_limit, &self.path);
+        let master = self
+            .dies_with_master
+            .then(|| nix::unistd::getpid().as_raw());
         let mut stack = vec![0u8; CHILD_STACK];
         // The child shares the master's memory until it execs (CLONE_VM), and the master waits
         // for that (CLONE_VFORK): no page table is copied and no page of the master's is
@@ -527,6 +534,7 @@ impl SpawnPlan {
                         listen_pid,
                         vsz_limit,
                         identity.as_ref(),
+                        master,
                         chroot.as_ref(),
                         path,
                         &argv_ptrs,
@@ -593,6 +601,7 @@ unsafe fn child_after_fork(
     listen_pid: Option<*mut libc::c_char>,
     vsz_limit: u64,
     identity: Option<&Identity>,
+    dies_with: Option<libc::pid_t>,
     chroot: Option<&CString>,
     path: &CString,
     argv: &[*const libc::c_char],
@@ -639,6 +648,14 @@ unsafe fn child_after_fork(
                 if libc::syscall(libc::SYS_setuid, uid) != 0 {
                     fail_before_exec(pipe);
                 }
+            }
+        }
+        // After the identity change, which clears it; kept across execve. A master gone
+        // already (killed while it waited for this exec) is not waited for.
+        if let Some(master) = dies_with {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 || libc::getppid() != master
+            {
+                libc::_exit(0);
             }
         }
         let _ = &env;

@@ -1072,6 +1072,43 @@ fn master_death(shutdown_clients: &str) {
     assert!(roost.stop().success());
 }
 
+/// A foreign program cannot see the master-dead pipe: with shutdown_clients = yes the kernel
+/// ends it when the master is gone, even by `kill -9` (it held the port, and a new master could
+/// not start); with no it serves on.
+#[test]
+fn master_killed_with_9_foreign_children_follow_shutdown_clients() {
+    for shutdown_clients in ["yes", "no"] {
+        let port = free_port();
+        let mut roost = Roost::start(
+            &format!("foreign-death-{shutdown_clients}"),
+            &format!(
+                "shutdown_clients = {shutdown_clients}\nservice pool {{\n  executable = /bin/sleep 1000\n  foreign = yes\n  process_min_avail = 2\n  inet_listener pool {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
+            ),
+        );
+        roost.wait_for(|r| r.children().len() == 2, "two foreign processes");
+        let children: Vec<i32> = roost.children().iter().map(|(pid, _)| *pid).collect();
+        let mut master = roost.child.take().expect("running");
+        master.kill().expect("kill -9 the master");
+        master.wait().expect("reaped");
+        if shutdown_clients == "yes" {
+            assert!(
+                poll_until(5, || children.iter().all(|pid| !alive(*pid))),
+                "foreign children outlived their master"
+            );
+        } else {
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(
+                children.iter().all(|pid| alive(*pid)),
+                "shutdown_clients = no"
+            );
+            for pid in &children {
+                // SAFETY: the orphans this test left on purpose.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 #[test]
 fn master_killed_with_9_children_exit_with_shutdown_clients_yes() {
     master_death("yes");
