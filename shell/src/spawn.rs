@@ -650,11 +650,13 @@ unsafe fn child_after_fork(
                 }
             }
         }
-        // After the identity change, which clears it; kept across execve. A master gone
-        // already (killed while it waited for this exec) is not waited for.
+        // After the identity change, which clears it; kept across execve.
         if let Some(master) = dies_with {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 || libc::getppid() != master
-            {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                fail_before_exec(pipe);
+            }
+            if libc::getppid() != master {
+                // The master was killed while it waited for this exec: nobody to serve.
                 libc::_exit(0);
             }
         }
