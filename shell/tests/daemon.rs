@@ -804,15 +804,10 @@ fn a_failed_exec_is_logged_with_its_reason() {
     let mut roost = Roost::prepare("vanish", "");
     let program = roost.dir.join("prog");
     std::fs::copy("/bin/sleep", &program).expect("copy /bin/sleep");
-    let config = std::fs::read_to_string(&roost.config).expect("config");
-    std::fs::write(
-        &roost.config,
-        format!(
-            "{config}service vanish {{\n  executable = {} 1000\n  foreign = yes\n  process_min_avail = 1\n  process_limit = 1\n}}\n",
-            program.display()
-        ),
-    )
-    .expect("config");
+    roost.append_config(&format!(
+        "service vanish {{\n  executable = {} 1000\n  foreign = yes\n  process_min_avail = 1\n  process_limit = 1\n}}\n",
+        program.display()
+    ));
     roost.spawn();
     roost.wait_for(|r| r.children().len() == 1, "the foreign process");
     let (pid, _) = roost.children()[0].clone();
@@ -955,14 +950,11 @@ fn an_inetd_program_gets_a_clean_environment_and_default_signals() {
 fn a_reload_moves_the_masters_log_and_refuses_to_move_base_dir() {
     let port = free_port();
     let mut roost = Roost::start("reload-places", &echo_service(port, ""));
-    let text = std::fs::read_to_string(&roost.config).expect("config");
     let moved = roost.dir.join("moved.log");
-    let old_log = format!("log_path = {}", roost.log.display());
-    std::fs::write(
-        &roost.config,
-        text.replace(&old_log, &format!("log_path = {}", moved.display())),
-    )
-    .expect("write");
+    roost.edit_config(
+        &format!("log_path = {}", roost.log.display()),
+        &format!("log_path = {}", moved.display()),
+    );
     let output = roost.command(&["reload"]);
     assert!(
         output.status.success(),
@@ -981,8 +973,7 @@ fn a_reload_moves_the_masters_log_and_refuses_to_move_base_dir() {
     let run = roost.dir.join("run");
     let elsewhere = roost.dir.join("elsewhere");
     let refused = |roost: &Roost, from: &str, to: &str, expect: &str| {
-        let text = std::fs::read_to_string(&roost.config).expect("config");
-        std::fs::write(&roost.config, text.replace(from, to)).expect("write");
+        roost.edit_config(from, to);
         // SAFETY: a signal to the master we started.
         unsafe { libc::kill(roost.master_pid(), libc::SIGHUP) };
         assert!(
@@ -991,7 +982,7 @@ fn a_reload_moves_the_masters_log_and_refuses_to_move_base_dir() {
             "no {expect:?} in the log:\n{}",
             std::fs::read_to_string(&moved).unwrap_or_default()
         );
-        std::fs::write(&roost.config, text).expect("write back");
+        roost.edit_config(to, from);
         assert_eq!(echo(port, "still\n").expect("served"), "still\n");
     };
     refused(
@@ -1026,14 +1017,9 @@ fn a_reload_says_which_new_listeners_failed() {
     let mut roost = Roost::start("reload-listen", &echo_service(port, ""));
     let held = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("hold a port");
     let taken = held.local_addr().expect("addr").port();
-    let text = std::fs::read_to_string(&roost.config).expect("config");
-    std::fs::write(
-        &roost.config,
-        format!(
-            "{text}service other {{\n  executable = inetd /bin/cat\n  inet_listener other {{\n    address = 127.0.0.1\n    port = {taken}\n  }}\n}}\n"
-        ),
-    )
-    .expect("write");
+    roost.append_config(&format!(
+        "service other {{\n  executable = inetd /bin/cat\n  inet_listener other {{\n    address = 127.0.0.1\n    port = {taken}\n  }}\n}}\n"
+    ));
     let output = roost.command(&["reload"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(89), "{stderr}");
@@ -1111,12 +1097,7 @@ fn a_reload_rereads_a_configuration_given_by_a_relative_path() {
     let mut roost = Roost::prepare("relative", &echo_service(port, "  process_min_avail = 1"));
     roost.launch_relative();
     roost.wait_for(|r| r.children().len() == 1, "one child");
-    let text = std::fs::read_to_string(&roost.config).expect("config");
-    std::fs::write(
-        &roost.config,
-        text.replace("process_min_avail = 1", "process_min_avail = 2"),
-    )
-    .expect("write");
+    roost.edit_config("process_min_avail = 1", "process_min_avail = 2");
     let output = roost.command(&["reload"]);
     assert!(
         output.status.success(),

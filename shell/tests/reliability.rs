@@ -570,12 +570,7 @@ fn a_reload_that_raises_the_process_limit_reaches_the_spawner() {
     let mut roost = Roost::prepare("nproc-reload", &echo_service(port, small));
     launch_unprivileged(&mut roost, 64125, (1, 5000));
     roost.wait_for(|r| r.children().len() == 1, "one child");
-    let config = std::fs::read_to_string(&roost.config).expect("config");
-    std::fs::write(
-        &roost.config,
-        config.replace(small, "  process_min_avail = 30\n  process_limit = 60"),
-    )
-    .expect("write");
+    roost.edit_config(small, "  process_min_avail = 30\n  process_limit = 60");
     // SAFETY: a signal to the master we started.
     unsafe { libc::kill(roost.master_pid(), libc::SIGHUP) };
     roost.wait_for(
@@ -844,16 +839,11 @@ fn in_the_background_roost_returns_once_started_and_reports_a_failed_start() {
     );
     drop(held);
 
-    let text = std::fs::read_to_string(&roost.config).expect("config");
     let unopenable = roost.dir.join("no-such-dir/roost.log");
-    std::fs::write(
-        &roost.config,
-        text.replace(
-            &format!("log_path = {}", roost.log.display()),
-            &format!("log_path = {}", unopenable.display()),
-        ),
-    )
-    .expect("write");
+    roost.edit_config(
+        &format!("log_path = {}", roost.log.display()),
+        &format!("log_path = {}", unopenable.display()),
+    );
     let (status, _, stderr) = run_in_background(&roost.config);
     assert_eq!(status.code(), Some(80), "{stderr}");
     assert!(
@@ -936,16 +926,11 @@ fn an_unwritable_log_does_not_stop_the_master() {
     let mut roost = Roost::prepare("devfull", "");
     let noisy = roost.dir.join("noisy.sh");
     std::fs::write(&noisy, "#!/bin/sh\nseq 1 2000 >&2\nexec cat\n").expect("script");
-    let config = std::fs::read_to_string(&roost.config).expect("config");
-    std::fs::write(
-        &roost.config,
-        format!(
-            "{config}log_path = /dev/full\n{}service noisy {{\n  executable = inetd /bin/sh {}\n  service_count = 1\n  inet_listener noisy {{\n    address = 127.0.0.1\n    port = {noisy_port}\n  }}\n}}\n",
-            echo_service(port, "  process_min_avail = 1"),
-            noisy.display()
-        ),
-    )
-    .expect("config");
+    roost.append_config(&format!(
+        "log_path = /dev/full\n{}service noisy {{\n  executable = inetd /bin/sh {}\n  service_count = 1\n  inet_listener noisy {{\n    address = 127.0.0.1\n    port = {noisy_port}\n  }}\n}}\n",
+        echo_service(port, "  process_min_avail = 1"),
+        noisy.display()
+    ));
     roost.spawn();
     for i in 0..3 {
         assert_eq!(
@@ -1182,15 +1167,10 @@ fn as_root_a_chrooted_child_cannot_read_outside_its_chroot() {
     let secret = roost.dir.join("secret");
     std::fs::write(&secret, "outside the chroot\n").expect("secret");
     let climb = format!("../../../../../..{}", secret.display());
-    let config = std::fs::read_to_string(&roost.config).expect("config");
-    std::fs::write(
-        &roost.config,
-        format!(
-            "{config}service jailed {{\n  executable = inetd /bin/cat /marker {} {climb}\n  service_count = 1\n  user = nobody\n  chroot = jail\n  inet_listener jailed {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n",
-            secret.display()
-        ),
-    )
-    .expect("config");
+    roost.append_config(&format!(
+        "service jailed {{\n  executable = inetd /bin/cat /marker {} {climb}\n  service_count = 1\n  user = nobody\n  chroot = jail\n  inet_listener jailed {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n",
+        secret.display()
+    ));
     let jail = roost.dir.join("run/jail");
     if !install_into_chroot(&jail, "/bin/cat") {
         println!("skipped: could not copy /bin/cat and its libraries into a chroot");

@@ -207,6 +207,23 @@ impl Roost {
             .expect("roost runs")
     }
 
+    /// Rewrites the configuration with `from` replaced by `to`; `from` must be in it (an edit
+    /// that changes nothing would leave a test proving nothing).
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        assert!(
+            text.contains(from),
+            "{from:?} is not in the configuration:\n{text}"
+        );
+        std::fs::write(&self.config, text.replace(from, to)).expect("write the configuration");
+    }
+
+    /// Adds `more` at the end of the configuration.
+    pub fn append_config(&self, more: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        std::fs::write(&self.config, format!("{text}{more}")).expect("write the configuration");
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
