@@ -525,6 +525,9 @@ impl Daemon {
                 if let Some(started) = self.started.take() {
                     system::report_started(started);
                 }
+                // Serving runs a fraction of the code starting did: let the rest go. (A master
+                // that cannot read its own smaps simply keeps it.)
+                let _ = system::release_code_pages();
             }
             let timeout = if self.backlog.is_empty() {
                 self.master.poll_timeout().map(|at| {
@@ -1398,6 +1401,7 @@ impl Daemon {
             .insert(self.master.current_generation(), config.settings);
         drop(config.raw);
         system::release_free_memory();
+        let _ = system::release_code_pages();
         Ok(failures)
     }
 

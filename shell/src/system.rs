@@ -119,6 +119,85 @@ pub fn release_free_memory() {
     }
 }
 
+/// Unmaps the pages of code and read-only data the master has touched so far, and returns how
+/// many bytes of mappings it let go of. Start-up and reload run far more code (parsing, checks,
+/// listener set-up) than serving does, and every page they touched stays in the master's
+/// resident set for its lifetime; afterwards only what serving touches comes back, on first use.
+///
+/// Only private file mappings that are not writable and hold no page of their own (smaps'
+/// `Anonymous: 0 kB`) are let go: each of their pages is the file's page-cache page, so
+/// nothing is lost, exactly as when the kernel reclaims them under memory pressure. Relocated
+/// data (`.data.rel.ro`, `.got`) has its own pages and is kept.
+pub fn release_code_pages() -> std::io::Result<usize> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let mut released = 0;
+    for (start, end) in unshared_file_mappings(&smaps) {
+        // SAFETY: the range is one whole mapping of this process whose every page equals its
+        // file's (it is private, read-only and without anonymous pages), so MADV_DONTNEED only
+        // unmaps them and the next access faults the same bytes back in. The master is single-
+        // threaded, so no other thread can make the mapping writable in between.
+        let done =
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        if done == 0 {
+            released += end - start;
+        }
+    }
+    Ok(released)
+}
+
+/// The (start, end) of each mapping in SMAPS that `release_code_pages` may let go: backed by a
+/// file, private, not writable, resident and with no anonymous page.
+fn unshared_file_mappings(smaps: &str) -> Vec<(usize, usize)> {
+    struct Mapping {
+        range: (usize, usize),
+        eligible: bool,
+        resident: bool,
+        anonymous: bool,
+    }
+    let mut found = Vec::new();
+    let mut current: Option<Mapping> = None;
+    let mut close = |mapping: Option<Mapping>| {
+        if let Some(m) = mapping.filter(|m| m.eligible && m.resident && !m.anonymous) {
+            found.push(m.range);
+        }
+    };
+    for line in smaps.lines() {
+        let mut words = line.split_ascii_whitespace();
+        let Some(first) = words.next() else { continue };
+        if let Some((start, end)) = first.split_once('-') {
+            // A mapping's header: "start-end perms offset dev inode [path]".
+            close(current.take());
+            let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) else {
+                continue;
+            };
+            let perms = words.next().unwrap_or("").as_bytes();
+            let path = words.nth(3).unwrap_or("");
+            current = Some(Mapping {
+                range: (start, end),
+                eligible: perms.len() == 4
+                    && perms[0] == b'r'
+                    && perms[1] == b'-'
+                    && perms[3] == b'p'
+                    && path.starts_with('/'),
+                resident: false,
+                anonymous: true, // until smaps says otherwise
+            });
+        } else if let Some(mapping) = current.as_mut() {
+            let kib = words.next().and_then(|n| n.parse::<u64>().ok());
+            match (first, kib) {
+                ("Rss:", Some(kib)) => mapping.resident = kib > 0,
+                ("Anonymous:", Some(kib)) => mapping.anonymous = kib > 0,
+                _ => {}
+            }
+        }
+    }
+    close(current);
+    found
+}
+
 /// RLIMIT_NPROC as it is now (soft, hard); `None` when it cannot be read.
 pub fn process_limit() -> Option<(u64, u64)> {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NPROC).ok()
@@ -218,7 +297,67 @@ pub fn detach_stderr() -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::config_text;
+    use super::{config_text, release_code_pages, unshared_file_mappings};
+
+    #[test]
+    fn only_read_only_private_file_mappings_without_own_pages_are_let_go() {
+        let smaps = "\
+5600-5700 r--p 00000000 fe:00 42 /usr/bin/roost
+Rss:                  64 kB
+Anonymous:             0 kB
+5700-5800 r-xp 00100000 fe:00 42 /usr/bin/roost
+Rss:                 128 kB
+Anonymous:             0 kB
+VmFlags: rd ex mr mw me
+5800-5900 r--p 00200000 fe:00 42 /usr/bin/roost
+Rss:                  96 kB
+Anonymous:            96 kB
+5900-5a00 rw-p 00300000 fe:00 42 /usr/bin/roost
+Rss:                   8 kB
+Anonymous:             0 kB
+5a00-5b00 r-xp 00000000 fe:00 43 /usr/lib/libc.so.6
+Rss:                   0 kB
+Anonymous:             0 kB
+5b00-5c00 r--s 00000000 fe:00 44 /dev/shm/x
+Rss:                   4 kB
+Anonymous:             0 kB
+5c00-5d00 rw-p 00000000 00:00 0 [heap]
+Rss:                 424 kB
+Anonymous:           424 kB
+7f00-7f01 r-xp 00000000 00:00 0 [vdso]
+Rss:                   4 kB
+Anonymous:             0 kB
+7f02-7f03 r-xp 00000000 fe:00 45 /usr/lib/libm.so.6
+Rss:                   4 kB
+";
+        // The relocated data (own pages), the writable data, the unused libc, the shared
+        // mapping, the heap, the vDSO and a mapping whose anonymous count is not shown stay.
+        assert_eq!(
+            unshared_file_mappings(smaps),
+            vec![(0x5600, 0x5700), (0x5700, 0x5800)]
+        );
+    }
+
+    #[test]
+    fn code_let_go_comes_back_on_use() {
+        fn resident_file_kib() -> u64 {
+            let status = std::fs::read_to_string("/proc/self/status").expect("status");
+            let line = status
+                .lines()
+                .find(|l| l.starts_with("RssFile:"))
+                .expect("RssFile");
+            line.split_ascii_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .expect("kB")
+        }
+        let before = resident_file_kib();
+        let released = release_code_pages().expect("smaps");
+        assert!(released > 0, "nothing let go");
+        assert!(resident_file_kib() < before, "{before} kB still resident");
+        // The code runs on: what was let go is faulted back in as it is used.
+        assert_eq!(config_text(b"a = 1\n".to_vec()).as_deref(), Ok("a = 1\n"));
+    }
 
     #[test]
     fn a_latin1_comment_is_read_and_any_other_line_that_is_not_utf8_is_named() {
