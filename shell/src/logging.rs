@@ -286,16 +286,18 @@ impl LogWriter {
         self.write(level, &line);
     }
 
-    /// A line a child of `service` wrote to its stderr.
+    /// A line a child of `service` wrote to its stderr. Roost's own children start each line
+    /// with its level; a line without one comes from a program that knows nothing of roost (a
+    /// traceback, a shell's complaint) and is an error, as in the original's log process.
     pub fn child(&mut self, service: &str, text: &str) {
-        let level = [
-            ("Fatal: ", Level::Fatal),
-            ("Error: ", Level::Error),
-            ("Warning: ", Level::Warning),
-        ]
-        .into_iter()
-        .find(|(p, _)| text.starts_with(p))
-        .map_or(Level::Info, |(_, l)| l);
+        let unleveled;
+        let (level, text) = match level_of(text.as_bytes()) {
+            Some((_, level)) => (level, text),
+            None => {
+                unleveled = format!("{}: {text}", Level::Error);
+                (Level::Error, unleveled.as_str())
+            }
+        };
         self.write(level, &format!("{service}: {text}"));
         if let (Some(recent), false) = (&mut self.recent, level == Level::Info) {
             if recent.len() == RECENT_ERRORS {
@@ -322,8 +324,8 @@ impl LogWriter {
     }
 }
 
-/// The longest line kept whole: a child that writes more without a newline has it written in
-/// pieces of this size, so one endless line cannot take the reader's memory.
+/// The longest line kept whole: a longer line is written in pieces of this size (each with the
+/// line's level), so one endless line cannot take the reader's memory.
 pub const MAX_LINE: usize = 8192;
 
 /// How a read of a [`LogPipe`] ended.
@@ -387,17 +389,27 @@ impl LogPipe {
     }
 
     fn push(&mut self, bytes: &[u8], log: &mut LogWriter) {
-        let mut rest = bytes;
-        while let Some(end) = rest.iter().position(|b| *b == b'\n') {
-            self.partial.extend_from_slice(&rest[..end]);
-            rest = &rest[end + 1..];
-            self.write_partial(log);
-        }
-        self.partial.extend_from_slice(rest);
-        while self.partial.len() >= MAX_LINE {
-            let tail = self.partial.split_off(MAX_LINE);
-            self.write_partial(log);
-            self.partial = tail;
+        for piece in bytes.split_inclusive(|b| *b == b'\n') {
+            let (text, ended) = match piece.strip_suffix(b"\n") {
+                Some(text) => (text, true),
+                None => (piece, false),
+            };
+            self.partial.extend_from_slice(text);
+            while self.partial.len() > MAX_LINE {
+                // The rest of a cut line keeps the level the line started with.
+                let mut rest = match level_of(&self.partial) {
+                    Some((prefix, _)) => prefix.as_bytes().to_vec(),
+                    None => Vec::new(),
+                };
+                rest.extend_from_slice(&self.partial[MAX_LINE..]);
+                self.partial.truncate(MAX_LINE);
+                self.write_partial(log);
+                self.partial = rest;
+            }
+            // An empty line says nothing: it is not logged.
+            if ended && !self.partial.is_empty() {
+                self.write_partial(log);
+            }
         }
     }
 
@@ -414,6 +426,18 @@ impl LogPipe {
         log.child(&self.service, &text);
         self.partial.clear();
     }
+}
+
+/// The level a child's line starts with, and its prefix.
+fn level_of(line: &[u8]) -> Option<(&'static str, Level)> {
+    [
+        ("Info: ", Level::Info),
+        ("Warning: ", Level::Warning),
+        ("Error: ", Level::Error),
+        ("Fatal: ", Level::Fatal),
+    ]
+    .into_iter()
+    .find(|(prefix, _)| line.starts_with(prefix.as_bytes()))
 }
 
 /// Formats the current local time with a strftime format.
@@ -484,21 +508,28 @@ mod tests {
         assert_eq!(pipe.read(4, &mut log), PipeState::Empty);
         w.write_all(b"o\n").expect("write");
         w.write_all(&vec![b'x'; MAX_LINE + 10]).expect("write");
+        w.write_all(b"\nInfo: ").expect("write");
+        w.write_all(&vec![b'y'; MAX_LINE]).expect("write");
         assert_eq!(pipe.read(4, &mut log), PipeState::Empty);
-        w.write_all(b"\nWarning: no newline").expect("write");
+        w.write_all(b"\n\nWarning: no newline").expect("write");
         drop(w);
         assert_eq!(pipe.read(4, &mut log), PipeState::Closed);
         let text = std::fs::read_to_string(&path).expect("log");
         std::fs::remove_dir_all(&dir).ok();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 5);
+        assert_eq!(lines.len(), 7);
         assert_eq!(lines[0], "pop3: Info: one");
         assert_eq!(lines[1], "pop3: Error: two");
-        assert_eq!(lines[2], format!("pop3: {}", "x".repeat(MAX_LINE)));
-        assert_eq!(lines[3], format!("pop3: {}", "x".repeat(10)));
-        assert_eq!(lines[4], "pop3: Warning: no newline");
+        // A line without a level is an error; each part of a cut line keeps its level.
+        assert_eq!(lines[2], format!("pop3: Error: {}", "x".repeat(MAX_LINE)));
+        assert_eq!(lines[3], format!("pop3: Error: {}", "x".repeat(10)));
+        assert_eq!(lines[4], format!("pop3: Info: {}", "y".repeat(MAX_LINE - 6)));
+        assert_eq!(lines[5], format!("pop3: Info: {}", "y".repeat(6)));
+        assert_eq!(lines[6], "pop3: Warning: no newline");
         let recent: Vec<String> = log.recent_errors().map(|e| e.text.clone()).collect();
-        assert_eq!(recent, ["Error: two", "Warning: no newline"]);
+        assert_eq!(recent.len(), 4);
+        assert_eq!(recent[0], "Error: two");
+        assert_eq!(recent[3], "Warning: no newline");
     }
 
     #[test]
@@ -530,7 +561,7 @@ mod tests {
     }
 
     #[test]
-    fn info_lines_go_to_info_log_path_when_it_is_set() {
+    fn info_lines_go_to_info_log_path_and_lines_without_a_level_are_errors() {
         let dir = std::env::temp_dir().join(format!("roost-infolog-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let (errors, infos) = (dir.join("errors.log"), dir.join("info.log"));
@@ -550,10 +581,18 @@ mod tests {
         log.master(Level::Info, "starting");
         log.child("pop3", "Error: broken");
         log.child("pop3", "Info: fine");
+        log.keep_recent_errors();
+        log.child("echo", "Traceback (most recent call last):");
         let errors = std::fs::read_to_string(&errors).expect("log_path");
         let infos = std::fs::read_to_string(&infos).expect("info_log_path");
         std::fs::remove_dir_all(&dir).ok();
-        assert_eq!(errors, "pop3: Error: broken\n");
+        // A line without a level is an error: in log_path, and among the recent errors.
+        assert_eq!(
+            errors,
+            "pop3: Error: broken\necho: Error: Traceback (most recent call last):\n"
+        );
+        let recent: Vec<&str> = log.recent_errors().map(|e| e.text.as_str()).collect();
+        assert_eq!(recent, ["Error: Traceback (most recent call last):"]);
         assert_eq!(infos, "roost: Info: starting\npop3: Info: fine\n");
     }
 

@@ -339,7 +339,7 @@ fn stderr_writing_service(dir: &Path, port: u16) -> String {
     let program = dir.join("say.sh");
     write_script(
         &program,
-        "#!/bin/sh\nread line\necho \"Error: got $line\" >&2\necho \"$line\"\n",
+        "#!/bin/sh\nread line\necho \"Error: got $line\" >&2\necho \"no level $line\" >&2\necho \"$line\"\n",
     );
     format!(
         "service say {{\n  executable = inetd {}\n  service_count = 1\n  inet_listener say {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n",
@@ -365,7 +365,7 @@ fn the_log_process_writes_the_childrens_lines_and_a_kill_9_loses_none() {
         if i == 20 {
             // Killed while idle: a kill between its read and its write would lose what it
             // held, which no reader can prevent.
-            roost.wait_for_log("say: Error: got n19");
+            roost.wait_for_log("say: Error: no level n19");
             unsafe { libc::kill(first, libc::SIGKILL) };
         }
         assert_eq!(
@@ -378,11 +378,16 @@ fn the_log_process_writes_the_childrens_lines_and_a_kill_9_loses_none() {
         |r| r.log_processes().len() == 1 && r.log_processes()[0] != first,
         "a new log process",
     );
-    roost.wait_for_log("say: Error: got n39");
+    roost.wait_for_log("say: Error: no level n39");
     let text = roost.log_text();
     for i in 0..40 {
-        let line = format!("say: Error: got n{i}\n");
-        assert_eq!(text.matches(&line).count(), 1, "{line:?} once in:\n{text}");
+        // A line without a level, as any program writes, is an error as in the original.
+        for line in [
+            format!("say: Error: got n{i}\n"),
+            format!("say: Error: no level n{i}\n"),
+        ] {
+            assert_eq!(text.matches(&line).count(), 1, "{line:?} once in:\n{text}");
+        }
     }
     // The new log process keeps what it wrote for `roost log errors`.
     let output = roost.command(&["log", "errors"]);
