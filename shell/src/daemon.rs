@@ -1844,11 +1844,10 @@ impl PidFile {
             .map_err(|e| format!("Can't open {path}: {e}"))?;
         // SAFETY: flock on the fd we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let pid = std::fs::read_to_string(&path).unwrap_or_default();
-            return Err(format!(
-                "roost is already running with PID {} (read from {path})",
-                pid.trim()
-            ));
+            return Err(match written_pid(&path) {
+                Some(pid) => format!("roost is already running with PID {pid} (read from {path})"),
+                None => format!("roost is already starting (it holds {path})"),
+            });
         }
         Ok(PidFile { file, path })
     }
@@ -1875,14 +1874,63 @@ impl PidFile {
         if !locked {
             return None;
         }
-        std::fs::read_to_string(&path).ok()?.trim().parse().ok()
+        written_pid(&path)
     }
+}
+
+/// The pid in the locked pid file at PATH. A master takes the lock before it forks into the
+/// background and writes its pid after, so a file still empty is given a moment.
+fn written_pid(path: &str) -> Option<u32> {
+    for _ in 0..20 {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
+            return Some(pid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// Story: two starts at once; the second read the pid file between the first one's lock
+    /// and its write, and said "already running with PID  (read from ...)".
+    #[test]
+    fn a_second_start_names_the_pid_once_written_or_says_the_first_is_starting() {
+        let dir = std::env::temp_dir().join(format!("roost-pid-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let base_dir = dir.to_string_lossy().into_owned();
+        let mut first = PidFile::lock(&base_dir).expect("first lock");
+        let Err(starting) = PidFile::lock(&base_dir) else {
+            panic!("two locks");
+        };
+        assert_eq!(
+            starting,
+            format!("roost is already starting (it holds {base_dir}/master.pid)")
+        );
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            first.write_pid().expect("write");
+            first
+        });
+        let Err(running) = PidFile::lock(&base_dir) else {
+            panic!("two locks");
+        };
+        writer.join().expect("writer").remove();
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(
+            running,
+            format!(
+                "roost is already running with PID {} (read from {base_dir}/master.pid)",
+                std::process::id()
+            )
+        );
+    }
 
     /// Story: the control socket was bound, then chmod'ed to 0600. A master started under
     /// umask 0 had a socket anyone could connect to until the chmod, and `stop` needs no more
