@@ -113,7 +113,7 @@ fn main() -> ExitCode {
             };
             if effective {
                 let (master, left_out) = daemon::derive(&config.settings);
-                for line in left_out_lines(&config.raw, &left_out) {
+                for line in left_out_lines(&config.raw, &left_out, true) {
                     println!("# {line}");
                 }
                 print!("{}", config::print_effective(&master));
@@ -143,7 +143,7 @@ fn main() -> ExitCode {
                         eprintln!("roost: Warning: {warning}");
                     }
                     let (_, left_out) = daemon::derive(&config.settings);
-                    for line in left_out_lines(&config.raw, &left_out) {
+                    for line in left_out_lines(&config.raw, &left_out, true) {
                         eprintln!("roost: Info: {line}");
                     }
                     println!("{}: OK", source.describe());
@@ -442,7 +442,7 @@ fn run(source: daemon::Source, foreground: bool) -> ExitCode {
     // needed to say which services are left out; the master keeps the typed settings alone.
     let config::Config { raw, settings, .. } = config;
     let (master_config, left_out) = daemon::derive(&settings);
-    let left_out = left_out_lines(&raw, &left_out);
+    let left_out = left_out_lines(&raw, &left_out, false);
     drop(raw);
     roost::system::release_free_memory();
     let global = &settings.global;
@@ -519,9 +519,15 @@ fn run(source: daemon::Source, foreground: bool) -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
-/// What is said of the services left out: one line for each the configuration names, and one
-/// for all the catalogue's defaults it never mentions (a stock tree has 16 of them).
-fn left_out_lines(raw: &config::RawConfig, left_out: &[config::LeftOut]) -> Vec<String> {
+/// What is said of the services left out: one line for each the configuration names and, when
+/// WITH_DEFAULTS (check and `config -e`, which show the whole picture), one for all the
+/// catalogue's defaults it never mentions (a stock tree has 16 of them; at every start they
+/// would only be noise).
+fn left_out_lines(
+    raw: &config::RawConfig,
+    left_out: &[config::LeftOut],
+    with_defaults: bool,
+) -> Vec<String> {
     let named = |left: &config::LeftOut| {
         raw.services
             .iter()
@@ -537,7 +543,7 @@ fn left_out_lines(raw: &config::RawConfig, left_out: &[config::LeftOut]) -> Vec<
         .filter(|l| !named(l))
         .map(|l| l.service.as_str())
         .collect();
-    if !unnamed.is_empty() {
+    if with_defaults && !unnamed.is_empty() {
         lines.push(format!(
             "{} default services have no program yet and are left out: {}",
             unnamed.len(),
@@ -568,7 +574,7 @@ fn simulate(source: &daemon::Source, load: &str, plot: Option<&str>) -> ExitCode
         }
     };
     let (master_config, left_out) = daemon::derive(&config.settings);
-    for line in left_out_lines(&config.raw, &left_out) {
+    for line in left_out_lines(&config.raw, &left_out, false) {
         eprintln!("roost: Info: {line}");
     }
     let problems = profile.problems(&master_config);

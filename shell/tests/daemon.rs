@@ -389,6 +389,14 @@ fn the_log_process_writes_the_childrens_lines_and_a_kill_9_loses_none() {
             assert_eq!(text.matches(&line).count(), 1, "{line:?} once in:\n{text}");
         }
     }
+    // The catalogue's default services the configuration never names are not announced at
+    // every start; `roost check` lists them.
+    assert!(!text.contains("default services"), "{text}");
+    let check = roost.command(&["check"]);
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains("default services have no program yet"),
+        "{check:?}"
+    );
     // The new log process keeps what it wrote for `roost log errors`.
     let output = roost.command(&["log", "errors"]);
     assert!(output.status.success());
