@@ -112,6 +112,14 @@ fn main() -> ExitCode {
                 Err(error) => return fail(&error.to_string()),
             };
             if effective {
+                // The effective values are those a master would run with: none runs a
+                // configuration that fails its checks.
+                if let Err(errors) = daemon::check(&config) {
+                    for error in &errors {
+                        eprintln!("roost: Error: {error}");
+                    }
+                    return ExitCode::from(89);
+                }
                 let (master, left_out) = daemon::derive(&config.settings);
                 for line in left_out_lines(&config.raw, &left_out, true) {
                     println!("# {line}");

@@ -188,6 +188,11 @@ fn every_bad_configuration_is_refused_with_one_clear_line() {
         };
         let (check, _) = run_bounded(Command::new(ROOST).arg("check").arg("-c").arg(file), 10);
         failures.extend(judge_refusal(file, &expect, "roost check", &check));
+        let (effective, _) = run_bounded(
+            Command::new(ROOST).args(["config", "-e", "-c"]).arg(file),
+            10,
+        );
+        failures.extend(judge_refusal(file, &expect, "roost config -e", &effective));
         let (start, finished) = run_bounded(Command::new(ROOST).arg("-F").arg("-c").arg(file), 10);
         if !finished {
             failures.push(format!("{}: roost -F started and ran", file.display()));
