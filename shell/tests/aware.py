@@ -51,7 +51,7 @@ def garbage():
         time.sleep(0.1)
     for _ in range(50):
         os.write(STATUS, os.urandom(1000))
-    print("garbage written", file=sys.stderr, flush=True)
+    print("Info: garbage written", file=sys.stderr, flush=True)
     time.sleep(0.3)
 
 
@@ -88,7 +88,7 @@ elif MODE == "flood-log":
 elif MODE == "flood-status":
     flood(STATUS, b"\x07" * 4097)
 elif MODE == "silent":
-    print("silent: started", file=sys.stderr, flush=True)
+    print("Info: silent: started", file=sys.stderr, flush=True)
     # poll, not select: the master's end closing is POLLERR on ours, which select's
     # exceptional set (POLLPRI) never reports, and the child outlived every test.
     gone = select.poll()

@@ -234,7 +234,7 @@ fn a_child_writing_garbage_to_its_status_pipe_is_logged_and_the_master_serves_on
             echo_service(echo_port, "  process_min_avail = 1")
         ),
     );
-    roost.wait_for_log("garbage: garbage written");
+    roost.wait_for_log("garbage: Info: garbage written");
     let log = roost.log_text();
     assert!(
         log.contains("service(garbage): child sent partial status update (5 bytes)"),
@@ -317,7 +317,7 @@ fn a_child_that_never_reports_is_killed_after_30_s_and_replaced() {
             echo_service(echo_port, "  process_min_avail = 1")
         ),
     );
-    roost.wait_for_log("silent: silent: started");
+    roost.wait_for_log("silent: Info: silent: started");
     let first = roost
         .children()
         .into_iter()
