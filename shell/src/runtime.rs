@@ -178,6 +178,11 @@ pub fn run_inetd(program: &[String]) -> i32 {
         );
         return 89;
     }
+    // The master (a spawner clones with CLONE_PARENT): the program must end with it under
+    // shutdown_clients = yes, as every roost-aware child does.
+    let master = env
+        .die_with_master
+        .then(|| nix::unistd::getppid().as_raw());
     // One connection per process: the exec'd program serves it.
     let config = ChildConfig {
         client_limit: 1,
@@ -189,7 +194,7 @@ pub fn run_inetd(program: &[String]) -> i32 {
         starts_with_client: false,
     };
     match wait_for_connection(&env, config) {
-        Ok(Ok(conn)) => exec_with_connection(conn.as_raw_fd(), program),
+        Ok(Ok(conn)) => exec_with_connection(conn.as_raw_fd(), program, master),
         Ok(Err(code)) => code,
         Err(error) => {
             say("Error", &format!("inetd: {error}"));
@@ -403,7 +408,11 @@ impl SignalFd {
 /// This is the last thing the adapter does, once per connection: it takes the C library's
 /// `environ` as it is and calls execvpe, where `Command` would copy the environment into a
 /// map to remove two prefixes.
-fn exec_with_connection(conn: RawFd, program: &[String]) -> i32 {
+///
+/// With `dies_with` (the master's pid, under shutdown_clients = yes) the program gets SIGTERM
+/// when the master dies, even by `kill -9`: once it runs, nothing of roost's watches the
+/// master-dead pipe for it. A master already gone means no exec at all.
+fn exec_with_connection(conn: RawFd, program: &[String], dies_with: Option<libc::pid_t>) -> i32 {
     let argv: Vec<CString> = match program.iter().map(|a| CString::new(a.as_bytes())).collect() {
         Ok(argv) => argv,
         Err(_) => {
@@ -433,6 +442,19 @@ fn exec_with_connection(conn: RawFd, program: &[String]) -> i32 {
         }
     }
     envp.push(std::ptr::null());
+    if let Some(master) = dies_with {
+        // SAFETY: prctl with integer arguments; the parent-death signal survives the exec.
+        let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) };
+        if set != 0 {
+            let error = io::Error::last_os_error();
+            say("Fatal", &format!("inetd: prctl(PR_SET_PDEATHSIG) failed: {error}"));
+            return crate::spawn::EXIT_EXEC_FAILED;
+        }
+        if nix::unistd::getppid().as_raw() != master {
+            // The master died before the signal was set: the client is cut, as it would be.
+            return 0;
+        }
+    }
     // SAFETY: dup2 of an fd we own onto 0 and 1, then nothing of roost's survives: the
     // program gets the connection and its stderr (the log pipe), as an inetd program expects,
     // with every signal's default (SIGPIPE's SIG_IGN would survive the exec) and an empty

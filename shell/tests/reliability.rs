@@ -1066,24 +1066,33 @@ fn master_death(shutdown_clients: &str) {
 /// ends it when the master is gone, even by `kill -9` (it held the port, and a new master could
 /// not start); with no it serves on.
 #[test]
-fn master_killed_with_9_foreign_children_follow_shutdown_clients() {
+fn master_killed_with_9_foreign_and_inetd_programs_follow_shutdown_clients() {
     for shutdown_clients in ["yes", "no"] {
-        let port = free_port();
+        let (port, inetd_port) = (free_port(), free_port());
         let mut roost = Roost::start(
             &format!("foreign-death-{shutdown_clients}"),
             &format!(
-                "shutdown_clients = {shutdown_clients}\nservice pool {{\n  executable = /bin/sleep 1000\n  foreign = yes\n  process_min_avail = 2\n  inet_listener pool {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
+                "shutdown_clients = {shutdown_clients}\nservice pool {{\n  executable = /bin/sleep 1000\n  foreign = yes\n  process_min_avail = 2\n  inet_listener pool {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\nservice held {{\n  executable = inetd /bin/sleep 1001\n  inet_listener held {{\n    address = 127.0.0.1\n    port = {inetd_port}\n  }}\n}}\n"
             ),
         );
-        roost.wait_for(|r| r.children().len() == 2, "two foreign processes");
-        let children: Vec<i32> = roost.children().iter().map(|(pid, _)| *pid).collect();
+        // Two foreign processes, and a program an inetd adapter became for its client.
+        let _client = std::net::TcpStream::connect(("127.0.0.1", inetd_port)).expect("connect");
+        let programs = |r: &Roost| -> Vec<i32> {
+            r.children()
+                .into_iter()
+                .filter(|(_, title)| title.starts_with("roost/pool") || title.contains("sleep"))
+                .map(|(pid, _)| pid)
+                .collect()
+        };
+        roost.wait_for(|r| programs(r).len() == 3, "three programs");
+        let children = programs(&roost);
         let mut master = roost.child.take().expect("running");
         master.kill().expect("kill -9 the master");
         master.wait().expect("reaped");
         if shutdown_clients == "yes" {
             assert!(
                 poll_until(5, || children.iter().all(|pid| !alive(*pid))),
-                "foreign children outlived their master"
+                "programs outlived their master"
             );
         } else {
             std::thread::sleep(Duration::from_millis(300));
@@ -1245,13 +1254,18 @@ fn idle_kill_shrinks_the_pool_back_to_process_min_avail_after_a_burst() {
 }
 
 /// The inetd adapter closes everything of roost's before it execs the program (reference §4.4
-/// through the adapter): after a kill -9 of the master, a client of `cat` keeps its session,
-/// the idle adapters leave, and a new master binds the same port at once — the exec'd program
-/// holds no copy of the listener.
+/// through the adapter): after a kill -9 of the master, a client of `cat` keeps its session
+/// (shutdown_clients = no), the idle adapters leave, and a new master binds the same port at
+/// once — the exec'd program holds no copy of the listener.
 #[test]
 fn master_killed_with_9_an_inetd_session_goes_on_and_holds_no_listener() {
     let port = free_port();
-    let config = echo_service(port, "  process_min_avail = 2");
+    // (Under shutdown_clients = yes the program ends with the master: see
+    // master_killed_with_9_foreign_and_inetd_programs_follow_shutdown_clients.)
+    let config = format!(
+        "shutdown_clients = no\n{}",
+        echo_service(port, "  process_min_avail = 2")
+    );
     let mut roost = Roost::start("death-inetd", &config);
     roost.wait_for(|r| r.children().len() == 2, "two inetd processes");
     let mut client = Client::connect(port).expect("connect");
