@@ -435,6 +435,105 @@ pub struct RawConfig {
     pub warnings: Vec<ParseWarning>,
 }
 
+/// Dovecot 2.3's global setting names, one a line (the file's head says where they come from).
+const DOVECOT_GLOBALS: &str = include_str!("dovecot-globals.txt");
+
+/// Global names of older versions that Dovecot 2.3 still reads, converting or dropping them,
+/// and what became of each. roost converts none of them: it reads the file and says so.
+const OBSOLETE_GLOBALS: &[(&str, &str)] = &[
+    ("auth_chroot", "replaced by service auth { chroot }"),
+    ("auth_count", "removed"),
+    ("auth_executable", "replaced by service auth { executable }"),
+    (
+        "auth_process_size",
+        "replaced by service auth { vsz_limit }",
+    ),
+    ("auth_user", "replaced by service auth { user }"),
+    ("dbox_rotate_days", "removed"),
+    ("dbox_rotate_min_size", "removed"),
+    ("dbox_rotate_size", "renamed mdbox_rotate_size"),
+    ("director_consistent_hashing", "removed"),
+    ("fsync_disable", "replaced by mail_fsync"),
+    ("login_chroot", "replaced by service *-login { chroot }"),
+    ("login_dir", "removed"),
+    (
+        "login_executable",
+        "replaced by service *-login { executable }",
+    ),
+    (
+        "login_max_connections",
+        "replaced by service *-login { client_limit }",
+    ),
+    (
+        "login_max_processes_count",
+        "replaced by service *-login { process_limit }",
+    ),
+    (
+        "login_process_per_connection",
+        "replaced by service *-login { service_count }",
+    ),
+    (
+        "login_process_size",
+        "replaced by service *-login { vsz_limit }",
+    ),
+    (
+        "login_processes_count",
+        "replaced by service *-login { process_min_avail }",
+    ),
+    ("login_user", "replaced by service *-login { user }"),
+    ("mail", "the old name of mail_location"),
+    (
+        "mail_drop_priv_before_exec",
+        "replaced by service { drop_priv_before_exec }",
+    ),
+    ("mail_executable", "replaced by service { executable }"),
+    ("mail_log_max_lines_per_sec", "removed"),
+    ("mail_process_size", "replaced by service { vsz_limit }"),
+    ("maildir_copy_preserve_filename", "removed"),
+    (
+        "max_mail_processes",
+        "replaced by service { process_limit }",
+    ),
+    ("sieve", "moved into plugin { }"),
+    ("sieve_storage", "moved into plugin { sieve_dir }"),
+    ("ssl_ca_file", "replaced by ssl_ca = <file"),
+    ("ssl_cert_file", "replaced by ssl_cert = <file"),
+    ("ssl_dh_parameters_length", "no longer needed"),
+    ("ssl_disable", "replaced by ssl"),
+    ("ssl_key_file", "replaced by ssl_key = <file"),
+    (
+        "ssl_listen",
+        "replaced by service { inet_listener { address } }",
+    ),
+    ("ssl_parameters_regenerate", "no longer needed"),
+    ("ssl_protocols", "replaced by ssl_min_protocol"),
+];
+
+/// What a top-level setting name is to roost.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum GlobalName {
+    /// roost's own, or Dovecot 2.3's (kept and shown if roost does not use it).
+    Known,
+    /// A name of an older Dovecot, and what became of it.
+    Obsolete(&'static str),
+    /// Nobody's: a typo.
+    Unknown,
+}
+
+pub(crate) fn global_name(key: &str) -> GlobalName {
+    if let Some((_, became)) = OBSOLETE_GLOBALS.iter().find(|(name, _)| *name == key) {
+        return GlobalName::Obsolete(became);
+    }
+    if key.starts_with("mail_cache_compress_") {
+        return GlobalName::Obsolete("renamed mail_cache_purge_*");
+    }
+    if DOVECOT_GLOBALS.lines().any(|line| line == key) || global_defaults().contains_key(key) {
+        GlobalName::Known
+    } else {
+        GlobalName::Unknown
+    }
+}
+
 /// roost's global defaults (reference §5.1, with the users of DESIGN.md "Users").
 pub fn global_defaults() -> BTreeMap<&'static str, &'static str> {
     [

@@ -7,7 +7,7 @@
 //! (`protocol`, `passdb`, `namespace`, `plugin`, ...) is kept as written for printing.
 
 use super::glob;
-use super::{ConfigError, ParseWarning};
+use super::{ConfigError, GlobalName, ParseWarning};
 use super::{
     Files, Generic, GenericEntry, ListenerType, Origin, RawConfig, RawListener, RawService,
     RawValue, SERVICE_KEYS,
@@ -364,6 +364,19 @@ impl<'a> Parser<'a> {
         };
         match scope {
             Scope::Global => {
+                match super::global_name(key) {
+                    GlobalName::Known => {}
+                    GlobalName::Obsolete(became) => self.config.warnings.push(ParseWarning {
+                        origin: origin.clone(),
+                        message: format!("Obsolete setting {key}: {became}; roost ignores it"),
+                    }),
+                    GlobalName::Unknown => {
+                        return Err(ConfigError::syntax(
+                            &origin,
+                            &format!("Unknown setting: {key}"),
+                        ))
+                    }
+                }
                 self.config.globals.insert(key.to_owned(), raw);
             }
             Scope::Service(service) => {

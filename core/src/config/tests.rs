@@ -100,7 +100,7 @@ fn an_inetd_service_has_service_count_and_client_limit_1() {
 }
 
 #[test]
-fn an_unknown_key_inside_a_service_is_an_error_with_file_and_line() {
+fn an_unknown_key_is_an_error_with_file_and_line_and_an_obsolete_one_a_warning() {
     assert_eq!(
         error_of("# comment\nservice imap {\n  proces_limit = 5\n}\n"),
         "/etc/roost/roost.conf:3: Unknown setting: proces_limit"
@@ -109,7 +109,35 @@ fn an_unknown_key_inside_a_service_is_an_error_with_file_and_line() {
         error_of("service imap {\n  unix_listener x {\n    port = 5\n  }\n}\n"),
         "/etc/roost/roost.conf:3: Unknown setting: port"
     );
-    // Elsewhere unknown settings are kept and shown.
+    // At the top, a name that is neither roost's nor Dovecot 2.3's is a typo, as for doveconf.
+    assert_eq!(
+        error_of("protocols = pop3\ndefault_proces_limit = 5\n"),
+        "/etc/roost/roost.conf:2: Unknown setting: default_proces_limit"
+    );
+    // An older Dovecot's name reads, with a warning that says what became of it.
+    let config = load_text("login_processes_count = 3\nmail_cache_compress_min_size = 1k\n")
+        .expect("parses");
+    let warnings: Vec<String> = config
+        .raw
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "/etc/roost/roost.conf:1: Obsolete setting login_processes_count: replaced by service *-login { process_min_avail }; roost ignores it",
+            "/etc/roost/roost.conf:2: Obsolete setting mail_cache_compress_min_size: renamed mail_cache_purge_*; roost ignores it",
+        ]
+    );
+    // Elsewhere unknown settings are kept and shown; Dovecot's settings roost does not use,
+    // printed or hidden by doveconf -a, are known.
+    for known in [
+        "mail_cache_min_mail_count = 5",
+        "managesieve_max_line_length = 65536",
+    ] {
+        load_text(known).expect(known);
+    }
     let config =
         load_text("mail_location = maildir:~/Maildir\nplugin {\n  quota = x\n}\n").expect("parses");
     assert_eq!(
@@ -193,7 +221,7 @@ fn variables_expand_self_references_and_environment() {
             (name == "MAILHOST").then(|| "mx.example.org".to_owned())
         }
     }
-    let text = "protocols = $protocols imap\nprotocols = $protocols pop3\nhostname = $ENV:MAILHOST\ndefault_internal_user = vmail\nservice auth {\n  user = $default_internal_user\n}\nquoted = \"$protocols\"\n";
+    let text = "protocols = $protocols imap\nprotocols = $protocols pop3\nhostname = $ENV:MAILHOST\ndefault_internal_user = vmail\nservice auth {\n  user = $default_internal_user\n}\nmail_server_comment = \"$protocols\"\n";
     let config = load_str(
         "/etc/roost/roost.conf",
         text,
@@ -208,7 +236,7 @@ fn variables_expand_self_references_and_environment() {
     assert_eq!(config.settings.global.other["hostname"], "mx.example.org");
     assert_eq!(service(&config, "auth").user, "vmail");
     assert_eq!(
-        config.settings.global.other["quoted"], "$protocols",
+        config.settings.global.other["mail_server_comment"], "$protocols",
         "quoted values never expand"
     );
     assert_eq!(
