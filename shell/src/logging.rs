@@ -523,7 +523,10 @@ mod tests {
         // A line without a level is an error; each part of a cut line keeps its level.
         assert_eq!(lines[2], format!("pop3: Error: {}", "x".repeat(MAX_LINE)));
         assert_eq!(lines[3], format!("pop3: Error: {}", "x".repeat(10)));
-        assert_eq!(lines[4], format!("pop3: Info: {}", "y".repeat(MAX_LINE - 6)));
+        assert_eq!(
+            lines[4],
+            format!("pop3: Info: {}", "y".repeat(MAX_LINE - 6))
+        );
         assert_eq!(lines[5], format!("pop3: Info: {}", "y".repeat(6)));
         assert_eq!(lines[6], "pop3: Warning: no newline");
         let recent: Vec<String> = log.recent_errors().map(|e| e.text.clone()).collect();

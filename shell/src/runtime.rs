@@ -180,9 +180,7 @@ pub fn run_inetd(program: &[String]) -> i32 {
     }
     // The master (a spawner clones with CLONE_PARENT): the program must end with it under
     // shutdown_clients = yes, as every roost-aware child does.
-    let master = env
-        .die_with_master
-        .then(|| nix::unistd::getppid().as_raw());
+    let master = env.die_with_master.then(|| nix::unistd::getppid().as_raw());
     // One connection per process: the exec'd program serves it.
     let config = ChildConfig {
         client_limit: 1,
@@ -447,7 +445,10 @@ fn exec_with_connection(conn: RawFd, program: &[String], dies_with: Option<libc:
         let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) };
         if set != 0 {
             let error = io::Error::last_os_error();
-            say("Fatal", &format!("inetd: prctl(PR_SET_PDEATHSIG) failed: {error}"));
+            say(
+                "Fatal",
+                &format!("inetd: prctl(PR_SET_PDEATHSIG) failed: {error}"),
+            );
             return crate::spawn::EXIT_EXEC_FAILED;
         }
         if nix::unistd::getppid().as_raw() != master {
