@@ -435,8 +435,25 @@ pub struct RawConfig {
     pub warnings: Vec<ParseWarning>,
 }
 
-/// Dovecot 2.3's global setting names, one a line (the file's head says where they come from).
+/// Dovecot 2.3's global settings, one a line: `name = default`, or the name alone where
+/// doveconf shows no default (the file's head says where they come from).
 const DOVECOT_GLOBALS: &str = include_str!("dovecot-globals.txt");
+
+/// The line of DOVECOT_GLOBALS for KEY: `Some(None)` for a name alone, `Some(Some(default))`.
+fn dovecot_global(key: &str) -> Option<Option<&'static str>> {
+    DOVECOT_GLOBALS.lines().find_map(|line| {
+        let (name, rest) = line.split_once(' ').unwrap_or((line, ""));
+        if name != key {
+            return None;
+        }
+        Some(rest.strip_prefix('=').map(str::trim))
+    })
+}
+
+/// Dovecot 2.3's default of a global setting roost does not use, as doveconf prints it.
+pub fn dovecot_default(key: &str) -> Option<&'static str> {
+    dovecot_global(key).flatten()
+}
 
 /// Global names of older versions that Dovecot 2.3 still reads, converting or dropping them,
 /// and what became of each. roost converts none of them: it reads the file and says so.
@@ -527,7 +544,7 @@ pub(crate) fn global_name(key: &str) -> GlobalName {
     if key.starts_with("mail_cache_compress_") {
         return GlobalName::Obsolete("renamed mail_cache_purge_*");
     }
-    if DOVECOT_GLOBALS.lines().any(|line| line == key) || global_defaults().contains_key(key) {
+    if dovecot_global(key).is_some() || global_defaults().contains_key(key) {
         GlobalName::Known
     } else {
         GlobalName::Unknown

@@ -55,7 +55,11 @@ pub fn print(config: &Config, mode: PrintMode) -> String {
     let mut items: BTreeMap<(String, usize), Item<'_>> = BTreeMap::new();
     if mode.non_default {
         for (key, value) in &raw.globals {
-            if defaults.get(key.as_str()) != Some(&value.text.as_str()) {
+            let default = defaults
+                .get(key.as_str())
+                .copied()
+                .or_else(|| super::dovecot_default(key));
+            if default != Some(value.text.as_str()) {
                 items.insert((key.clone(), 0), Item::Setting(key, value.clone()));
             }
         }
@@ -169,13 +173,25 @@ fn is_empty(section: &Generic) -> bool {
         .all(|e| matches!(e, GenericEntry::Section(s) if is_empty(s)))
 }
 
-/// The sort key of a section: `kind/name/` (the trailing `/` is what puts `auth-worker` first).
+/// The sort key of a section: `kind/name/` (the trailing `/` is what puts `auth-worker` first),
+/// with the name escaped as doveconf escapes it in its keys (`\\`, and `=`, `/`, space and `,`
+/// as `\e`, `\s`, `\_` and `\+`), which puts `mailbox Sent` before `mailbox "Sent Messages"`.
 fn section_key(kind: &str, name: &str) -> String {
     if name.is_empty() {
-        format!("{kind}/")
-    } else {
-        format!("{kind}/{name}/")
+        return format!("{kind}/");
     }
+    let mut escaped = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '=' => escaped.push_str("\\e"),
+            '/' => escaped.push_str("\\s"),
+            ' ' => escaped.push_str("\\_"),
+            ',' => escaped.push_str("\\+"),
+            c => escaped.push(c),
+        }
+    }
+    format!("{kind}/{escaped}/")
 }
 
 /// `"text"`, with `\\`, `\"` and line breaks escaped as the parser reads them back.
@@ -260,6 +276,15 @@ fn print_item(out: &mut String, item: &Item<'_>, indent: usize, mode: PrintMode)
                             entries.insert(section_key(&sub.kind, &sub.name), Item::Generic(sub));
                         }
                     }
+                }
+            }
+            if section.kind == "namespace" {
+                // doveconf shows a namespace's location and prefix even when unset (the
+                // fixture's doveconf -n: `location = ` and `prefix = ` in namespace inbox).
+                for key in ["location", "prefix"] {
+                    entries
+                        .entry(key.to_owned())
+                        .or_insert_with(|| Item::Setting(key, RawValue::default("")));
                 }
             }
             for entry in entries.values() {
