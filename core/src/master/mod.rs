@@ -44,6 +44,9 @@ pub const WORKER_WARNING_DELAY: Duration = Duration::from_millis(500);
 pub const THROTTLE_MAX: Duration = Duration::from_millis(60_000);
 /// More failed exits than this in one second throttle a service that never exited cleanly.
 pub const EXIT_FAILURE_STORM: u32 = 10;
+/// A foreign program never reports, so it cannot die "before its first status" (§2.4); one that
+/// fails within this time of its start failed to start, and throttles its service at once.
+pub const FOREIGN_START: Duration = Duration::from_secs(1);
 /// Processes forked per prefork tick of the process_min_avail top-up (§2.2).
 pub const PREFORK_BATCH: u32 = 10;
 /// The shortest time between two SIGUSR1 bursts of the login "all processes full" state (§2.8).
@@ -1287,7 +1290,12 @@ impl Master {
         };
         let process = self.record(slot);
         let service_id = process.service;
-        let initialised = process.initialised;
+        // A foreign process is idle from its spawn on: it never reports.
+        let failed_start = !process.initialised
+            || (self.service(service_id).config.foreign
+                && process.idle_start().is_some_and(|since| {
+                    self.now.saturating_duration_since(since) < FOREIGN_START
+                }));
         let mut throttle = false;
         // At shutdown a child that ends by the signal the master sent it did as asked.
         let asked = matches!(self.phase, Phase::ShuttingDown { .. })
@@ -1325,7 +1333,7 @@ impl Master {
             }
             let second = self.now.as_secs();
             let service = self.service_mut(service_id);
-            if !initialised {
+            if failed_start {
                 throttle = true;
             } else if !service.have_successful_exits {
                 if service.exit_failure_last != second {

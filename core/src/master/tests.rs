@@ -1284,6 +1284,42 @@ fn a_foreign_service_is_a_fixed_pool_that_is_never_asked_to_report_or_idle_die()
 }
 
 #[test]
+fn a_foreign_program_that_fails_at_start_throttles_at_once_and_one_that_ran_does_not() {
+    // Story (the developer helper): a foreign program never reports, so §2.4's "died before
+    // its first status" never applied, and one that could not start (`/bin/false`) was forked
+    // eleven times a second, logging each, before the failure storm throttled it.
+    let mut w = World::new(vec![ServiceConfig {
+        foreign: true,
+        process_min_avail: 2,
+        ..service("legacy", ServiceType::Default)
+    }]);
+    let first = w.pids_of(S1)[0];
+    w.advance(999);
+    w.exit(first, ExitStatus::Exited(1));
+    assert!(
+        w.notices()
+            .iter()
+            .any(|n| n.contains("throttling for 2.000 secs")),
+        "{:?}",
+        w.notices()
+    );
+    // Once a program has run for a second, a failure is one failed exit among others.
+    w.advance(2_000);
+    for _ in 0..4 {
+        w.turn();
+    }
+    w.advance(1_000);
+    let settled = w.pids_of(S1)[0];
+    w.clear();
+    w.exit(settled, ExitStatus::Exited(1));
+    assert!(
+        !w.notices().iter().any(|n| n.contains("throttling")),
+        "{:?}",
+        w.notices()
+    );
+}
+
+#[test]
 fn usr1_asks_the_log_processes_to_reopen() {
     let mut w = World::new(vec![ServiceConfig {
         idle_kill: None,
