@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{ListenerId, Pid, ProcessId, ProcessUid, ServiceId};
 use crate::setup::MasterConfig;
-use crate::signal::{ExitStatus, Signal};
+use crate::signal::{ExitStatus, Signal, SignalSender};
 
 /// One event for the master.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +77,13 @@ pub enum Input {
     },
     /// A signal to the master (HUP, TERM, INT, USR1), or the same request from the control socket.
     Signal(Signal),
+    /// TERM or INT with who sent it: handled as [`Input::Signal`], and said in the shutdown line.
+    SignalFrom {
+        /// The signal.
+        signal: Signal,
+        /// Who sent it.
+        sender: SignalSender,
+    },
     /// A new configuration, read and checked by the driver after a HUP or `roost reload`.
     Reload(Box<MasterConfig>),
 }

@@ -9,7 +9,7 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Pid, ProcessUid};
-use crate::signal::Signal;
+use crate::signal::{Signal, SignalSender};
 use crate::time::Duration;
 
 /// How serious a notice is; the log prints it as `Info:`, `Warning:`, `Error:`, `Fatal:`.
@@ -210,6 +210,8 @@ pub enum Notice {
     ShuttingDown {
         /// The signal (TERM, INT) that asked.
         signal: Signal,
+        /// Who sent it, when the driver knows.
+        sender: Option<SignalSender>,
     },
     /// The master was asked to reopen its log files.
     LogReopen,
@@ -308,8 +310,12 @@ impl fmt::Display for Notice {
             Notice::ReloadKillService { signal, count, service } => {
                 write!(f, "Sent {signal} to {count} {service} processes")
             }
-            Notice::ShuttingDown { signal } => {
-                write!(f, "Killed with signal {}", signal.number())
+            Notice::ShuttingDown { signal, sender } => {
+                write!(f, "Killed with signal {}", signal.number())?;
+                match sender {
+                    Some(sender) => write!(f, " ({sender})"),
+                    None => Ok(()),
+                }
             }
             Notice::LogReopen => f.write_str("Reopening log files"),
             Notice::InvariantViolated { violation } => {

@@ -54,6 +54,52 @@ impl fmt::Display for Signal {
     }
 }
 
+/// Who asked the master to stop, for its shutdown line (reference §4.5: `Killed with signal 15
+/// (by pid=… uid=… code=…)`): the kernel's siginfo of the signal, or the peer of the control
+/// socket's `stop`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct SignalSender {
+    /// The sending process.
+    pub pid: u32,
+    /// Its user.
+    pub uid: u32,
+    /// How it was sent.
+    pub how: SentBy,
+}
+
+/// How a signal was sent (siginfo's `si_code`), or that no signal was.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum SentBy {
+    /// `kill(2)`: `code=kill`, as the original says.
+    Kill,
+    /// The kernel.
+    Kernel,
+    /// `tkill(2)` or `tgkill(2)`.
+    Tkill,
+    /// `sigqueue(3)`.
+    Queue,
+    /// `roost stop` on the control socket: no signal was sent.
+    Control,
+    /// A code roost does not name.
+    Unknown,
+}
+
+impl fmt::Display for SignalSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let code = match self.how {
+            SentBy::Kill => "kill",
+            SentBy::Kernel => "kernel",
+            SentBy::Tkill => "tkill",
+            SentBy::Queue => "sigqueue",
+            SentBy::Control => "roost stop",
+            SentBy::Unknown => "unknown",
+        };
+        write!(f, "by pid={} uid={} code={code}", self.pid, self.uid)
+    }
+}
+
 /// How a child ended, as `waitpid` reports it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]

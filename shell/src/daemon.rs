@@ -37,12 +37,15 @@ use roost_core::notice::Level;
 use roost_core::output::{Lifecycle, Output, SpawnRequest};
 use roost_core::settings::{ServiceSettings, Settings};
 use roost_core::setup::{ListenerKind, MasterConfig, ServiceType};
-use roost_core::signal::{ExitStatus, Signal};
+use roost_core::signal::{ExitStatus, SentBy, Signal, SignalSender};
 use roost_core::time::Instant;
 use roost_core::wire::control::{
     self as wire_control, ProcessRow, Reply, Request, RequestDecoder, Row, ServiceRow,
 };
 use roost_core::wire::{decode_status_chunk, STATUS_READ_CHUNK};
+use signal_hook::iterator::backend::SignalDelivery;
+use signal_hook::iterator::exfiltrator::WithOrigin;
+use signal_hook::low_level::siginfo::Origin;
 
 use crate::listen;
 use crate::logging::{LogPipe, LogWriter, PipeState};
@@ -284,7 +287,7 @@ pub struct Daemon {
     master: Master,
     epoch: StdInstant,
     poll: Poll,
-    signals: signal_hook_mio::v1_0::Signals,
+    signals: SignalDelivery<mio::net::UnixStream, WithOrigin>,
     control: Option<UnixListener>,
     control_path: String,
     control_clients: BTreeMap<Token, (UnixStream, RequestDecoder)>,
@@ -418,15 +421,23 @@ impl Daemon {
         foreground: bool,
     ) -> io::Result<Daemon> {
         let poll = Poll::new()?;
-        let mut signals = signal_hook_mio::v1_0::Signals::new([
-            libc::SIGHUP,
-            libc::SIGTERM,
-            libc::SIGINT,
-            libc::SIGUSR1,
-            libc::SIGCHLD,
-        ])?;
+        // signal-hook's self-pipe, with who sent each signal (for the shutdown line); its read
+        // end is watched here (signal-hook-mio registers only the variant without senders).
+        let (read, write) = mio::net::UnixStream::pair()?;
+        let mut signals = SignalDelivery::with_pipe(
+            read,
+            std::os::fd::OwnedFd::from(write),
+            WithOrigin::default(),
+            [
+                libc::SIGHUP,
+                libc::SIGTERM,
+                libc::SIGINT,
+                libc::SIGUSR1,
+                libc::SIGCHLD,
+            ],
+        )?;
         poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+            .register(signals.get_read_mut(), SIGNALS, Interest::READABLE)?;
         // SIGPIPE: a client that went away must not kill the master.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
         let control_path = format!("{}/control", settings.global.base_dir);
@@ -1280,9 +1291,9 @@ impl Daemon {
     }
 
     fn on_signals(&mut self) {
-        let pending: Vec<i32> = self.signals.pending().collect();
-        for signal in pending {
-            match signal {
+        let pending: Vec<Origin> = self.signals.pending().collect();
+        for origin in pending {
+            match origin.signal {
                 libc::SIGCHLD => self.reap(),
                 libc::SIGHUP => {
                     self.feed(Input::Signal(Signal::Hup));
@@ -1295,8 +1306,8 @@ impl Daemon {
                     self.log.reopen();
                     self.feed(Input::Signal(Signal::Usr1));
                 }
-                libc::SIGINT => self.feed(Input::Signal(Signal::Int)),
-                _ => self.feed(Input::Signal(Signal::Term)),
+                libc::SIGINT => self.feed(shutdown_input(Signal::Int, &origin)),
+                _ => self.feed(shutdown_input(Signal::Term, &origin)),
             }
         }
     }
@@ -1525,7 +1536,7 @@ impl Daemon {
             }
             None => None,
             Some(Err(error)) => Some(Reply::Error(error.to_string())),
-            Some(Ok(request)) => Some(self.on_request(request)),
+            Some(Ok(request)) => Some(self.on_request(request, peer_of(&stream))),
         };
         let _ = self.poll.registry().deregister(&mut stream);
         self.tokens.remove(&token);
@@ -1556,11 +1567,18 @@ impl Daemon {
             .saturating_sub(ago)
     }
 
-    fn on_request(&mut self, request: Request) -> Reply {
+    /// Answers a control request; PEER is the client, for the shutdown line of a `stop`.
+    fn on_request(&mut self, request: Request, peer: Option<SignalSender>) -> Reply {
         match request {
             Request::Stop => {
                 let reply = Reply::Ok(format!("stopping (pid {})", std::process::id()));
-                self.feed(Input::Signal(Signal::Term));
+                self.feed(match peer {
+                    Some(sender) => Input::SignalFrom {
+                        signal: Signal::Term,
+                        sender,
+                    },
+                    None => Input::Signal(Signal::Term),
+                });
                 reply
             }
             Request::Reload => {
@@ -1819,6 +1837,41 @@ fn notify_systemd(state: Lifecycle) {
     if let Some(target) = target {
         let _ = socket.send_to_addr(message.as_bytes(), &target);
     }
+}
+
+/// TERM or INT as the core takes it: with who sent it, when the kernel says (the original's
+/// `Killed with signal 15 (by pid=… uid=… code=kill)`).
+fn shutdown_input(signal: Signal, origin: &Origin) -> Input {
+    use signal_hook::low_level::siginfo::{Cause, Sent};
+    let how = match origin.cause {
+        Cause::Sent(Sent::User) => SentBy::Kill,
+        Cause::Sent(Sent::TKill) => SentBy::Tkill,
+        Cause::Sent(Sent::Queue) => SentBy::Queue,
+        Cause::Kernel => SentBy::Kernel,
+        _ => SentBy::Unknown,
+    };
+    match origin.process {
+        Some(process) => Input::SignalFrom {
+            signal,
+            sender: SignalSender {
+                pid: process.pid.unsigned_abs(),
+                uid: process.uid,
+                how,
+            },
+        },
+        None => Input::Signal(signal),
+    }
+}
+
+/// The process at the other end of a control connection (SO_PEERCRED).
+fn peer_of(stream: &mio::net::UnixStream) -> Option<SignalSender> {
+    let credentials =
+        nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    Some(SignalSender {
+        pid: credentials.pid().unsigned_abs(),
+        uid: credentials.uid(),
+        how: SentBy::Control,
+    })
 }
 
 /// The pid file `<base_dir>/master.pid`, locked for the master's whole life: a second master

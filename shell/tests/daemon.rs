@@ -285,6 +285,13 @@ fn term_shuts_down_cleanly_and_a_second_instance_binds_at_once() {
         !first.dir.join("run/master.pid").exists(),
         "the pid file is removed"
     );
+    // Who asked, as the original says it.
+    let by_us = format!(
+        "Warning: Killed with signal 15 (by pid={} uid={} code=kill)",
+        std::process::id(),
+        unsafe { libc::getuid() }
+    );
+    assert!(first.log_text().contains(&by_us), "{}", first.log_text());
     // The children see the master gone and leave.
     let deadline = Instant::now() + Duration::from_secs(5);
     while children.iter().any(|pid| {
@@ -296,6 +303,15 @@ fn term_shuts_down_cleanly_and_a_second_instance_binds_at_once() {
     let mut second = Roost::start("restart-b", &config);
     assert_eq!(echo(port, "again\n").expect("echo"), "again\n");
     assert!(second.stop().success());
+    // `roost stop` sends no signal: the line names the command and its process.
+    let log = second.log_text();
+    assert!(
+        log.contains("Warning: Killed with signal 15 (by pid=")
+            && log.contains(&format!(" uid={} code=roost stop)", unsafe {
+                libc::getuid()
+            })),
+        "{log}"
+    );
 }
 
 #[test]

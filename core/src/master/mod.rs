@@ -29,7 +29,7 @@ use crate::input::Input;
 use crate::notice::{ExitReason, LimitName, Notice};
 use crate::output::{Lifecycle, Output, SpawnRequest};
 use crate::setup::{ListenerConfig, MasterConfig, ServiceConfig, ServiceType};
-use crate::signal::{ExitStatus, Signal};
+use crate::signal::{ExitStatus, Signal, SignalSender};
 use crate::time::{Duration, Instant};
 use service::{IdleKey, Process, Service, THROTTLE_INITIAL};
 use timer::{Timer, Timers};
@@ -294,7 +294,8 @@ impl Master {
                 soft,
                 error,
             } => self.on_listen_failed(listener, soft, error),
-            Input::Signal(signal) => self.on_signal(signal),
+            Input::Signal(signal) => self.on_signal(signal, None),
+            Input::SignalFrom { signal, sender } => self.on_signal(signal, Some(sender)),
             Input::Reload(config) => self.on_reload(*config),
         }
         self.after_handle();
@@ -1473,10 +1474,10 @@ impl Master {
     // ---------------------------------------------------------------------------------------
     // Signals, reload (§4.3) and shutdown (§4.5).
 
-    fn on_signal(&mut self, signal: Signal) {
+    fn on_signal(&mut self, signal: Signal, sender: Option<SignalSender>) {
         match signal {
             Signal::Hup => self.log(Notice::Reloading),
-            Signal::Term | Signal::Int => self.on_shutdown(signal),
+            Signal::Term | Signal::Int => self.on_shutdown(signal, sender),
             Signal::Usr1 => {
                 self.log(Notice::LogReopen);
                 let pids: Vec<Pid> = self
@@ -1751,7 +1752,7 @@ impl Master {
         (count, skipped)
     }
 
-    fn on_shutdown(&mut self, signal: Signal) {
+    fn on_shutdown(&mut self, signal: Signal, sender: Option<SignalSender>) {
         match self.phase {
             Phase::ShuttingDown { .. } => {
                 // Asked twice: stop waiting.
@@ -1761,7 +1762,7 @@ impl Master {
             Phase::Done => return,
             Phase::Starting | Phase::Running => {}
         }
-        self.log(Notice::ShuttingDown { signal });
+        self.log(Notice::ShuttingDown { signal, sender });
         self.emit(Output::Lifecycle(Lifecycle::Stopping));
         self.phase = Phase::ShuttingDown {
             deadline: self.now + SHUTDOWN_WAIT,

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::setup::ListenerKind;
+use crate::signal::SentBy;
 
 /// The fake kernel and clock around one master.
 struct World {
@@ -1072,8 +1073,18 @@ fn shutdown_waits_for_children_to_stop_accepting_then_quits() {
     let pids = w.pids_of(S1);
     assert_eq!(pids.len(), 2);
     w.clear();
-    w.handle(Input::Signal(Signal::Term));
-    assert_eq!(w.notices(), vec!["Killed with signal 15".to_owned()]);
+    w.handle(Input::SignalFrom {
+        signal: Signal::Term,
+        sender: SignalSender {
+            pid: 1,
+            uid: 0,
+            how: SentBy::Kill,
+        },
+    });
+    assert_eq!(
+        w.notices(),
+        vec!["Killed with signal 15 (by pid=1 uid=0 code=kill)".to_owned()]
+    );
     assert!(w
         .seen
         .iter()
