@@ -115,10 +115,7 @@ fn main() -> ExitCode {
                 // The effective values are those a master would run with: none runs a
                 // configuration that fails its checks.
                 if let Err(errors) = daemon::check(&config) {
-                    for error in &errors {
-                        eprintln!("roost: Error: {error}");
-                    }
-                    return ExitCode::from(89);
+                    return refused(&config, &errors);
                 }
                 let (master, left_out) = daemon::derive(&config.settings);
                 for line in left_out_lines(&config.raw, &left_out, true) {
@@ -157,12 +154,7 @@ fn main() -> ExitCode {
                     println!("{}: OK", source.describe());
                     ExitCode::SUCCESS
                 }
-                Err(errors) => {
-                    for error in &errors {
-                        eprintln!("roost: Error: {error}");
-                    }
-                    ExitCode::from(89)
-                }
+                Err(errors) => refused(&config, &errors),
             }
         }
         Some(Cmd::Who) => who(&source),
@@ -427,6 +419,18 @@ fn control_command(source: &daemon::Source, request: Request) -> ExitCode {
     }
 }
 
+/// A configuration that fails its checks: what the parser warned about (an obsolete setting may
+/// be the reason), then the errors, as doveconf says them; exit 89.
+fn refused(config: &config::Config, errors: &[String]) -> ExitCode {
+    for warning in &config.raw.warnings {
+        eprintln!("roost: Warning: {warning}");
+    }
+    for error in errors {
+        eprintln!("roost: Error: {error}");
+    }
+    ExitCode::from(89)
+}
+
 fn run(source: daemon::Source, foreground: bool) -> ExitCode {
     if source.is_embedded() {
         if let Err(error) = roost::demo::ensure(&roost::demo::demo_dir()) {
@@ -439,12 +443,7 @@ fn run(source: daemon::Source, foreground: bool) -> ExitCode {
     };
     let warnings = match daemon::check(&config) {
         Ok(warnings) => warnings,
-        Err(errors) => {
-            for error in &errors {
-                eprintln!("roost: Error: {error}");
-            }
-            return ExitCode::from(89);
-        }
+        Err(errors) => return refused(&config, &errors),
     };
     // The configuration as written (with the catalogue's every default service) is only
     // needed to say which services are left out; the master keeps the typed settings alone.

@@ -209,6 +209,41 @@ fn every_bad_configuration_is_refused_with_one_clear_line() {
     );
 }
 
+/// An obsolete setting is often why a configuration fails (roost converts none): its warning
+/// comes before the errors, from check, `config -e` and a start alike.
+#[test]
+fn a_refused_configuration_also_shows_the_parsers_warnings() {
+    let dir = std::env::temp_dir().join(format!("roost-e2e-refused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("roost.conf");
+    std::fs::write(
+        &file,
+        format!(
+            "protocols = none\nbase_dir = {0}/run\nlog_path = {0}/log\nlogin_max_processes_count = 5\nservice echo {{\n  executable = inetd /bin/cat\n  process_limit = 1\n  process_min_avail = 2\n}}\n",
+            dir.display()
+        ),
+    )
+    .expect("config");
+    for args in [&["check"][..], &["config", "-e"], &["-F"]] {
+        let (output, finished) =
+            run_bounded(Command::new(ROOST).args(args).arg("-c").arg(&file), 10);
+        assert!(
+            finished && output.status.code() == Some(89),
+            "{args:?}: {output:?}"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let warning = stderr
+            .find("roost: Warning: ")
+            .filter(|_| stderr.contains("roost.conf:4: Obsolete setting login_max_processes_count: replaced by service *-login { process_limit }"));
+        let error = stderr.find("process_min_avail is higher than process_limit");
+        assert!(
+            matches!((warning, error), (Some(w), Some(e)) if w < e),
+            "{args:?}: {stderr}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bad peers
 
