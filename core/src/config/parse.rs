@@ -16,6 +16,9 @@ use super::{
 /// Includes nest at most this deep (a loop is refused earlier; this bounds a long chain).
 const MAX_INCLUDE_DEPTH: usize = 32;
 
+/// The sections that hold global settings for some connections (Dovecot's filters).
+const FILTERS: [&str; 3] = ["protocol", "local", "remote"];
+
 /// Sections nest at most this deep. Found by the config helper: 20,000 unclosed `a {` lines
 /// built a tree so deep that dropping it overflowed the stack.
 const MAX_SECTION_DEPTH: usize = 64;
@@ -364,19 +367,7 @@ impl<'a> Parser<'a> {
         };
         match scope {
             Scope::Global => {
-                match super::global_name(key) {
-                    GlobalName::Known => {}
-                    GlobalName::Obsolete(became) => self.config.warnings.push(ParseWarning {
-                        origin: origin.clone(),
-                        message: format!("Obsolete setting {key}: {became}; roost ignores it"),
-                    }),
-                    GlobalName::Unknown => {
-                        return Err(ConfigError::syntax(
-                            &origin,
-                            &format!("Unknown setting: {key}"),
-                        ))
-                    }
-                }
+                self.check_global_name(key, &origin)?;
                 self.config.globals.insert(key.to_owned(), raw);
             }
             Scope::Service(service) => {
@@ -400,6 +391,11 @@ impl<'a> Parser<'a> {
                 listener.settings.insert(key.to_owned(), raw);
             }
             Scope::Generic(path) => {
+                // A filter (`protocol pop3 { }`, `local 10.0.0.1 { }`, `remote ... { }`) holds
+                // global settings for some connections: its names are checked as at the top.
+                if FILTERS.contains(&self.config.generic(&path).kind.as_str()) {
+                    self.check_global_name(key, &origin)?;
+                }
                 let section = self.config.generic_mut(&path);
                 let existing = section.entries.iter_mut().find_map(|e| match e {
                     GenericEntry::Setting(k, v) if k == key => Some(v),
@@ -414,6 +410,25 @@ impl<'a> Parser<'a> {
             }
         }
         Ok(())
+    }
+
+    /// A top-level (or filter's) setting name: roost's or Dovecot 2.3's passes, an older
+    /// Dovecot's passes with a warning, anything else is a typo.
+    fn check_global_name(&mut self, key: &str, origin: &Origin) -> Result<(), ConfigError> {
+        match super::global_name(key) {
+            GlobalName::Known => Ok(()),
+            GlobalName::Obsolete(became) => {
+                self.config.warnings.push(ParseWarning {
+                    origin: origin.clone(),
+                    message: format!("Obsolete setting {key}: {became}; roost ignores it"),
+                });
+                Ok(())
+            }
+            GlobalName::Unknown => Err(ConfigError::syntax(
+                origin,
+                &format!("Unknown setting: {key}"),
+            )),
+        }
     }
 
     /// The value a self-reference (`key = $key more`) expands to: the current section's value,

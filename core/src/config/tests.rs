@@ -114,6 +114,15 @@ fn an_unknown_key_is_an_error_with_file_and_line_and_an_obsolete_one_a_warning()
         error_of("protocols = pop3\ndefault_proces_limit = 5\n"),
         "/etc/roost/roost.conf:2: Unknown setting: default_proces_limit"
     );
+    // So it is inside the filters that hold global settings, as for doveconf.
+    assert_eq!(
+        error_of("local 10.0.0.1 {\n  protocol pop3 {\n    pop3_uidl_formt = %u\n  }\n}\n"),
+        "/etc/roost/roost.conf:3: Unknown setting: pop3_uidl_formt"
+    );
+    load_text(
+        "protocol pop3 {\n  pop3_uidl_format = %08Xu%08Xv\n}\nplugin {\n  anything = goes\n}\n",
+    )
+    .expect("known names in a filter, anything in plugin { }");
     // An older Dovecot's name reads, with a warning that says what became of it.
     let config = load_text("login_processes_count = 3\nmail_cache_compress_min_size = 1k\n")
         .expect("parses");
