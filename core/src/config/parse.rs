@@ -19,6 +19,15 @@ const MAX_INCLUDE_DEPTH: usize = 32;
 /// The sections that hold global settings for some connections (Dovecot's filters).
 const FILTERS: [&str; 3] = ["protocol", "local", "remote"];
 
+/// Auth settings apply to the auth process, which has no connection to filter by: doveconf
+/// refuses them inside `local` and `remote`, in these words.
+fn auth_in_connection_filter(origin: &Origin, what: &str) -> ConfigError {
+    ConfigError::syntax(
+        origin,
+        &format!("Auth settings not supported inside local/remote blocks: {what}"),
+    )
+}
+
 /// Sections nest at most this deep. Found by the config helper: 20,000 unclosed `a {` lines
 /// built a tree so deep that dropping it overflowed the stack.
 const MAX_SECTION_DEPTH: usize = 64;
@@ -332,6 +341,11 @@ impl<'a> Parser<'a> {
                     Scope::Generic(vec![index])
                 }
                 (Scope::Generic(path), _) => {
+                    if (kind == "passdb" || kind == "userdb")
+                        && self.config.within_connection_filter(&path)
+                    {
+                        return Err(auth_in_connection_filter(&origin, kind));
+                    }
                     let parent = self.config.generic_mut(&path);
                     let index = match parent.entries.iter().position(
                     |e| matches!(e, GenericEntry::Section(s) if s.kind == kind && s.name == name),
@@ -395,6 +409,9 @@ impl<'a> Parser<'a> {
                 // global settings for some connections: its names are checked as at the top.
                 if FILTERS.contains(&self.config.generic(&path).kind.as_str()) {
                     self.check_global_name(key, &origin)?;
+                }
+                if key.starts_with("auth_") && self.config.within_connection_filter(&path) {
+                    return Err(auth_in_connection_filter(&origin, key));
                 }
                 let section = self.config.generic_mut(&path);
                 let existing = section.entries.iter_mut().find_map(|e| match e {
@@ -563,6 +580,21 @@ impl RawConfig {
             self.mention_order.push(name.to_owned());
         }
         index
+    }
+
+    /// Whether the section at PATH, or one it is inside, is a `local` or `remote` filter.
+    fn within_connection_filter(&self, path: &[usize]) -> bool {
+        let is_filter = |section: &Generic| section.kind == "local" || section.kind == "remote";
+        let mut section = &self.sections[path[0]];
+        let mut within = is_filter(section);
+        for &index in &path[1..] {
+            section = match &section.entries[index] {
+                GenericEntry::Section(s) => s,
+                GenericEntry::Setting(..) => unreachable!("a generic path only names sections"),
+            };
+            within |= is_filter(section);
+        }
+        within
     }
 
     fn generic(&self, path: &[usize]) -> &Generic {

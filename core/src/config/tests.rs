@@ -123,6 +123,17 @@ fn an_unknown_key_is_an_error_with_file_and_line_and_an_obsolete_one_a_warning()
         "protocol pop3 {\n  pop3_uidl_format = %08Xu%08Xv\n}\nplugin {\n  anything = goes\n}\n",
     )
     .expect("known names in a filter, anything in plugin { }");
+    // Auth settings have no connection to filter by (doveconf's words).
+    assert_eq!(
+        error_of("remote 10.0.0.0/8 {\n  protocol pop3 {\n    auth_verbose = yes\n  }\n}\n"),
+        "/etc/roost/roost.conf:3: Auth settings not supported inside local/remote blocks: auth_verbose"
+    );
+    assert_eq!(
+        error_of("local 127.0.0.1 {\n  passdb {\n    driver = static\n  }\n}\n"),
+        "/etc/roost/roost.conf:2: Auth settings not supported inside local/remote blocks: passdb"
+    );
+    load_text("remote 10.0.0.0/8 {\n  disable_plaintext_auth = no\n}\nprotocol pop3 {\n  auth_verbose = yes\n}\n")
+        .expect("a login setting in remote { }, an auth setting in protocol { }");
     // An older Dovecot's name reads, with a warning that says what became of it.
     let config = load_text("login_processes_count = 3\nmail_cache_compress_min_size = 1k\n")
         .expect("parses");
