@@ -124,10 +124,11 @@ pub fn release_free_memory() {
 /// listener set-up) than serving does, and every page they touched stays in the master's
 /// resident set for its lifetime; afterwards only what serving touches comes back, on first use.
 ///
-/// Only private file mappings that are not writable and hold no page of their own (smaps'
-/// `Anonymous: 0 kB`) are let go: each of their pages is the file's page-cache page, so
-/// nothing is lost, exactly as when the kernel reclaims them under memory pressure. Relocated
-/// data (`.data.rel.ro`, `.got`) has its own pages and is kept.
+/// Only private file mappings that are not writable and hold no page of their own, resident or
+/// swapped out (smaps' `Anonymous: 0 kB` and `Swap: 0 kB`), are let go: each of their pages is
+/// the file's page-cache page, so nothing is lost, exactly as when the kernel reclaims them
+/// under memory pressure. Relocated data (`.data.rel.ro`, `.got`) has its own pages and is
+/// kept, even while they are swapped out.
 pub fn release_code_pages() -> std::io::Result<usize> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut released = 0;
@@ -146,18 +147,22 @@ pub fn release_code_pages() -> std::io::Result<usize> {
 }
 
 /// The (start, end) of each mapping in SMAPS that `release_code_pages` may let go: backed by a
-/// file, private, not writable, resident and with no anonymous page.
+/// file, private, not writable, resident, and with no anonymous page in memory or in swap (a
+/// mapping whose counts smaps does not show is kept).
 fn unshared_file_mappings(smaps: &str) -> Vec<(usize, usize)> {
     struct Mapping {
         range: (usize, usize),
         eligible: bool,
         resident: bool,
-        anonymous: bool,
+        anonymous_kib: Option<u64>,
+        swap_kib: Option<u64>,
     }
     let mut found = Vec::new();
     let mut current: Option<Mapping> = None;
     let mut close = |mapping: Option<Mapping>| {
-        if let Some(m) = mapping.filter(|m| m.eligible && m.resident && !m.anonymous) {
+        if let Some(m) = mapping.filter(|m| {
+            m.eligible && m.resident && m.anonymous_kib == Some(0) && m.swap_kib == Some(0)
+        }) {
             found.push(m.range);
         }
     };
@@ -183,13 +188,15 @@ fn unshared_file_mappings(smaps: &str) -> Vec<(usize, usize)> {
                     && perms[3] == b'p'
                     && path.starts_with('/'),
                 resident: false,
-                anonymous: true, // until smaps says otherwise
+                anonymous_kib: None,
+                swap_kib: None,
             });
         } else if let Some(mapping) = current.as_mut() {
             let kib = words.next().and_then(|n| n.parse::<u64>().ok());
             match (first, kib) {
                 ("Rss:", Some(kib)) => mapping.resident = kib > 0,
-                ("Anonymous:", Some(kib)) => mapping.anonymous = kib > 0,
+                ("Anonymous:", Some(kib)) => mapping.anonymous_kib = Some(kib),
+                ("Swap:", Some(kib)) => mapping.swap_kib = Some(kib),
                 _ => {}
             }
         }
@@ -305,33 +312,47 @@ mod tests {
 5600-5700 r--p 00000000 fe:00 42 /usr/bin/roost
 Rss:                  64 kB
 Anonymous:             0 kB
+Swap:                  0 kB
 5700-5800 r-xp 00100000 fe:00 42 /usr/bin/roost
 Rss:                 128 kB
 Anonymous:             0 kB
+Swap:                  0 kB
 VmFlags: rd ex mr mw me
 5800-5900 r--p 00200000 fe:00 42 /usr/bin/roost
 Rss:                  96 kB
 Anonymous:            96 kB
+Swap:                  0 kB
 5900-5a00 rw-p 00300000 fe:00 42 /usr/bin/roost
 Rss:                   8 kB
 Anonymous:             0 kB
+Swap:                  0 kB
 5a00-5b00 r-xp 00000000 fe:00 43 /usr/lib/libc.so.6
 Rss:                   0 kB
 Anonymous:             0 kB
+Swap:                  0 kB
 5b00-5c00 r--s 00000000 fe:00 44 /dev/shm/x
 Rss:                   4 kB
 Anonymous:             0 kB
+Swap:                  0 kB
 5c00-5d00 rw-p 00000000 00:00 0 [heap]
 Rss:                 424 kB
 Anonymous:           424 kB
+Swap:                  0 kB
 7f00-7f01 r-xp 00000000 00:00 0 [vdso]
 Rss:                   4 kB
 Anonymous:             0 kB
+Swap:                  0 kB
 7f02-7f03 r-xp 00000000 fe:00 45 /usr/lib/libm.so.6
 Rss:                   4 kB
+Swap:                  0 kB
+7f04-7f05 r--p 00010000 fe:00 45 /usr/lib/libm.so.6
+Rss:                   4 kB
+Anonymous:             0 kB
+Swap:                  4 kB
 ";
         // The relocated data (own pages), the writable data, the unused libc, the shared
-        // mapping, the heap, the vDSO and a mapping whose anonymous count is not shown stay.
+        // mapping, the heap, the vDSO, a mapping whose anonymous count is not shown, and
+        // relocated data swapped out (its own pages are in swap) stay.
         assert_eq!(
             unshared_file_mappings(smaps),
             vec![(0x5600, 0x5700), (0x5700, 0x5800)]
