@@ -134,7 +134,8 @@ pub fn release_code_pages() -> std::io::Result<usize> {
     let mut released = 0;
     for (start, end) in unshared_file_mappings(&smaps) {
         // SAFETY: the range is one whole mapping of this process whose every page equals its
-        // file's (it is private, read-only and without anonymous pages), so MADV_DONTNEED only
+        // file's (it is private, read-only, and has no page of its own in memory or in swap;
+        // being read-only, it cannot gain one before the call), so MADV_DONTNEED only
         // unmaps them and the next access faults the same bytes back in. The master is single-
         // threaded, so no other thread can make the mapping writable in between.
         let done =
