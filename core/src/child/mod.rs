@@ -23,7 +23,7 @@
 //! The contract is the master's: call [`Child::handle`] for each event, drain
 //! [`Child::poll_output`], then wait for the next event or [`Child::poll_timeout`].
 
-use std::collections::VecDeque;
+use smallvec::SmallVec;
 
 use crate::signal::Signal;
 use crate::time::{Duration, Instant};
@@ -35,6 +35,12 @@ pub const STATUS_COALESCE: Duration = Duration::from_millis(1000);
 /// After the master died, a process with clients and a die callback is stopped this long after
 /// the callback (§4.4, §8).
 pub const DIE_CALLBACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many outputs not yet polled the machine keeps without allocating. One event emits at
+/// most four (an idle process whose master dies: stop accepting, close the listeners, report
+/// 0, exit); the answers to status writes that a driver feeds while it drains add one or two
+/// each as they take one.
+pub const OUTPUTS_INLINE: usize = 8;
 
 /// What a service process is (from its environment and its program).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -196,8 +202,10 @@ pub struct Child {
     status_timer: Option<Instant>,
     /// The forced exit after the die callback (§4.4).
     die_timer: Option<Instant>,
-    /// Outputs not yet polled.
-    outputs: VecDeque<Output>,
+    /// Outputs not yet polled: `outputs[next_output..]`.
+    outputs: SmallVec<[Output; OUTPUTS_INLINE]>,
+    /// The next output `poll_output` returns.
+    next_output: usize,
 }
 
 impl Child {
@@ -229,7 +237,8 @@ impl Child {
             awaiting_writable: false,
             status_timer: None,
             die_timer: None,
-            outputs: VecDeque::new(),
+            outputs: SmallVec::new(),
+            next_output: 0,
         }
     }
 
@@ -237,6 +246,10 @@ impl Child {
     pub fn handle(&mut self, input: Input, now: Instant) {
         debug_assert!(now >= self.now, "time went backwards: {now} < {}", self.now);
         self.now = now.max(self.now);
+        if self.next_output == self.outputs.len() {
+            self.outputs.clear();
+            self.next_output = 0;
+        }
         if self.exited {
             return;
         }
@@ -269,7 +282,16 @@ impl Child {
 
     /// The next action for the driver, in emission order.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let output = self.outputs.get(self.next_output).copied();
+        match output {
+            Some(_) => self.next_output += 1,
+            None => {
+                // Drained: the storage is used again from its start.
+                self.outputs.clear();
+                self.next_output = 0;
+            }
+        }
+        output
     }
 
     /// When the driver must feed `Input::Timeout` next, if ever.
@@ -359,7 +381,7 @@ impl Child {
 
     fn on_accepted(&mut self) {
         if !self.accepting || self.available_count == 0 {
-            self.outputs.push_back(Output::Refuse);
+            self.outputs.push(Output::Refuse);
             return;
         }
         self.available_count -= 1;
@@ -445,7 +467,7 @@ impl Child {
             self.exit(0);
         } else if self.config.die_with_master {
             if self.config.has_die_callback {
-                self.outputs.push_back(Output::DieCallback);
+                self.outputs.push(Output::DieCallback);
                 self.die_timer = Some(self.now + DIE_CALLBACK_TIMEOUT);
             } else {
                 self.exit(0);
@@ -472,7 +494,7 @@ impl Child {
         };
         if written.important && !self.awaiting_writable {
             self.awaiting_writable = true;
-            self.outputs.push_back(Output::AwaitStatusWritable);
+            self.outputs.push(Output::AwaitStatusWritable);
         }
         if let Some(force) = self.pending.take() {
             if !self.awaiting_writable {
@@ -523,7 +545,7 @@ impl Child {
             available_count: value,
             important,
         });
-        self.outputs.push_back(Output::WriteStatus {
+        self.outputs.push(Output::WriteStatus {
             available_count: value,
         });
     }
@@ -540,7 +562,7 @@ impl Child {
         }
         self.listeners_closed = true;
         self.sync_accepting();
-        self.outputs.push_back(Output::CloseListeners);
+        self.outputs.push(Output::CloseListeners);
     }
 
     fn want_accepting(&self) -> bool {
@@ -555,7 +577,7 @@ impl Child {
         let want = self.want_accepting();
         if want != self.accepting {
             self.accepting = want;
-            self.outputs.push_back(Output::SetAccepting { on: want });
+            self.outputs.push(Output::SetAccepting { on: want });
         }
     }
 
@@ -565,7 +587,7 @@ impl Child {
         }
         if self.accepting {
             self.accepting = false;
-            self.outputs.push_back(Output::SetAccepting { on: false });
+            self.outputs.push(Output::SetAccepting { on: false });
         }
         self.exited = true;
         self.status_timer = None;
@@ -573,7 +595,7 @@ impl Child {
         self.in_flight = None;
         self.pending = None;
         self.awaiting_writable = false;
-        self.outputs.push_back(Output::Exit(code));
+        self.outputs.push(Output::Exit(code));
     }
 
     /// Checks every invariant of the module header.

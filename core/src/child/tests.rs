@@ -376,3 +376,74 @@ fn an_accept_while_not_accepting_is_refused() {
     assert_eq!(h.input(Input::Accepted), vec![Output::Refuse]);
     assert_eq!(h.child.clients(), 1);
 }
+
+fn any_input() -> impl proptest::strategy::Strategy<Value = Input> {
+    use proptest::prelude::*;
+    prop_oneof![
+        Just(Input::InitDone),
+        Just(Input::Accepted),
+        Just(Input::ClientClosed),
+        Just(Input::Timeout),
+        prop_oneof![
+            Just(Signal::Int),
+            Just(Signal::Term),
+            Just(Signal::Quit),
+            Just(Signal::Usr1)
+        ]
+        .prop_map(Input::Signal),
+        Just(Input::MasterDead),
+        Just(Input::StatusWritable),
+        any::<bool>().prop_map(Input::IdleDieVeto),
+    ]
+}
+
+fn any_answer() -> impl proptest::strategy::Strategy<Value = Input> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => Just(Input::StatusWritten),
+        2 => Just(Input::StatusWouldBlock),
+        1 => Just(Input::StatusWriteFailed),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, ..Default::default() })]
+
+    /// The inetd adapter runs the machine where it must not allocate (it shares the spawner's
+    /// memory): whatever happens, a driver that drains after each event, answering each status
+    /// write as it drains, finds every output kept inline.
+    #[test]
+    fn a_draining_driver_never_makes_the_machine_allocate(
+        client_limit in 1u32..4,
+        service_count in 0u32..4,
+        die_with_master: bool,
+        has_die_callback: bool,
+        is_login: bool,
+        steps in proptest::collection::vec(
+            (any_input(), proptest::collection::vec(any_answer(), 4), 0u64..1500),
+            1..60,
+        ),
+    ) {
+        let mut c = config(client_limit, service_count);
+        c.die_with_master = die_with_master;
+        c.has_die_callback = has_die_callback;
+        c.is_login = is_login;
+        let mut child = Child::new(c, Instant::ZERO);
+        let mut now = Instant::ZERO;
+        for (input, answers, after) in steps {
+            now = now + Duration::from_millis(after);
+            child.handle(input, now);
+            let mut answers = answers.into_iter().cycle();
+            let mut emitted = 0;
+            while let Some(output) = child.poll_output() {
+                emitted += 1;
+                proptest::prop_assert!(!child.outputs.spilled(), "{:?}", child.outputs);
+                if let Output::WriteStatus { .. } = output {
+                    child.handle(answers.next().unwrap_or(Input::StatusWritten), now);
+                }
+                proptest::prop_assert!(emitted < 100, "the outputs never end");
+            }
+            proptest::prop_assert!(!child.outputs.spilled());
+        }
+    }
+}
