@@ -1192,7 +1192,12 @@ impl Daemon {
                 .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1))
         {
             self.spawner_started = Some(StdInstant::now());
-            match Spawner::start(&self.roost_binary) {
+            let instance = self
+                .generations
+                .get(&self.master.current_generation())
+                .map_or("", |settings| settings.global.instance_name.as_str());
+            let title = spawn::process_title(instance, "spawner");
+            match Spawner::start(&self.roost_binary, &title) {
                 Ok(spawner) => {
                     self.spawner_pids.insert(spawner.pid());
                     self.spawner = Some(spawner);

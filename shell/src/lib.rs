@@ -7,6 +7,7 @@ pub mod builtin;
 pub mod daemon;
 pub mod demo;
 pub mod fdplan;
+pub mod inetd;
 pub mod listen;
 pub mod logging;
 pub mod mail;

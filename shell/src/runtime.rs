@@ -6,12 +6,11 @@
 //! status fd, and watches the master-dead fd: when the master closes its end, the write end
 //! reports an error, which is how a child learns that its master or its generation is gone.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
-use roost_core::child::{ChildConfig, Input as ChildInput};
+use roost_core::child::Input as ChildInput;
 use roost_core::ids::{Pid, ProcessUid};
 use roost_core::wire::StatusRecord;
 
@@ -91,20 +90,28 @@ impl ChildEnv {
 
     /// Applies `ROOST_RESTRICT_*`: chroot, groups, gid, uid (in that order, while still root).
     pub fn restrict_privileges() -> io::Result<()> {
-        let parse = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
-        let groups: Vec<u32> = std::env::var("ROOST_RESTRICT_GROUPS")
+        let identity = restricted_identity(|name| std::env::var(name).ok());
+        drop_to(
+            identity.chroot.as_deref(),
+            identity.gid,
+            &identity.groups,
+            identity.uid,
+        )
+    }
+}
+
+/// The identity `ROOST_RESTRICT_*` names, read through `get`.
+pub(crate) fn restricted_identity(get: impl Fn(&str) -> Option<String>) -> crate::spawn::Identity {
+    let parse = |name: &str| get(name).and_then(|v| v.parse::<u32>().ok());
+    crate::spawn::Identity {
+        uid: parse("ROOST_RESTRICT_UID"),
+        gid: parse("ROOST_RESTRICT_GID"),
+        groups: get("ROOST_RESTRICT_GROUPS")
             .unwrap_or_default()
             .split(',')
             .filter_map(|g| g.parse().ok())
-            .collect();
-        drop_to(
-            std::env::var_os("ROOST_RESTRICT_CHROOT")
-                .as_deref()
-                .map(Path::new),
-            parse("ROOST_RESTRICT_GID"),
-            &groups,
-            parse("ROOST_RESTRICT_UID"),
-        )
+            .collect(),
+        chroot: get("ROOST_RESTRICT_CHROOT").map(std::path::PathBuf::from),
     }
 }
 
@@ -153,17 +160,10 @@ pub(crate) fn write_status(env: &ChildEnv, available_count: u32) -> ChildInput {
     }
 }
 
-/// The `inetd` built-in: accepts one connection and execs `program` with it on stdin and stdout,
-/// so any inetd-style program is a roost service (service_count = 1 semantics). It reports
-/// itself busy before the exec; the program's exit is the process's exit.
+/// The `inetd` built-in started by exec (`roost --builtin inetd PROGRAM...`: a login service's,
+/// or any while the spawner is down): reads the child protocol from the environment, takes
+/// the identity it names, and runs the adapter ([`crate::inetd::serve`]).
 pub fn run_inetd(program: &[String]) -> i32 {
-    if program.is_empty() {
-        say(
-            "Fatal",
-            "inetd: no program to run (executable = inetd /path/to/program)",
-        );
-        return 89;
-    }
     let env = match ChildEnv::from_env() {
         Ok(env) => env,
         Err(error) => {
@@ -171,6 +171,30 @@ pub fn run_inetd(program: &[String]) -> i32 {
             return 89;
         }
     };
+    let environment: Vec<Vec<u8>> = std::env::vars_os()
+        .map(|(name, value)| {
+            use std::os::unix::ffi::OsStrExt;
+            [name.as_bytes(), b"=", value.as_bytes()].concat()
+        })
+        .collect();
+    let program = match crate::inetd::Program::new(program, environment.iter().map(Vec::as_slice)) {
+        Ok(program) => program,
+        Err(error) => {
+            say("Fatal", &format!("inetd: {error}"));
+            return 89;
+        }
+    };
+    if env.listeners.len() > crate::inetd::MAX_LISTENERS {
+        say(
+            "Fatal",
+            &format!(
+                "inetd: {} listeners, more than the {} an adapter watches",
+                env.listeners.len(),
+                crate::inetd::MAX_LISTENERS
+            ),
+        );
+        return 89;
+    }
     if let Err(error) = ChildEnv::restrict_privileges() {
         say(
             "Fatal",
@@ -178,304 +202,73 @@ pub fn run_inetd(program: &[String]) -> i32 {
         );
         return 89;
     }
-    // The master (a spawner clones with CLONE_PARENT): the program must end with it under
-    // shutdown_clients = yes, as every roost-aware child does.
-    let master = env.die_with_master.then(|| nix::unistd::getppid().as_raw());
-    // One connection per process: the exec'd program serves it.
-    let config = ChildConfig {
-        client_limit: 1,
-        service_count: 1,
-        die_with_master: env.die_with_master,
-        is_login: env.is_login,
-        never_idle_die: false,
-        has_die_callback: false,
-        starts_with_client: false,
-    };
-    match wait_for_connection(&env, config) {
-        Ok(Ok(conn)) => exec_with_connection(conn.as_raw_fd(), program, master),
-        Ok(Err(code)) => code,
+    let signals = match SignalFd::block(&crate::inetd::SIGNALS) {
+        Ok(signals) => signals,
         Err(error) => {
-            say("Error", &format!("inetd: {error}"));
-            1
+            say("Fatal", &format!("inetd: signalfd() failed: {error}"));
+            return 89;
         }
-    }
-}
-
-/// The inetd adapter's life before its exec: core's child machine decides when it accepts,
-/// what status it reports and when it leaves; this loop only polls the listeners, the
-/// master-dead pipe, the status pipe while a write would block, and the signals of the child
-/// protocol. Returns the connection, or the exit status the machine chose.
-///
-/// Every adapter serves one connection and is gone, so this is most of what roost adds to a
-/// connection's cost (issue 8): it is `poll(2)` and a `signalfd`, where the shared loop of the
-/// other built-ins (`builtin::server`) sets up an event loop, a signal pipe and handlers, and
-/// connection tables, whose pages a freshly forked process must each fault in and its exec
-/// tear down again.
-fn wait_for_connection(
-    env: &ChildEnv,
-    config: ChildConfig,
-) -> io::Result<Result<std::os::fd::OwnedFd, i32>> {
-    use roost_core::child::{Child, Output as ChildOutput};
-    use std::os::fd::{FromRawFd, OwnedFd};
-    let start = std::time::Instant::now();
-    let now = || roost_core::time::Instant::from_millis(start.elapsed().as_millis() as u64);
-    let signals = SignalFd::block(&[libc::SIGINT, libc::SIGTERM, libc::SIGQUIT])?;
-    let mut child = Child::new(config, now());
-    child.handle(ChildInput::InitDone, now());
-    let mut listeners: Vec<OwnedFd> = env
-        .listeners
-        .iter()
-        // SAFETY: the listener fds are this process's (the child protocol), used only here.
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
-        .collect();
-    let (mut accepting, mut status_blocked) = (false, false);
-    let mut master_dead = Some(env.master_dead_fd);
-    loop {
-        while let Some(output) = child.poll_output() {
-            match output {
-                ChildOutput::WriteStatus { available_count } => {
-                    let result = write_status(env, available_count);
-                    status_blocked = result == ChildInput::StatusWouldBlock;
-                    child.handle(result, now());
-                }
-                ChildOutput::SetAccepting { on } => accepting = on,
-                ChildOutput::CloseListeners => {
-                    listeners.clear();
-                    accepting = false;
-                }
-                ChildOutput::Exit(code) => return Ok(Err(code)),
-                ChildOutput::AwaitStatusWritable
-                | ChildOutput::Refuse
-                | ChildOutput::DieCallback => {}
-            }
-        }
-        // The signals first, then the master-dead pipe (no event asked: its error comes
-        // anyway), the status pipe while blocked, then the listeners while accepting.
-        let mut fds = vec![
-            pollfd(signals.fd.as_raw_fd(), libc::POLLIN),
-            pollfd(master_dead.unwrap_or(-1), 0),
-            pollfd(
-                if status_blocked { env.status_fd } else { -1 },
-                libc::POLLOUT,
-            ),
-        ];
-        if accepting {
-            fds.extend(
-                listeners
-                    .iter()
-                    .map(|l| pollfd(l.as_raw_fd(), libc::POLLIN)),
-            );
-        }
-        let timeout = child.poll_timeout().map_or(-1, |at| {
-            at.as_millis()
-                .saturating_sub(now().as_millis())
-                .min(i32::MAX as u64) as i32
-        });
-        // SAFETY: a pollfd array we own.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if ready < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(error);
-        }
-        if child.poll_timeout().is_some_and(|at| at <= now()) {
-            child.handle(ChildInput::Timeout, now());
-        }
-        if fds[0].revents != 0 {
-            for signal in signals.pending() {
-                child.handle(
-                    ChildInput::Signal(crate::builtin::server::signal_of(signal)),
-                    now(),
-                );
-            }
-            // What the machine says to a signal comes before any listener: a process that
-            // leaves now must not take one more client first.
-            continue;
-        }
-        if fds[1].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
-            master_dead = None;
-            child.handle(ChildInput::MasterDead, now());
-            continue;
-        }
-        if fds[2].revents != 0 {
-            status_blocked = false;
-            child.handle(ChildInput::StatusWritable, now());
-        }
-        for ready in fds[3..].iter().filter(|p| p.revents != 0) {
-            // SAFETY: accept4 on one of our listening fds.
-            let conn = unsafe {
-                libc::accept4(
-                    ready.fd,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
-                )
-            };
-            if conn < 0 {
-                let error = io::Error::last_os_error();
-                match error.raw_os_error() {
-                    // Another process took it, or its client left first.
-                    Some(libc::EAGAIN | libc::ECONNABORTED | libc::EINTR | libc::EPROTO) => {
-                        continue
-                    }
-                    // Out of fds or memory: polling again would only spin.
-                    _ => return Err(error),
-                }
-            }
-            // SAFETY: accept4 returned a new fd we own.
-            let conn = unsafe { OwnedFd::from_raw_fd(conn) };
-            child.handle(ChildInput::Accepted, now());
-            // Report busy before the process becomes its program.
-            while let Some(output) = child.poll_output() {
-                if let ChildOutput::WriteStatus { available_count } = output {
-                    let result = write_status(env, available_count);
-                    child.handle(result, now());
-                }
-            }
-            return Ok(Ok(conn));
-        }
-    }
-}
-
-fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
+    };
+    let mut listeners = [-1; crate::inetd::MAX_LISTENERS];
+    listeners[..env.listeners.len()].copy_from_slice(&env.listeners);
+    let fds = crate::inetd::Fds {
+        listeners,
+        listener_count: env.listeners.len(),
+        status: env.status_fd,
+        master_dead: env.master_dead_fd,
+        log: libc::STDERR_FILENO,
+        signals: signals.fd.as_raw_fd(),
+    };
+    crate::inetd::serve(&fds, &program, env.uid, env.die_with_master)
 }
 
 /// Signals taken as reads of a `signalfd`: blocked, so none interrupts anything or runs a
 /// handler, and read when `poll` says so. The exec of the program sets the mask free again.
-struct SignalFd {
-    fd: std::os::fd::OwnedFd,
+pub(crate) struct SignalFd {
+    pub(crate) fd: std::os::fd::OwnedFd,
 }
 
 impl SignalFd {
     /// Blocks `signals` and opens a non-blocking signalfd for them.
-    fn block(signals: &[libc::c_int]) -> io::Result<SignalFd> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: a sigset on our stack, filled by the C library; the returned fd is ours.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for signal in signals {
-                libc::sigaddset(&mut set, *signal);
-            }
-            if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(SignalFd {
-                fd: std::os::fd::OwnedFd::from_raw_fd(fd),
-            })
+    pub(crate) fn block(signals: &[libc::c_int]) -> io::Result<SignalFd> {
+        let fd = SignalFd::open(signals)?;
+        let set = sigset(signals);
+        // SAFETY: a sigset on our stack.
+        if unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
         }
+        Ok(fd)
     }
 
-    /// The signals waiting, in the order they came.
-    fn pending(&self) -> Vec<libc::c_int> {
-        let mut signals = Vec::new();
-        loop {
-            // SAFETY: a plain C struct the kernel fills.
-            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-            let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            // SAFETY: a read into a buffer of exactly one record.
-            let n = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    (&mut info as *mut libc::signalfd_siginfo).cast(),
-                    size,
-                )
-            };
-            if n != size as isize {
-                return signals;
-            }
-            signals.push(info.ssi_signo as libc::c_int);
+    /// Opens a non-blocking signalfd for `signals` without blocking them: for the spawner,
+    /// whose adapters block them themselves (a signalfd reads the signals of the process
+    /// that reads it).
+    pub(crate) fn open(signals: &[libc::c_int]) -> io::Result<SignalFd> {
+        use std::os::fd::FromRawFd;
+        let set = sigset(signals);
+        // SAFETY: a sigset on our stack; the returned fd is ours.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
         }
+        // SAFETY: signalfd returned a new fd.
+        Ok(SignalFd {
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+        })
     }
 }
 
-/// Puts the connection on stdin and stdout and execs the program, in the environment roost
-/// gave this process less the child protocol's own variables (`ROOST_*`, `LISTEN_*`).
-///
-/// This is the last thing the adapter does, once per connection: it takes the C library's
-/// `environ` as it is and calls execvpe, where `Command` would copy the environment into a
-/// map to remove two prefixes.
-///
-/// With `dies_with` (the master's pid, under shutdown_clients = yes) the program gets SIGTERM
-/// when the master dies, even by `kill -9`: once it runs, nothing of roost's watches the
-/// master-dead pipe for it. A master already gone means no exec at all.
-fn exec_with_connection(conn: RawFd, program: &[String], dies_with: Option<libc::pid_t>) -> i32 {
-    let argv: Vec<CString> = match program.iter().map(|a| CString::new(a.as_bytes())).collect() {
-        Ok(argv) => argv,
-        Err(_) => {
-            say(
-                "Fatal",
-                "inetd: the program or an argument contains a NUL byte",
-            );
-            return crate::spawn::EXIT_EXEC_FAILED;
-        }
-    };
-    let argv: Vec<*const libc::c_char> = argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let mut envp: Vec<*const libc::c_char> = Vec::new();
-    // SAFETY: this process has one thread, so nothing changes `environ` while it is read;
-    // it is a NULL-terminated array of NUL-terminated strings.
+/// A signal set of `signals`.
+pub(crate) fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: a plain C struct, filled by the C library.
     unsafe {
-        let mut var = crate::spawn::environ;
-        while !(*var).is_null() {
-            let text = std::ffi::CStr::from_ptr(*var).to_bytes();
-            if !text.starts_with(b"ROOST_") && !text.starts_with(b"LISTEN_") {
-                envp.push(*var);
-            }
-            var = var.add(1);
-        }
-    }
-    envp.push(std::ptr::null());
-    if let Some(master) = dies_with {
-        // SAFETY: prctl with integer arguments; the parent-death signal survives the exec.
-        let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) };
-        if set != 0 {
-            let error = io::Error::last_os_error();
-            say(
-                "Fatal",
-                &format!("inetd: prctl(PR_SET_PDEATHSIG) failed: {error}"),
-            );
-            return crate::spawn::EXIT_EXEC_FAILED;
-        }
-        if nix::unistd::getppid().as_raw() != master {
-            // The master died before the signal was set: the client is cut, as it would be.
-            return 0;
-        }
-    }
-    // SAFETY: dup2 of an fd we own onto 0 and 1, then nothing of roost's survives: the
-    // program gets the connection and its stderr (the log pipe), as an inetd program expects,
-    // with every signal's default (SIGPIPE's SIG_IGN would survive the exec) and an empty
-    // mask. The arrays point into `argv`'s strings and `environ`, both alive until execvpe.
-    let error = unsafe {
-        libc::dup2(conn, 0);
-        libc::dup2(conn, 1);
-        libc::close_range(3, libc::c_uint::MAX, 0);
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-        libc::execvpe(argv[0], argv.as_ptr(), envp.as_ptr());
-        io::Error::last_os_error()
-    };
-    say(
-        "Fatal",
-        &format!("inetd: exec({}) failed: {error}", program[0]),
-    );
-    crate::spawn::EXIT_EXEC_FAILED
+        for signal in signals {
+            libc::sigaddset(&mut set, *signal);
+        }
+        set
+    }
 }
 
 #[cfg(test)]

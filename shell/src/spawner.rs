@@ -20,6 +20,14 @@
 //! costs it one small message read into its stack: templates are decoded and their
 //! environments built when they arrive, not at each child.
 //!
+//! An inetd adapter is not a fork: it is a `CLONE_VM` child that runs on a stack of its own in
+//! the spawner's memory until it execs its program ([`crate::inetd`]), which it does once per
+//! connection. Nothing is copied at the clone and nothing torn down at the exec; what it
+//! costs instead: it shares the spawner's command line, so `ps` shows a waiting adapter's own
+//! name (its `comm`: the service's) but the spawner's arguments. The spawner keeps each stack
+//! until the kernel clears the adapter's word in it (`CLONE_CHILD_CLEARTID`: at its exec or
+//! exit), and every template an adapter still reads.
+//!
 //! Which: only built-ins whose service is not `type = login`. Forked children share the
 //! spawner's address layout; a login process faces clients before authentication, so it keeps
 //! a fresh exec (and a fresh ASLR layout) for each process, as in the original.
@@ -28,9 +36,12 @@
 //! the exec way. A child it cloned before it stalled is the master's but unknown to the core;
 //! its first status record gives it away and the master kills it (`daemon::Strays`).
 
+use std::ffi::CString;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use nix::sys::socket::{
@@ -41,6 +52,7 @@ use roost_core::ids::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::fdplan;
+use crate::inetd;
 use crate::spawn::{
     write_number, Environment, Identity, EXIT_EXEC_FAILED, LISTEN_PID, PROCESS_UID,
 };
@@ -126,8 +138,9 @@ pub struct Spawner {
 }
 
 impl Spawner {
-    /// Starts `roost --builtin spawner` with its socket at fd 3.
-    pub fn start(roost_binary: &Path) -> io::Result<Spawner> {
+    /// Starts `roost --builtin spawner` with its socket at fd 3, titled `title`
+    /// (`roost/spawner`, or `roost-INSTANCE/spawner`).
+    pub fn start(roost_binary: &Path, title: &str) -> io::Result<Spawner> {
         use std::os::unix::process::CommandExt;
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
@@ -138,7 +151,7 @@ impl Spawner {
         let theirs_fd = theirs.as_raw_fd();
         let mut command = std::process::Command::new(roost_binary);
         command
-            .arg0("roost/spawner")
+            .arg0(title)
             .args(["--builtin", "spawner"])
             // Room its children write their titles over.
             .arg(" ".repeat(TITLE_ROOM))
@@ -264,6 +277,9 @@ struct Prepared {
     env: Vec<*const libc::c_char>,
     /// Its slots: the process uid's, then LISTEN_PID's if any.
     slots: Vec<*mut libc::c_char>,
+    /// An inetd template's adapter, started as a `CLONE_VM` child; `None` for the others (and
+    /// an inetd template the adapter cannot take, which is forked).
+    adapter: Option<AdapterTemplate>,
 }
 
 impl Prepared {
@@ -281,12 +297,134 @@ impl Prepared {
         };
         let mut environment = Environment::new(&template.env, slots).ok()?;
         let (env, slots) = environment.pointers();
+        let adapter = AdapterTemplate::new(&template);
         Some(Prepared {
             template,
             _environment: environment,
             env,
             slots,
+            adapter,
         })
+    }
+}
+
+/// What an inetd adapter needs of its template, resolved when the template comes: nothing of
+/// it is written again while an adapter may read it.
+struct AdapterTemplate {
+    /// The program, its arguments and its environment.
+    program: inetd::Program,
+    /// Where each of the adapter's fds is among a spawn's fds (their index).
+    listeners: Vec<usize>,
+    status: usize,
+    master_dead: usize,
+    log: usize,
+    /// shutdown_clients.
+    die_with_master: bool,
+    /// Its name (`comm`): the title's last part.
+    name: CString,
+    /// RLIMIT_AS and RLIMIT_DATA (0: none).
+    vsz_limit: u64,
+    /// The identities it takes in order: drop_priv_before_exec's, then `ROOST_RESTRICT_*`'s.
+    identities: Vec<RawIdentity>,
+}
+
+impl AdapterTemplate {
+    /// `None` when the template is not an inetd one or its adapter would not fit
+    /// ([`inetd::MAX_LISTENERS`], a NUL in a string): it is then forked as before.
+    fn new(template: &ChildTemplate) -> Option<AdapterTemplate> {
+        if template.builtin != "inetd" {
+            return None;
+        }
+        let get = |name: &str| {
+            if name == PROCESS_UID {
+                // Each spawn's own; the adapter gets it as a number.
+                return Some("0".to_owned());
+            }
+            template.env.iter().find_map(|v| {
+                v.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix('='))
+                    .map(str::to_owned)
+            })
+        };
+        let env = crate::runtime::ChildEnv::from_lookup(get, 0).ok()?;
+        let index = |fd: RawFd| template.destinations.iter().position(|&d| d == fd);
+        let listeners: Vec<usize> = env
+            .listeners
+            .iter()
+            .map(|&fd| index(fd))
+            .collect::<Option<_>>()?;
+        if listeners.len() > inetd::MAX_LISTENERS {
+            return None;
+        }
+        let program =
+            inetd::Program::new(&template.args, template.env.iter().map(|v| v.as_bytes())).ok()?;
+        let short = template.title.rsplit('/').next().unwrap_or(&template.title);
+        let mut identities = Vec::new();
+        for identity in [
+            template.identity.clone(),
+            Some(crate::runtime::restricted_identity(get)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            identities.push(RawIdentity::new(&identity)?);
+        }
+        Some(AdapterTemplate {
+            program,
+            listeners,
+            status: index(env.status_fd)?,
+            master_dead: index(env.master_dead_fd)?,
+            log: index(libc::STDERR_FILENO)?,
+            die_with_master: env.die_with_master,
+            name: CString::new(short).ok()?,
+            vsz_limit: template.vsz_limit,
+            identities,
+        })
+    }
+}
+
+/// An [`Identity`] as the adapter takes it without allocating.
+struct RawIdentity {
+    chroot: Option<CString>,
+    gid: Option<rustix::process::Gid>,
+    groups: Vec<rustix::process::Gid>,
+    uid: Option<rustix::process::Uid>,
+}
+
+impl RawIdentity {
+    fn new(identity: &Identity) -> Option<RawIdentity> {
+        use std::os::unix::ffi::OsStrExt;
+        let chroot = match &identity.chroot {
+            Some(dir) => Some(CString::new(dir.as_os_str().as_bytes()).ok()?),
+            None => None,
+        };
+        Some(RawIdentity {
+            chroot,
+            gid: identity.gid.map(rustix::process::Gid::from_raw),
+            groups: identity
+                .groups
+                .iter()
+                .map(|&g| rustix::process::Gid::from_raw(g))
+                .collect(),
+            uid: identity.uid.map(rustix::process::Uid::from_raw),
+        })
+    }
+
+    /// Takes it, as [`crate::runtime::drop_to`] does: chroot, then the groups and the gid
+    /// (only with a gid), then the uid. The failing step is named.
+    fn take(&self) -> Result<(), (&'static str, rustix::io::Errno)> {
+        if let Some(dir) = &self.chroot {
+            rustix::process::chroot(dir.as_c_str()).map_err(|e| ("chroot", e))?;
+            rustix::process::chdir(c"/").map_err(|e| ("chdir", e))?;
+        }
+        if let Some(gid) = self.gid {
+            rustix::thread::set_thread_groups(&self.groups).map_err(|e| ("setgroups", e))?;
+            rustix::thread::set_thread_gid(gid).map_err(|e| ("setgid", e))?;
+        }
+        if let Some(uid) = self.uid {
+            rustix::thread::set_thread_uid(uid).map_err(|e| ("setuid", e))?;
+        }
+        Ok(())
     }
 }
 
@@ -306,7 +444,17 @@ pub fn main() -> i32 {
         libc::close_range((SOCKET_FD + 1) as libc::c_uint, libc::c_uint::MAX, 0);
         OwnedFd::from_raw_fd(SOCKET_FD)
     };
-    let mut templates: Vec<Option<Prepared>> = Vec::new();
+    // What a crashing adapter must not take down with it: a core dump kills every process
+    // that shares the memory of the one dumping, so none is dumped (the memory holds every
+    // service's template too, which nothing should read through /proc or ptrace). An exec
+    // gives each program its own memory and its own dumpable flag again.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // Without a signalfd, inetd adapters are forked as the other built-ins are.
+    let mut adapters = crate::runtime::SignalFd::open(&inetd::SIGNALS)
+        .ok()
+        .map(Adapters::new);
+    let mut templates: Vec<Option<Rc<Prepared>>> = Vec::new();
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
     // On the stack: a spawn writes only the few bytes it reads.
     let mut buffer = [0u8; MAX_MESSAGE];
@@ -322,7 +470,7 @@ pub fn main() -> i32 {
         let message = &buffer[..len];
         let answer = match message.first() {
             Some(&TEMPLATE) => {
-                templates.push(Prepared::new(&message[1..]));
+                templates.push(Prepared::new(&message[1..]).map(Rc::new));
                 continue;
             }
             Some(&FORGET) => {
@@ -332,10 +480,16 @@ pub fn main() -> i32 {
             Some(&SPAWN) if message.len() == 9 => {
                 let number = u32::from_le_bytes([message[1], message[2], message[3], message[4]]);
                 let uid = u32::from_le_bytes([message[5], message[6], message[7], message[8]]);
-                match templates.get(number as usize) {
-                    Some(Some(prepared)) if prepared.template.destinations.len() == fds.len() => {
-                        spawn_child(prepared, uid, &fds, &title)
+                match (templates.get(number as usize), adapters.as_mut()) {
+                    (Some(Some(prepared)), _)
+                        if prepared.template.destinations.len() != fds.len() =>
+                    {
+                        -libc::EINVAL
                     }
+                    (Some(Some(prepared)), Some(adapters)) if prepared.adapter.is_some() => {
+                        adapters.spawn(prepared, uid, fds.as_slice())
+                    }
+                    (Some(Some(prepared)), _) => spawn_child(prepared, uid, &fds, &title),
                     _ => -libc::EINVAL,
                 }
             }
@@ -352,6 +506,279 @@ pub fn main() -> i32 {
             return 0;
         }
     }
+}
+
+/// The stacks of the inetd adapters, which run in the spawner's memory until they exec.
+struct Adapters {
+    slots: Vec<Slot>,
+    /// A signalfd of [`inetd::SIGNALS`]: each adapter reads its own signals from it.
+    signals: crate::runtime::SignalFd,
+}
+
+/// One adapter's stack, and what it reads while it runs on it.
+struct Slot {
+    stack: Stack,
+    /// At a fixed address while the adapter runs (the slot itself may move).
+    shared: Box<Shared>,
+    /// The template the adapter reads, kept until it is done.
+    template: Option<Rc<Prepared>>,
+}
+
+/// What the spawner hands an adapter, and the word the kernel clears when the adapter leaves
+/// the spawner's memory.
+struct Shared {
+    /// The adapter's tid while it runs here; 0 once it exec'd or exited
+    /// (`CLONE_CHILD_CLEARTID`), when the slot is free again.
+    tid: AtomicU32,
+    /// Its fds, process uid and template.
+    job: Job,
+}
+
+struct Job {
+    fds: inetd::Fds,
+    process_uid: u32,
+    template: *const Prepared,
+}
+
+/// Free stacks kept for the next adapters; more are unmapped.
+const FREE_SLOTS_KEPT: usize = 16;
+
+impl Adapters {
+    fn new(signals: crate::runtime::SignalFd) -> Adapters {
+        Adapters {
+            slots: Vec::new(),
+            signals,
+        }
+    }
+
+    /// Starts an adapter of `prepared` (an inetd template); returns its pid, or minus the errno.
+    fn spawn(&mut self, prepared: &Rc<Prepared>, process_uid: u32, fds: &[RawFd]) -> i32 {
+        let Some(adapter) = prepared.adapter.as_ref() else {
+            return -libc::EINVAL;
+        };
+        self.release();
+        let index = match self.slots.iter().position(Slot::is_free) {
+            Some(index) => index,
+            None => match Stack::new() {
+                Ok(stack) => {
+                    self.slots.push(Slot {
+                        stack,
+                        shared: Box::new(Shared {
+                            tid: AtomicU32::new(0),
+                            job: Job {
+                                fds: inetd::Fds {
+                                    listeners: [-1; inetd::MAX_LISTENERS],
+                                    listener_count: 0,
+                                    status: -1,
+                                    master_dead: -1,
+                                    log: -1,
+                                    signals: -1,
+                                },
+                                process_uid: 0,
+                                template: std::ptr::null(),
+                            },
+                        }),
+                        template: None,
+                    });
+                    self.slots.len() - 1
+                }
+                Err(error) => return -error.raw_os_error().unwrap_or(libc::ENOMEM),
+            },
+        };
+        let slot = &mut self.slots[index];
+        let mut listeners = [-1; inetd::MAX_LISTENERS];
+        for (to, &from) in listeners.iter_mut().zip(&adapter.listeners) {
+            *to = fds[from];
+        }
+        slot.shared.job = Job {
+            fds: inetd::Fds {
+                listeners,
+                listener_count: adapter.listeners.len(),
+                status: fds[adapter.status],
+                master_dead: fds[adapter.master_dead],
+                log: fds[adapter.log],
+                signals: self.signals.fd.as_raw_fd(),
+            },
+            process_uid,
+            template: Rc::as_ptr(prepared),
+        };
+        slot.shared.tid.store(u32::MAX, Ordering::Release);
+        let job: *const Job = &slot.shared.job;
+        let tid: *const AtomicU32 = &slot.shared.tid;
+        // SAFETY: the adapter runs `adapter_main` on its own stack, in this memory, reading
+        // only `job` and the template, both kept unchanged until the kernel clears `tid`
+        // (`release`). It starts with every signal blocked, as posix_spawn's child does: none
+        // runs a handler of the spawner's before it has set its own dispositions. The
+        // spawner's mask is restored at once. The adapter's parent is the master.
+        let pid = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            let mut mask: libc::sigset_t = std::mem::zeroed();
+            libc::sigprocmask(libc::SIG_BLOCK, &all, &mut mask);
+            let pid = libc::clone(
+                adapter_main,
+                slot.stack.top(),
+                libc::CLONE_VM | libc::CLONE_PARENT | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD,
+                job.cast_mut().cast(),
+                std::ptr::null_mut::<libc::pid_t>(),
+                std::ptr::null_mut::<libc::c_void>(),
+                tid.cast_mut(),
+            );
+            let errno = fdplan::errno();
+            libc::sigprocmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
+            if pid < 0 {
+                slot.shared.tid.store(0, Ordering::Release);
+                return -errno;
+            }
+            pid
+        };
+        slot.template = Some(Rc::clone(prepared));
+        pid
+    }
+
+    /// Lets go of the templates of the adapters that are done, and of the free stacks beyond
+    /// [`FREE_SLOTS_KEPT`].
+    fn release(&mut self) {
+        let mut free = 0;
+        self.slots.retain_mut(|slot| {
+            if !slot.is_free() {
+                return true;
+            }
+            slot.template = None;
+            free += 1;
+            free <= FREE_SLOTS_KEPT
+        });
+    }
+}
+
+impl Slot {
+    fn is_free(&self) -> bool {
+        self.shared.tid.load(Ordering::Acquire) == 0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if !self.is_free() {
+            // The spawner is leaving while an adapter still runs on this stack and reads
+            // this template: both stay for it (the memory lives on with the adapters).
+            std::mem::forget(self.template.take());
+            std::mem::forget(std::mem::replace(&mut self.stack, Stack::EMPTY));
+        }
+    }
+}
+
+/// An adapter's stack: anonymous memory below a guard page.
+struct Stack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl Stack {
+    /// The stack an adapter runs on: its poll loop, core's child machine and a log line.
+    const SIZE: usize = 256 * 1024;
+    const GUARD: usize = 4096;
+    const EMPTY: Stack = Stack {
+        base: std::ptr::null_mut(),
+        len: 0,
+    };
+
+    fn new() -> io::Result<Stack> {
+        let len = Stack::SIZE + Stack::GUARD;
+        // SAFETY: a new private anonymous mapping, ours alone; its lowest page becomes the
+        // guard that an overflow faults on.
+        unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+                -1,
+                0,
+            );
+            if base == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let stack = Stack { base, len };
+            if libc::mprotect(base, Stack::GUARD, libc::PROT_NONE) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(stack)
+        }
+    }
+
+    /// Where the stack starts (it grows down), 16-byte aligned.
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of our mapping, whose size is a multiple of the page size.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if !self.base.is_null() {
+            // SAFETY: our mapping, which no adapter runs on any more.
+            unsafe { libc::munmap(self.base, self.len) };
+        }
+    }
+}
+
+/// An adapter: becomes what its template says, then waits for its connection and execs its
+/// program ([`inetd::serve`]). It shares the spawner's memory, so it allocates nothing and
+/// writes nothing but its stack (module docs of [`crate::inetd`]).
+extern "C" fn adapter_main(job: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `Adapters::spawn` passed its slot's job, which stays unchanged (with the
+    // template it points to) until this process has exec'd or exited.
+    let job = unsafe { &*job.cast::<Job>() };
+    let template = unsafe { &*job.template };
+    let code = match template.adapter.as_ref() {
+        Some(adapter) => run_adapter(job, adapter),
+        None => EXIT_EXEC_FAILED,
+    };
+    // SAFETY: leaves without running anything of the spawner's.
+    unsafe { libc::_exit(code) }
+}
+
+fn run_adapter(job: &Job, adapter: &AdapterTemplate) -> i32 {
+    // SAFETY: this process is the spawner's clone with a copy of its fds, dispositions and
+    // limits (not its memory): what it sets here is its own. These calls cannot fail with
+    // these arguments, so they leave errno (the spawner's too) alone. The spawner's socket
+    // is closed so that a spawner that dies is seen at once.
+    unsafe {
+        for signal in 1..32 {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+        }
+        // Blocked since the clone: from here every other signal has its default effect, and
+        // the protocol's are read from the signalfd.
+        let protocol = crate::runtime::sigset(&inetd::SIGNALS);
+        libc::sigprocmask(libc::SIG_SETMASK, &protocol, std::ptr::null_mut());
+        drop(OwnedFd::from_raw_fd(SOCKET_FD));
+        crate::spawn::set_vsz_limit(adapter.vsz_limit);
+    }
+    let _ = rustix::process::setsid();
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    for identity in &adapter.identities {
+        if let Err((step, error)) = identity.take() {
+            inetd::say(
+                job.fds.log,
+                "Fatal",
+                format_args!(
+                    "inetd: dropping privileges failed: {step}(): {}",
+                    inetd::describe(error)
+                ),
+            );
+            return EXIT_EXEC_FAILED;
+        }
+    }
+    let _ = rustix::thread::set_name(&adapter.name);
+    inetd::serve(
+        &job.fds,
+        &adapter.program,
+        roost_core::ids::ProcessUid(job.process_uid),
+        adapter.die_with_master,
+    )
 }
 
 /// The fds that came with a message, closed when dropped. Kept out of the heap: a spawn writes

@@ -46,11 +46,21 @@ pub fn children_of(master: i32) -> Vec<(i32, String)> {
             continue;
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let title = cmdline
+        let mut title = cmdline
             .split(|b| *b == 0)
             .next()
             .map(|t| String::from_utf8_lossy(t).into_owned())
             .unwrap_or_default();
+        // A waiting inetd adapter shares its spawner's memory, and with it its command line:
+        // its own name is its comm, the service's.
+        let comm = stat
+            .split_once(" (")
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+            .map(|(comm, _)| comm)
+            .unwrap_or_default();
+        if let Some(prefix) = title.strip_suffix("/spawner").filter(|_| comm != "spawner") {
+            title = format!("{prefix}/{comm}");
+        }
         found.push((pid, title));
     }
     found
@@ -61,9 +71,9 @@ pub fn is_log_process(title: &str) -> bool {
     title.starts_with("roost") && title.ends_with("/log")
 }
 
-/// The spawner's title.
+/// The spawner's title: `roost/spawner`, or `roost-NAME/spawner` under an instance name.
 pub fn is_spawner(title: &str) -> bool {
-    title == "roost/spawner"
+    title.starts_with("roost") && title.ends_with("/spawner")
 }
 
 /// A process's whole command line, arguments separated by spaces (NULs and trailing padding
