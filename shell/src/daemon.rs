@@ -50,7 +50,7 @@ use signal_hook::low_level::siginfo::Origin;
 use crate::listen;
 use crate::logging::{LogPipe, LogWriter, PipeState};
 use crate::spawn::{self, ChildFds, Identity, PlanInput, SpawnPlan};
-use crate::spawner::{SpawnError, SpawnOrder, Spawner};
+use crate::spawner::{SpawnError, SpawnOrder, Spawner, ANSWER_TIMEOUT};
 use crate::system::{self, RealEnv, RealFiles};
 
 /// Where the configuration comes from.
@@ -247,6 +247,8 @@ enum Source2 {
     Listener(ListenerId, RawFd),
     Status(ServiceId),
     Log(ServiceId),
+    /// The spawner's answers.
+    Spawner,
 }
 
 /// Reads of one status pipe per turn of the loop. A child that writes faster than the master
@@ -322,6 +324,11 @@ pub struct Daemon {
     spawner_started: Option<StdInstant>,
     /// Every spawner not reaped yet.
     spawner_pids: BTreeSet<Pid>,
+    /// The running spawner's socket in the event loop.
+    spawner_token: Option<Token>,
+    /// The spawns ordered from the running spawner whose pid has not come yet, oldest first:
+    /// the master goes on serving meanwhile (`Daemon::on_spawner_answers`).
+    ordered: VecDeque<Ordered>,
     /// Children a spawner may have cloned after the master gave up on its answer.
     strays: Strays,
     /// Where to report that the master has started (the parent left waiting in the
@@ -384,6 +391,23 @@ impl Strays {
         }
         false
     }
+}
+
+/// A spawn ordered from the spawner, whose pid is to come.
+struct Ordered {
+    request: SpawnRequest,
+    /// When it was ordered.
+    at: StdInstant,
+}
+
+/// How a built-in's child was asked of the spawner.
+enum Forked {
+    /// Created: its pid.
+    Now(Pid),
+    /// Ordered: its pid comes with the spawner's answer.
+    Ordered,
+    /// Not: no spawner, or it failed. The exec path starts it.
+    No,
 }
 
 /// What every child of one service of one generation shares (`Daemon::make_template`).
@@ -496,6 +520,8 @@ impl Daemon {
             spawner: None,
             spawner_started: None,
             spawner_pids: BTreeSet::new(),
+            spawner_token: None,
+            ordered: VecDeque::new(),
             strays: Strays::default(),
             started: None,
             reload_failures: None,
@@ -541,11 +567,19 @@ impl Daemon {
                 let _ = system::release_code_pages();
             }
             let timeout = if self.backlog.is_empty() {
-                self.master.poll_timeout().map(|at| {
+                let core = self.master.poll_timeout().map(|at| {
                     std::time::Duration::from_millis(
                         at.as_millis().saturating_sub(self.now().as_millis()),
                     )
-                })
+                });
+                let answer = self
+                    .ordered
+                    .front()
+                    .map(|oldest| ANSWER_TIMEOUT.saturating_sub(oldest.at.elapsed()));
+                match (core, answer) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             } else {
                 Some(std::time::Duration::ZERO)
             };
@@ -571,6 +605,7 @@ impl Daemon {
                     }
                     Source2::Status(service) => self.on_status_pipe(service),
                     Source2::Log(service) => self.on_log_pipe(service),
+                    Source2::Spawner => self.on_spawner_answers(),
                 }
                 if self.exit.is_some() {
                     break;
@@ -583,6 +618,17 @@ impl Daemon {
                 match pipe {
                     Pipe::Status(service) => self.on_status_pipe(service),
                     Pipe::Log(service) => self.on_log_pipe(service),
+                }
+            }
+            if self
+                .ordered
+                .front()
+                .is_some_and(|oldest| oldest.at.elapsed() >= ANSWER_TIMEOUT)
+            {
+                self.on_spawner_answers();
+                if !self.ordered.is_empty() {
+                    let within = ANSWER_TIMEOUT.as_secs();
+                    self.give_up_spawner(&format!("no answer within {within} s"));
                 }
             }
             if self
@@ -977,16 +1023,26 @@ impl Daemon {
     }
 
     fn spawn(&mut self, request: SpawnRequest) {
-        let result = self.try_spawn(&request);
+        self.spawn_with(request, true);
+    }
+
+    /// Starts the child `request` asks for, through the spawner when `use_spawner` and the
+    /// child is a built-in's, and tells the core (now, or when the spawner answers).
+    fn spawn_with(&mut self, request: SpawnRequest, use_spawner: bool) {
+        let result = self.try_spawn(&request, use_spawner);
         let now = self.now();
         match result {
-            Ok(pid) => self.master.handle(
+            Ok(Some(pid)) => self.master.handle(
                 Input::Spawned {
                     process: request.process,
                     pid,
                 },
                 now,
             ),
+            Ok(None) => self.ordered.push_back(Ordered {
+                request,
+                at: StdInstant::now(),
+            }),
             Err(error) => self.master.handle(
                 Input::SpawnFailed {
                     process: request.process,
@@ -1047,7 +1103,8 @@ impl Daemon {
         Ok(())
     }
 
-    fn try_spawn(&mut self, request: &SpawnRequest) -> io::Result<Pid> {
+    /// Starts the child; `None` when the spawner was ordered to and its answer is to come.
+    fn try_spawn(&mut self, request: &SpawnRequest, use_spawner: bool) -> io::Result<Option<Pid>> {
         let config = self
             .master
             .service_config(request.service)
@@ -1149,16 +1206,19 @@ impl Daemon {
         })
         .map_err(io::Error::other)?;
         // A built-in of a service that is not a login service is forked by the spawner; the
-        // others, and every child while no spawner answers, are started by exec.
+        // others, and every child while no spawner answers, are started by exec. The master
+        // needs the pid of a log process or an anvil at once; the others' come when they come.
+        let wait = is_log || config.service_type == ServiceType::Anvil;
         let forked = match plan.order() {
-            Some((order, fds)) if config.service_type != ServiceType::Login => {
-                self.fork_builtin(order, fds)
+            Some((order, fds)) if use_spawner && config.service_type != ServiceType::Login => {
+                self.fork_builtin(order, fds, wait)
             }
-            _ => None,
+            _ => Forked::No,
         };
         let spawned = match forked {
-            Some(pid) => Ok((pid, None)),
-            None => plan.spawn(),
+            Forked::Now(pid) => Ok((pid, None)),
+            Forked::Ordered => return Ok(None),
+            Forked::No => plan.spawn(),
         };
         drop(settings_fd);
         drop(anvil_fd);
@@ -1180,54 +1240,161 @@ impl Daemon {
                 ),
             );
         }
-        Ok(pid)
+        Ok(Some(pid))
     }
 
-    /// Has the spawner fork a built-in's child; `None` when there is no spawner (it is started
+    /// Has the spawner create a built-in's child: at once when `wait`, else ordered (its pid
+    /// comes with the spawner's answer). `Forked::No` when there is no spawner (it is started
     /// here, at most once a second) or it failed (it is then stopped).
-    fn fork_builtin(&mut self, order: &SpawnOrder, fds: &[RawFd]) -> Option<Pid> {
+    fn fork_builtin(&mut self, order: &SpawnOrder, fds: &[RawFd], wait: bool) -> Forked {
         if self.spawner.is_none()
             && self
                 .spawner_started
                 .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1))
         {
-            self.spawner_started = Some(StdInstant::now());
-            let instance = self
-                .generations
-                .get(&self.master.current_generation())
-                .map_or("", |settings| settings.global.instance_name.as_str());
-            let title = spawn::process_title(instance, "spawner");
-            match Spawner::start(&self.roost_binary, &title) {
-                Ok(spawner) => {
-                    self.spawner_pids.insert(spawner.pid());
-                    self.spawner = Some(spawner);
-                }
-                Err(error) => self.log.master(
-                    Level::Warning,
-                    &format!("the spawner did not start ({error}): children are started by exec"),
-                ),
-            }
+            self.start_spawner();
         }
-        let spawner = self.spawner.as_mut()?;
-        let spawner_pid = spawner.pid();
-        match spawner.spawn(order, fds) {
-            Ok(pid) => Some(pid),
+        if wait {
+            // Its answer comes after those of the orders before it.
+            self.catch_up(None);
+        }
+        let Some(spawner) = self.spawner.as_mut() else {
+            return Forked::No;
+        };
+        let result = match spawner.order(order, fds) {
+            Ok(()) if wait => spawner
+                .answer(true)
+                .unwrap_or_else(|| Err(SpawnError::Spawner(io::Error::other("no answer"))))
+                .map(Forked::Now),
+            Ok(()) => Ok(Forked::Ordered),
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(forked) => forked,
             // The exec path tries too, and reports what the system says.
-            Err(SpawnError::Clone(_)) => None,
+            Err(SpawnError::Clone(_)) => Forked::No,
             Err(SpawnError::Spawner(error)) => {
                 self.strays.unanswered(ProcessUid(order.process_uid));
-                self.log.master(
-                    Level::Warning,
-                    &format!(
-                        "the spawner failed ({error}): it is stopped, children are started by exec"
-                    ),
-                );
-                // SAFETY: kill(2) of our own child; it is reaped with the others.
-                unsafe { libc::kill(spawner_pid.0, libc::SIGKILL) };
-                self.spawner = None;
-                None
+                self.give_up_spawner(&error.to_string());
+                Forked::No
             }
         }
+    }
+
+    fn start_spawner(&mut self) {
+        self.spawner_started = Some(StdInstant::now());
+        let instance = self
+            .generations
+            .get(&self.master.current_generation())
+            .map_or("", |settings| settings.global.instance_name.as_str());
+        let title = spawn::process_title(instance, "spawner");
+        match Spawner::start(&self.roost_binary, &title) {
+            Ok(spawner) => {
+                self.spawner_pids.insert(spawner.pid());
+                let token = self.token(Source2::Spawner);
+                if let Err(error) = self.poll.registry().register(
+                    &mut SourceFd(&spawner.answers_fd()),
+                    token,
+                    Interest::READABLE,
+                ) {
+                    self.log.master(
+                        Level::Warning,
+                        &format!("the spawner's socket cannot be watched ({error}): children are started by exec"),
+                    );
+                    self.tokens.remove(&token);
+                    return;
+                }
+                self.spawner_token = Some(token);
+                self.spawner = Some(spawner);
+            }
+            Err(error) => self.log.master(
+                Level::Warning,
+                &format!("the spawner did not start ({error}): children are started by exec"),
+            ),
+        }
+    }
+
+    /// Takes the spawner out of the event loop; it leaves when its socket closes (dropped).
+    fn take_spawner(&mut self) -> Option<Spawner> {
+        let spawner = self.spawner.take()?;
+        if let Some(token) = self.spawner_token.take() {
+            self.tokens.remove(&token);
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&spawner.answers_fd()));
+        }
+        Some(spawner)
+    }
+
+    /// Reads the answers that have come, and tells the core each pid.
+    fn on_spawner_answers(&mut self) {
+        while !self.ordered.is_empty() {
+            let Some(answer) = self.spawner.as_mut().and_then(|s| s.answer(false)) else {
+                return;
+            };
+            self.answered(answer);
+        }
+    }
+
+    /// Waits for the spawner's answers up to the one that names `pid` (all of them with
+    /// `None`). A child the core does not know may be one whose answer has not been read:
+    /// its first status record, even its exit, can come before it.
+    fn catch_up(&mut self, pid: Option<Pid>) {
+        while !self.ordered.is_empty() && !pid.is_some_and(|pid| self.master.has_pid(pid)) {
+            let answer = match self.spawner.as_mut() {
+                Some(spawner) => spawner
+                    .answer(true)
+                    .unwrap_or_else(|| Err(SpawnError::Spawner(io::Error::other("no answer")))),
+                None => Err(SpawnError::Spawner(io::Error::other("it is gone"))),
+            };
+            self.answered(answer);
+        }
+    }
+
+    /// The answer to the oldest order.
+    fn answered(&mut self, answer: Result<Pid, SpawnError>) {
+        let Some(ordered) = self.ordered.pop_front() else {
+            return;
+        };
+        match answer {
+            Ok(pid) => self.feed(Input::Spawned {
+                process: ordered.request.process,
+                pid,
+            }),
+            // The exec path tries too, and reports what the system says.
+            Err(SpawnError::Clone(_)) => self.respawn_by_exec(ordered.request),
+            Err(SpawnError::Spawner(error)) => {
+                self.ordered.push_front(ordered);
+                self.give_up_spawner(&error.to_string());
+            }
+        }
+    }
+
+    /// Stops a spawner that failed (it died, or did not answer in time): the children it
+    /// was ordered and did not answer for are started by exec, and any of them it created
+    /// after all is a stray (`Strays`).
+    fn give_up_spawner(&mut self, why: &str) {
+        self.log.master(
+            Level::Warning,
+            &format!("the spawner failed ({why}): it is stopped, children are started by exec"),
+        );
+        if let Some(spawner) = self.take_spawner() {
+            // SAFETY: kill(2) of our own child; it is reaped with the others.
+            unsafe { libc::kill(spawner.pid().0, libc::SIGKILL) };
+        }
+        let ordered = std::mem::take(&mut self.ordered);
+        for order in &ordered {
+            self.strays.unanswered(order.request.uid);
+        }
+        for order in ordered {
+            self.respawn_by_exec(order.request);
+        }
+    }
+
+    fn respawn_by_exec(&mut self, request: SpawnRequest) {
+        self.spawn_with(request, false);
+        self.apply_outputs();
     }
 
     /// The user, groups and chroot a child takes; nothing when the master is not root.
@@ -1336,13 +1503,21 @@ impl Daemon {
             if self.spawner_pids.remove(&Pid(pid)) {
                 // Not a service's child: the core never knew it.
                 if self.spawner.as_ref().is_some_and(|s| s.pid() == Pid(pid)) {
-                    self.spawner = None;
                     self.log.master(
                         Level::Warning,
                         &format!("the spawner (pid {pid}) exited: it is started again"),
                     );
+                    // What it answered before it died counts; the rest is started by exec.
+                    self.on_spawner_answers();
+                    if !self.ordered.is_empty() {
+                        self.give_up_spawner("it exited");
+                    }
+                    self.take_spawner();
                 }
                 continue;
+            }
+            if !self.ordered.is_empty() && !self.master.has_pid(Pid(pid)) {
+                self.catch_up(Some(Pid(pid)));
             }
             if !self.master.has_pid(Pid(pid)) && self.strays.reaped(Pid(pid)) {
                 continue;
@@ -1406,8 +1581,9 @@ impl Daemon {
         if system::process_limit() != before {
             // The spawner's clones count against the limit it was started with: it leaves
             // when its socket closes, and the next spawn starts one under the new limit at
-            // once (the once-a-second pace is for spawners that die).
-            self.spawner = None;
+            // once (the once-a-second pace is for spawners that die). Its answers first.
+            self.catch_up(None);
+            self.take_spawner();
             self.spawner_started = None;
         }
         self.reload_failures = Some(Vec::new());
@@ -1436,6 +1612,9 @@ impl Daemon {
             match decode_status_chunk(&buffer[..n]) {
                 Ok(records) => {
                     for record in records {
+                        if !self.ordered.is_empty() && !self.master.has_pid(record.pid) {
+                            self.catch_up(Some(record.pid));
+                        }
                         if !self.strays.unanswered.is_empty()
                             && !self.master.has_pid(record.pid)
                             && self.strays.is_stray(record.pid, record.uid)
@@ -1659,7 +1838,7 @@ impl Daemon {
 
     fn cleanup(&mut self) {
         // The spawner leaves when its socket closes; it is reaped here, not left to init.
-        if let Some(spawner) = self.spawner.take() {
+        if let Some(spawner) = self.take_spawner() {
             let pid = spawner.pid().0;
             drop(spawner);
             for _ in 0..100 {

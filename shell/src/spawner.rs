@@ -72,7 +72,7 @@ const MAX_FDS: usize = 250;
 const MAX_TEMPLATES: usize = 64;
 
 /// How long the master waits for the pid before it gives up on the spawner.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Room for the children's titles in the spawner's argument area: `roost-INSTANCE/SERVICE`.
 const TITLE_ROOM: usize = 200;
@@ -187,8 +187,22 @@ impl Spawner {
         self.pid
     }
 
-    /// Creates one child; its fds are `fds`, in the order of `order.template.destinations`.
+    /// The socket the answers come on, for the master's event loop.
+    pub fn answers_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Creates one child and waits for its pid; its fds are `fds`, in the order of
+    /// `order.template.destinations`.
     pub fn spawn(&mut self, order: &SpawnOrder, fds: &[RawFd]) -> Result<Pid, SpawnError> {
+        self.order(order, fds)?;
+        self.answer(true)
+            .unwrap_or_else(|| Err(timed_out("no answer")))
+    }
+
+    /// Orders one child without waiting: its pid comes with [`Spawner::answer`], the
+    /// answers in the order of the orders.
+    pub fn order(&mut self, order: &SpawnOrder, fds: &[RawFd]) -> Result<(), SpawnError> {
         if fds.len() > MAX_FDS || fds.len() != order.template.destinations.len() {
             return Err(SpawnError::Clone(io::Error::other(
                 "the order does not fit the spawner",
@@ -202,22 +216,35 @@ impl Spawner {
         message[0] = SPAWN;
         message[1..5].copy_from_slice(&(number as u32).to_le_bytes());
         message[5..9].copy_from_slice(&order.process_uid.to_le_bytes());
-        self.send(&message, fds)?;
+        self.send(&message, fds)
+    }
+
+    /// The answer to the oldest order not answered yet: the child's pid, or why there is
+    /// none. `None` when it has not come yet and `wait` is false; with `wait`, an answer
+    /// that does not come within [`ANSWER_TIMEOUT`] is an error of the spawner's.
+    pub fn answer(&mut self, wait: bool) -> Option<Result<Pid, SpawnError>> {
+        let flags = if wait {
+            MsgFlags::empty()
+        } else {
+            MsgFlags::MSG_DONTWAIT
+        };
         let mut answer = [0u8; 4];
         let got = loop {
-            match nix::sys::socket::recv(self.socket.as_raw_fd(), &mut answer, MsgFlags::empty()) {
+            match nix::sys::socket::recv(self.socket.as_raw_fd(), &mut answer, flags) {
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::EAGAIN) => return Err(timed_out("no answer")),
-                other => break other.map_err(|e| SpawnError::Spawner(e.into()))?,
+                Err(nix::errno::Errno::EAGAIN) if !wait => return None,
+                Err(nix::errno::Errno::EAGAIN) => return Some(Err(timed_out("no answer"))),
+                Err(error) => return Some(Err(SpawnError::Spawner(error.into()))),
+                Ok(got) => break got,
             }
         };
         if got != answer.len() {
-            return Err(SpawnError::Spawner(io::Error::other("it went away")));
+            return Some(Err(SpawnError::Spawner(io::Error::other("it went away"))));
         }
-        match i32::from_le_bytes(answer) {
+        Some(match i32::from_le_bytes(answer) {
             pid if pid > 0 => Ok(Pid(pid)),
             errno => Err(SpawnError::Clone(io::Error::from_raw_os_error(-errno))),
-        }
+        })
     }
 
     /// Sends `template` as the next one (after forgetting them all when the table is full);
