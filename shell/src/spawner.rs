@@ -545,8 +545,9 @@ struct Adapters {
 /// One adapter's stack, and what it reads while it runs on it.
 struct Slot {
     stack: Stack,
-    /// At a fixed address while the adapter runs (the slot itself may move).
-    shared: Box<Shared>,
+    /// At a fixed address while the adapter runs (the slot itself may move); freed only
+    /// once the adapter is done with it (`Drop`).
+    shared: std::mem::ManuallyDrop<Box<Shared>>,
     /// The template the adapter reads, kept until it is done.
     template: Option<Rc<Prepared>>,
 }
@@ -590,7 +591,7 @@ impl Adapters {
                 Ok(stack) => {
                     self.slots.push(Slot {
                         stack,
-                        shared: Box::new(Shared {
+                        shared: std::mem::ManuallyDrop::new(Box::new(Shared {
                             tid: AtomicU32::new(0),
                             job: Job {
                                 fds: inetd::Fds {
@@ -604,7 +605,7 @@ impl Adapters {
                                 process_uid: 0,
                                 template: std::ptr::null(),
                             },
-                        }),
+                        })),
                         template: None,
                     });
                     self.slots.len() - 1
@@ -686,9 +687,13 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if !self.is_free() {
-            // The spawner is leaving while an adapter still runs on this stack and reads
-            // this template: both stay for it (the memory lives on with the adapters).
+        if self.is_free() {
+            // SAFETY: dropped once, here, and no adapter reads it any more.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.shared) };
+        } else {
+            // The spawner is leaving while an adapter still runs on this stack and reads its
+            // job and template: they all stay for it (the memory lives on with the adapters;
+            // a free would write the allocator's own words over the job).
             std::mem::forget(self.template.take());
             std::mem::forget(std::mem::replace(&mut self.stack, Stack::EMPTY));
         }
