@@ -24,7 +24,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use roost_core::child::{Child, ChildConfig, Input as ChildInput, Output as ChildOutput};
 use roost_core::ids::{Pid, ProcessUid};
 use roost_core::wire::StatusRecord;
-use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 
 /// The most listeners an adapter watches (more, and its service is served the fork way).
@@ -140,9 +139,19 @@ pub fn serve(fds: &Fds, program: &Program, uid: ProcessUid, die_with_master: boo
 }
 
 /// The adapter's life before its exec: the machine decides when it accepts, what status it
-/// reports and when it leaves; this loop only polls the signalfd, the master-dead pipe, the
+/// reports and when it leaves; this loop only watches the signalfd, the master-dead pipe, the
 /// status pipe while a write would block, and the listeners while accepting.
+///
+/// It watches them with an epoll of its own, on which the listeners are exclusive
+/// (`EPOLLEXCLUSIVE`): a connection wakes one of the service's waiting adapters, not all of
+/// them. (With `poll`, every waiting adapter woke for each connection, and all but one went
+/// back to sleep; on loopback the client's connect paid for those wakeups.)
 fn wait_for_connection(fds: &Fds, uid: ProcessUid, die_with_master: bool) -> Result<OwnedFd, i32> {
+    use rustix::event::epoll::{self, EventData, EventFlags};
+    const SIGNALS: u64 = 0;
+    const MASTER_DEAD: u64 = 1;
+    const STATUS: u64 = 2;
+    const FIRST_LISTENER: u64 = 3;
     let config = ChildConfig {
         client_limit: 1,
         service_count: 1,
@@ -155,13 +164,34 @@ fn wait_for_connection(fds: &Fds, uid: ProcessUid, die_with_master: bool) -> Res
     let start = std::time::Instant::now();
     let now = || roost_core::time::Instant::from_millis(start.elapsed().as_millis() as u64);
     let pid = Pid(rustix::process::getpid().as_raw_nonzero().get());
-    let mut child = Child::new(config, now());
-    child.handle(ChildInput::InitDone, now());
-    let (mut accepting, mut listening, mut status_blocked) = (false, true, false);
-    let mut master_alive = true;
     // SAFETY (for every `borrow` below): these fds are this process's for its whole life
     // (the child protocol's, and the signalfd), and nothing closes them while it waits.
     let borrow = |fd: RawFd| unsafe { BorrowedFd::borrow_raw(fd) };
+    let failed = |what: &str, error: Errno| {
+        say(
+            fds.log,
+            "Error",
+            format_args!("inetd: {what}() failed: {}", describe(error)),
+        );
+        1
+    };
+    let watch = |epoll: &OwnedFd, fd: RawFd, key: u64, flags: EventFlags| {
+        epoll::add(epoll, borrow(fd), EventData::new_u64(key), flags)
+            .map_err(|error| failed("epoll_ctl", error))
+    };
+    let unwatch = |epoll: &OwnedFd, fd: RawFd| {
+        epoll::delete(epoll, borrow(fd)).map_err(|error| failed("epoll_ctl", error))
+    };
+    let epoll =
+        epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| failed("epoll_create", e))?;
+    watch(&epoll, fds.signals, SIGNALS, EventFlags::IN)?;
+    // No event asked: its error comes anyway.
+    watch(&epoll, fds.master_dead, MASTER_DEAD, EventFlags::empty())?;
+    let mut child = Child::new(config, now());
+    child.handle(ChildInput::InitDone, now());
+    let (mut accepting, mut listening, mut status_blocked) = (false, true, false);
+    let (mut listeners_watched, mut status_watched) = (false, false);
+    let listeners = &fds.listeners[..fds.listener_count];
     loop {
         while let Some(output) = child.poll_output() {
             match output {
@@ -182,28 +212,22 @@ fn wait_for_connection(fds: &Fds, uid: ProcessUid, die_with_master: bool) -> Res
                 | ChildOutput::DieCallback => {}
             }
         }
-        // The signals first, then the master-dead pipe (no event asked: its error comes
-        // anyway), the status pipe while blocked, then the listeners while accepting. What
-        // each entry is: its index, and `first_listener` on.
-        let mut polled: [PollFd; 3 + MAX_LISTENERS] =
-            std::array::from_fn(|_| PollFd::from_borrowed_fd(borrow(fds.signals), PollFlags::IN));
-        let mut count = 1;
-        let (mut dead_at, mut status_at) = (None, None);
-        if master_alive {
-            polled[count] = PollFd::from_borrowed_fd(borrow(fds.master_dead), PollFlags::empty());
-            dead_at = Some(count);
-            count += 1;
+        if listeners_watched != (accepting && listening) {
+            listeners_watched = !listeners_watched;
+            for (key, &fd) in (FIRST_LISTENER..).zip(listeners) {
+                if listeners_watched {
+                    watch(&epoll, fd, key, EventFlags::IN | EventFlags::EXCLUSIVE)?;
+                } else {
+                    unwatch(&epoll, fd)?;
+                }
+            }
         }
-        if status_blocked {
-            polled[count] = PollFd::from_borrowed_fd(borrow(fds.status), PollFlags::OUT);
-            status_at = Some(count);
-            count += 1;
-        }
-        let first_listener = count;
-        if accepting && listening {
-            for &fd in &fds.listeners[..fds.listener_count] {
-                polled[count] = PollFd::from_borrowed_fd(borrow(fd), PollFlags::IN);
-                count += 1;
+        if status_watched != status_blocked {
+            status_watched = status_blocked;
+            if status_watched {
+                watch(&epoll, fds.status, STATUS, EventFlags::OUT)?;
+            } else {
+                unwatch(&epoll, fds.status)?;
             }
         }
         let timeout = child.poll_timeout().map(|at| {
@@ -213,21 +237,22 @@ fn wait_for_connection(fds: &Fds, uid: ProcessUid, die_with_master: bool) -> Res
                 tv_nsec: ((ms % 1000) * 1_000_000) as i64,
             }
         });
-        match rustix::event::poll(&mut polled[..count], timeout.as_ref()) {
-            Ok(_) | Err(Errno::INTR) => {}
-            Err(error) => {
-                say(
-                    fds.log,
-                    "Error",
-                    format_args!("inetd: poll() failed: {}", describe(error)),
-                );
-                return Err(1);
-            }
-        }
+        let mut buffer = [std::mem::MaybeUninit::<epoll::Event>::uninit(); 8];
+        let events = match epoll::wait(&epoll, &mut buffer, timeout.as_ref()) {
+            Ok((events, _)) => &*events,
+            Err(Errno::INTR) => &[],
+            Err(error) => return Err(failed("epoll_wait", error)),
+        };
         if child.poll_timeout().is_some_and(|at| at <= now()) {
             child.handle(ChildInput::Timeout, now());
         }
-        if !polled[0].revents().is_empty() {
+        let happened = |key: u64| {
+            events
+                .iter()
+                .find(|event| event.data.u64() == key)
+                .map(|event| event.flags)
+        };
+        if happened(SIGNALS).is_some() {
             while let Some(signal) = read_signal(fds.signals) {
                 child.handle(
                     ChildInput::Signal(crate::builtin::server::signal_of(signal)),
@@ -238,36 +263,34 @@ fn wait_for_connection(fds: &Fds, uid: ProcessUid, die_with_master: bool) -> Res
             // leaves now must not take one more client first.
             continue;
         }
-        if dead_at.is_some_and(|i| {
-            polled[i]
-                .revents()
-                .intersects(PollFlags::ERR | PollFlags::HUP)
-        }) {
-            master_alive = false;
+        if happened(MASTER_DEAD).is_some_and(|f| f.intersects(EventFlags::ERR | EventFlags::HUP)) {
+            unwatch(&epoll, fds.master_dead)?;
             child.handle(ChildInput::MasterDead, now());
             continue;
         }
-        if status_at.is_some_and(|i| !polled[i].revents().is_empty()) {
+        if happened(STATUS).is_some() {
             status_blocked = false;
             child.handle(ChildInput::StatusWritable, now());
         }
-        for ready in polled[first_listener..count]
-            .iter()
-            .filter(|p| !p.revents().is_empty())
-        {
-            let conn = match rustix::net::accept_with(ready, rustix::net::SocketFlags::CLOEXEC) {
+        if !listeners_watched {
+            continue;
+        }
+        for event in events {
+            let Some(&listener) = event
+                .data
+                .u64()
+                .checked_sub(FIRST_LISTENER)
+                .and_then(|i| listeners.get(i as usize))
+            else {
+                continue;
+            };
+            let flags = rustix::net::SocketFlags::CLOEXEC;
+            let conn = match rustix::net::accept_with(borrow(listener), flags) {
                 Ok(conn) => conn,
                 // Another process took it, or its client left first.
                 Err(Errno::AGAIN | Errno::CONNABORTED | Errno::INTR | Errno::PROTO) => continue,
-                // Out of fds or memory: polling again would only spin.
-                Err(error) => {
-                    say(
-                        fds.log,
-                        "Error",
-                        format_args!("inetd: accept() failed: {}", describe(error)),
-                    );
-                    return Err(1);
-                }
+                // Out of fds or memory: waiting again would only spin.
+                Err(error) => return Err(failed("accept", error)),
             };
             child.handle(ChildInput::Accepted, now());
             // Report busy before the process becomes its program.
