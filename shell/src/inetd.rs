@@ -133,7 +133,7 @@ impl Program {
 pub fn serve(fds: &Fds, program: &Program, uid: ProcessUid, die_with_master: bool) -> i32 {
     let master = die_with_master.then(rustix::process::getppid).flatten();
     match wait_for_connection(fds, uid, die_with_master) {
-        Ok(conn) => become_program(fds, &conn, program, master),
+        Ok(conn) => become_program(fds, conn, program, master),
         Err(code) => code,
     }
 }
@@ -341,7 +341,7 @@ fn read_signal(signals: RawFd) -> Option<libc::c_int> {
 /// keep), and execs the program. Returns the exit status when the exec fails.
 fn become_program(
     fds: &Fds,
-    conn: &OwnedFd,
+    conn: OwnedFd,
     program: &Program,
     master: Option<rustix::process::Pid>,
 ) -> i32 {
@@ -376,6 +376,8 @@ fn become_program(
         );
         return crate::spawn::EXIT_EXEC_FAILED;
     }
+    // Closed with every other fd above 2 just below, not dropped.
+    let _ = std::os::fd::IntoRawFd::into_raw_fd(conn);
     // SAFETY: nothing above fd 2 is the program's; the calls cannot fail with these
     // arguments (so they leave errno alone), and every pointer of execve points into
     // `program`, alive until it returns.
@@ -467,5 +469,63 @@ impl std::fmt::Write for Line {
         self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
         self.len += n;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(pointers: &[*const libc::c_char]) -> Vec<String> {
+        let (last, rest) = pointers.split_last().expect("a terminator");
+        assert!(last.is_null(), "NULL-terminated");
+        rest.iter()
+            // SAFETY: pointers into the program's own strings, alive here.
+            .map(|p| unsafe { CStr::from_ptr(*p) }.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_program_gets_the_environment_less_the_protocols_variables() {
+        let env: [&[u8]; 4] = [b"TZ=UTC", b"ROOST_STATUS_FD=5", b"LISTEN_FDS=1", b"LANG=C"];
+        let program = Program::new(&["/bin/echo".into(), "hi".into()], env).expect("a program");
+        assert_eq!(strings(&program.argv), ["/bin/echo", "hi"]);
+        assert_eq!(strings(&program.envp), ["TZ=UTC", "LANG=C"]);
+        assert_eq!(program.candidates, [c"/bin/echo".to_owned()]);
+    }
+
+    #[test]
+    fn a_bare_name_is_looked_for_along_path_as_execvp_does() {
+        let env: [&[u8]; 1] = [b"PATH=/usr/local/bin::/bin"];
+        let program = Program::new(&["cat".into()], env).expect("a program");
+        assert_eq!(
+            program.candidates,
+            [c"/usr/local/bin/cat", c"./cat", c"/bin/cat"].map(CStr::to_owned)
+        );
+        let without_path = Program::new(&["cat".into()], []).expect("a program");
+        assert_eq!(
+            without_path.candidates,
+            [c"/bin/cat", c"/usr/bin/cat"].map(CStr::to_owned)
+        );
+    }
+
+    #[test]
+    fn a_program_that_cannot_be_one_is_refused_with_the_reason() {
+        let none = Program::new(&[], []).expect_err("no program");
+        assert!(none.starts_with("no program to run"), "{none}");
+        let nul = Program::new(&["/bin/echo".into(), "a\0b".into()], []).expect_err("a NUL");
+        assert_eq!(nul, "the program or an argument contains a NUL byte");
+    }
+
+    #[test]
+    fn an_errno_reads_as_the_io_error_would_without_allocating() {
+        assert_eq!(
+            describe(Errno::NOENT).to_string(),
+            "No such file or directory (os error 2)"
+        );
+        assert_eq!(
+            describe(Errno::from_raw_os_error(4095)).to_string(),
+            "unknown error (os error 4095)"
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! reports an error, which is how a child learns that its master or its generation is gone.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::path::Path;
 
 use roost_core::child::Input as ChildInput;
@@ -217,7 +217,9 @@ pub fn run_inetd(program: &[String]) -> i32 {
         status: env.status_fd,
         master_dead: env.master_dead_fd,
         log: libc::STDERR_FILENO,
-        signals: signals.fd.as_raw_fd(),
+        // Kept open until the process ends: the exec, or a failed one's close of every fd
+        // above 2, closes it.
+        signals: std::os::fd::IntoRawFd::into_raw_fd(signals.fd),
     };
     crate::inetd::serve(&fds, &program, env.uid, env.die_with_master)
 }

@@ -968,6 +968,32 @@ fn an_inetd_program_gets_a_clean_environment_and_default_signals() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An inetd program that is gone by the time a connection comes: the adapter says why in the
+/// service's log, as the C library words it, and its exit is a failed start.
+#[test]
+fn an_inetd_program_that_cannot_be_executed_is_logged_with_the_reason() {
+    let port = free_port();
+    let dir =
+        std::env::temp_dir().join(format!("roost-e2e-inetd-gone-prog-{}", std::process::id()));
+    let program = dir.join("gone.sh");
+    write_script(&program, "#!/bin/sh\necho here\n");
+    let config = format!(
+        "service gone {{\n  executable = inetd {}\n  service_count = 1\n  inet_listener gone {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n",
+        program.display()
+    );
+    let mut roost = Roost::start("inetd-gone", &config);
+    std::fs::remove_file(&program).expect("remove the program");
+    // The adapter takes the connection, cannot exec, and closes it.
+    let _ = echo(port, "hello\n");
+    roost.wait_for_log(&format!(
+        "gone: Fatal: inetd: exec({}) failed: No such file or directory (os error 2)",
+        program.display()
+    ));
+    roost.wait_for_log("returned error 84");
+    assert!(roost.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A reload that changes log_path moves the master's own lines too, not only its children's.
 /// One that changes base_dir is refused (the pid file, the lock and the control socket are
 /// there) and the running generation serves on; one whose new log cannot be opened likewise.
