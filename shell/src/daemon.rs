@@ -1371,19 +1371,39 @@ impl Daemon {
         }
     }
 
-    /// Stops a spawner that failed (it died, or did not answer in time): the children it
-    /// was ordered and did not answer for are started by exec, and any of them it created
-    /// after all is a stray (`Strays`).
+    /// Stops a spawner that failed (it died, or did not answer in time), and says so.
     fn give_up_spawner(&mut self, why: &str) {
         self.log.master(
             Level::Warning,
             &format!("the spawner failed ({why}): it is stopped, children are started by exec"),
         );
-        if let Some(spawner) = self.take_spawner() {
-            // SAFETY: kill(2) of our own child; it is reaped with the others.
-            unsafe { libc::kill(spawner.pid().0, libc::SIGKILL) };
+        self.abandon_spawner(false);
+    }
+
+    /// Stops the spawner (kills it, unless it is `reaped` already: its pid may be another
+    /// process's by now). What it answered before it failed counts: those children are the
+    /// core's. The children it was ordered and did not answer for are started by exec, and
+    /// any of them it created after all is a stray (`Strays`).
+    fn abandon_spawner(&mut self, reaped: bool) {
+        let mut ordered = std::mem::take(&mut self.ordered);
+        if let Some(mut spawner) = self.take_spawner() {
+            while !ordered.is_empty() {
+                let Some(Ok(pid)) = spawner.answer(false) else {
+                    break;
+                };
+                if let Some(order) = ordered.pop_front() {
+                    self.feed(Input::Spawned {
+                        process: order.request.process,
+                        pid,
+                    });
+                }
+            }
+            if !reaped {
+                // SAFETY: kill(2) of our own child, not reaped yet; it is reaped with the
+                // others.
+                unsafe { libc::kill(spawner.pid().0, libc::SIGKILL) };
+            }
         }
-        let ordered = std::mem::take(&mut self.ordered);
         for order in &ordered {
             self.strays.unanswered(order.request.uid);
         }
@@ -1507,12 +1527,7 @@ impl Daemon {
                         Level::Warning,
                         &format!("the spawner (pid {pid}) exited: it is started again"),
                     );
-                    // What it answered before it died counts; the rest is started by exec.
-                    self.on_spawner_answers();
-                    if !self.ordered.is_empty() {
-                        self.give_up_spawner("it exited");
-                    }
-                    self.take_spawner();
+                    self.abandon_spawner(true);
                 }
                 continue;
             }

@@ -733,6 +733,86 @@ fn a_child_the_spawner_cloned_after_the_master_gave_up_on_it_is_killed() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The spawner killed again and again while connections pour in (so that orders are waiting
+/// for its answers each time): every client is served, the children it answered for before it
+/// died stay the core's (only one it cloned and had not answered for can be a stray), and
+/// afterwards the processes the core counts are the ones that run.
+#[test]
+fn a_spawner_killed_under_load_loses_no_client_and_leaves_no_stray() {
+    let port = free_port();
+    let mut roost = Roost::start(
+        "spawner-kill-load",
+        "service quick {\n  executable = inetd /bin/true\n  service_count = 1\n  process_min_avail = 4\n  inet_listener quick {\n    address = 127.0.0.1\n    port = PORT\n  }\n}\n"
+            .replace("PORT", &port.to_string())
+            .as_str(),
+    );
+    roost.wait_for(|r| r.spawner().is_some(), "the spawner");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let (mut served, mut failed) = (0, 0);
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let result = TcpStream::connect(("127.0.0.1", port)).and_then(|mut c| {
+                        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+                        std::io::Read::read_to_end(&mut c, &mut Vec::new())
+                    });
+                    match result {
+                        Ok(_) => served += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                (served, failed)
+            })
+        })
+        .collect();
+    // Each new spawner (one a second at most) is killed once it has served a little.
+    let (mut killed, mut last) = (0, None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while killed < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(150));
+        if let Some(spawner) = roost.spawner().filter(|pid| Some(*pid) != last) {
+            // SAFETY: kill(2) of the master's child, found a moment ago.
+            unsafe { libc::kill(spawner, libc::SIGKILL) };
+            (killed, last) = (killed + 1, Some(spawner));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (served, failed) = clients
+        .into_iter()
+        .map(|c| c.join().expect("a client"))
+        .fold((0, 0), |(s, f), (cs, cf)| (s + cs, f + cf));
+    assert_eq!(killed, 5, "spawners to kill; log:\n{}", roost.log_text());
+    assert_eq!(failed, 0, "of {served} clients; log:\n{}", roost.log_text());
+    // A spawner killed between a clone and its answer leaves that one child a stray (killed
+    // as such); a child it answered for before it died is the core's.
+    let log = roost.log_text();
+    let strays = log
+        .matches("the spawner created it after the master had given up")
+        .count();
+    assert!(
+        strays <= killed,
+        "{strays} strays of {killed} deaths:\n{log}"
+    );
+    let counted = |r: &Roost| -> usize {
+        let output = r.command(&["status"]);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.split("\n\n")
+            .nth(1)
+            .unwrap_or("")
+            .lines()
+            .filter(|line| line.starts_with("quick\t"))
+            .count()
+    };
+    roost.wait_for(
+        |r| counted(r) == 4 && r.children().len() == 4,
+        "four adapters, counted and running",
+    );
+    assert!(roost.stop().success());
+}
+
 /// Fork failing under RLIMIT_NPROC (as an unprivileged user: root is exempt) throttles the
 /// service instead of spinning: the fork error and the throttle are logged, the throttle doubles
 /// while connections keep arriving, and the master's CPU time stays low.
