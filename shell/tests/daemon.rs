@@ -423,7 +423,7 @@ fn the_log_process_writes_the_childrens_lines_and_a_kill_9_loses_none() {
 }
 
 #[test]
-fn built_ins_are_forked_by_the_spawner_which_a_kill_9_does_not_stop() {
+fn built_ins_are_made_by_the_spawner_which_a_kill_9_does_not_stop() {
     let port = free_port();
     let mut roost = Roost::start("spawner", &echo_service(port, "  process_min_avail = 2"));
     roost.wait_for(|r| r.children().len() == 2, "two inetd processes");
