@@ -1261,13 +1261,10 @@ impl Daemon {
         let Some(spawner) = self.spawner.as_mut() else {
             return Forked::No;
         };
-        let result = match spawner.order(order, fds) {
-            Ok(()) if wait => spawner
-                .answer(true)
-                .unwrap_or_else(|| Err(SpawnError::Spawner(io::Error::other("no answer"))))
-                .map(Forked::Now),
-            Ok(()) => Ok(Forked::Ordered),
-            Err(error) => Err(error),
+        let result = if wait {
+            spawner.spawn(order, fds).map(Forked::Now)
+        } else {
+            spawner.order(order, fds).map(|()| Forked::Ordered)
         };
         match result {
             Ok(forked) => forked,

@@ -23,7 +23,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 use roost_core::child::{Child, ChildConfig, Input as ChildInput, Output as ChildOutput};
 use roost_core::ids::{Pid, ProcessUid};
-use roost_core::wire::StatusRecord;
 use rustix::io::Errno;
 
 /// The most listeners an adapter watches (more, and its service is served the fork way).
@@ -196,7 +195,8 @@ fn wait_for_connection(fds: &Fds, uid: ProcessUid, die_with_master: bool) -> Res
         while let Some(output) = child.poll_output() {
             match output {
                 ChildOutput::WriteStatus { available_count } => {
-                    let result = write_status(fds.status, pid, uid, available_count);
+                    let result =
+                        crate::runtime::write_status_record(fds.status, pid, uid, available_count);
                     status_blocked = result == ChildInput::StatusWouldBlock;
                     child.handle(result, now());
                 }
@@ -296,29 +296,13 @@ fn wait_for_connection(fds: &Fds, uid: ProcessUid, die_with_master: bool) -> Res
             // Report busy before the process becomes its program.
             while let Some(output) = child.poll_output() {
                 if let ChildOutput::WriteStatus { available_count } = output {
-                    let result = write_status(fds.status, pid, uid, available_count);
+                    let result =
+                        crate::runtime::write_status_record(fds.status, pid, uid, available_count);
                     child.handle(result, now());
                 }
             }
             return Ok(conn);
         }
-    }
-}
-
-/// Writes one status record; the child machine hears how it went.
-fn write_status(fd: RawFd, pid: Pid, uid: ProcessUid, available_count: u32) -> ChildInput {
-    let record = StatusRecord {
-        pid,
-        uid,
-        available_count,
-    }
-    .encode();
-    // SAFETY: the status pipe is this process's (the child protocol).
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    match rustix::io::write(fd, &record) {
-        Ok(n) if n == record.len() => ChildInput::StatusWritten,
-        Err(Errno::AGAIN) => ChildInput::StatusWouldBlock,
-        _ => ChildInput::StatusWriteFailed,
     }
 }
 

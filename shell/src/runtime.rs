@@ -8,7 +8,6 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::path::Path;
 
 use roost_core::child::Input as ChildInput;
 use roost_core::ids::{Pid, ProcessUid};
@@ -91,12 +90,7 @@ impl ChildEnv {
     /// Applies `ROOST_RESTRICT_*`: chroot, groups, gid, uid (in that order, while still root).
     pub fn restrict_privileges() -> io::Result<()> {
         let identity = restricted_identity(|name| std::env::var(name).ok());
-        drop_to(
-            identity.chroot.as_deref(),
-            identity.gid,
-            &identity.groups,
-            identity.uid,
-        )
+        PreparedIdentity::new(&identity)?.apply()
     }
 }
 
@@ -115,48 +109,89 @@ pub(crate) fn restricted_identity(get: impl Fn(&str) -> Option<String>) -> crate
     }
 }
 
-/// Takes an identity in this (single-threaded) process: chroot, then the supplementary groups
-/// and the gid (only with a gid), then the uid, in that order while still root.
-pub(crate) fn drop_to(
-    chroot: Option<&Path>,
-    gid: Option<u32>,
-    groups: &[u32],
-    uid: Option<u32>,
-) -> io::Result<()> {
-    if let Some(dir) = chroot {
-        nix::unistd::chroot(dir)?;
-        nix::unistd::chdir("/")?;
+/// An identity made ready to take without allocating (so that a child sharing its spawner's
+/// memory can take it, `crate::inetd`): chroot, then the supplementary groups and the gid
+/// (only with a gid), then the uid, in that order while still root.
+pub(crate) struct PreparedIdentity {
+    chroot: Option<std::ffi::CString>,
+    gid: Option<rustix::process::Gid>,
+    groups: Vec<rustix::process::Gid>,
+    uid: Option<rustix::process::Uid>,
+}
+
+impl PreparedIdentity {
+    pub(crate) fn new(identity: &crate::spawn::Identity) -> io::Result<PreparedIdentity> {
+        use std::os::unix::ffi::OsStrExt;
+        let chroot = match &identity.chroot {
+            Some(dir) => Some(std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(
+                |_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the chroot"),
+            )?),
+            None => None,
+        };
+        Ok(PreparedIdentity {
+            chroot,
+            gid: identity.gid.map(rustix::process::Gid::from_raw),
+            groups: identity
+                .groups
+                .iter()
+                .map(|&g| rustix::process::Gid::from_raw(g))
+                .collect(),
+            uid: identity.uid.map(rustix::process::Uid::from_raw),
+        })
     }
-    if let Some(gid) = gid {
-        let groups: Vec<nix::unistd::Gid> = groups
-            .iter()
-            .map(|g| nix::unistd::Gid::from_raw(*g))
-            .collect();
-        nix::unistd::setgroups(&groups)?;
-        nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))?;
+
+    /// [`PreparedIdentity::take`], for a process that may allocate: the error says which step
+    /// failed.
+    pub(crate) fn apply(&self) -> io::Result<()> {
+        self.take().map_err(|(step, errno)| {
+            let error = io::Error::from(errno);
+            io::Error::new(error.kind(), format!("{step}() failed: {error}"))
+        })
     }
-    if let Some(uid) = uid {
-        nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))?;
+
+    /// Takes it in this (single-threaded) process; the step that failed is named.
+    pub(crate) fn take(&self) -> Result<(), (&'static str, rustix::io::Errno)> {
+        if let Some(dir) = &self.chroot {
+            rustix::process::chroot(dir.as_c_str()).map_err(|e| ("chroot", e))?;
+            rustix::process::chdir(c"/").map_err(|e| ("chdir", e))?;
+        }
+        if let Some(gid) = self.gid {
+            rustix::thread::set_thread_groups(&self.groups).map_err(|e| ("setgroups", e))?;
+            rustix::thread::set_thread_gid(gid).map_err(|e| ("setgid", e))?;
+        }
+        if let Some(uid) = self.uid {
+            rustix::thread::set_thread_uid(uid).map_err(|e| ("setuid", e))?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Writes one status record; the child machine hears how it went.
 pub(crate) fn write_status(env: &ChildEnv, available_count: u32) -> ChildInput {
+    let pid = Pid(rustix::process::getpid().as_raw_nonzero().get());
+    write_status_record(env.status_fd, pid, env.uid, available_count)
+}
+
+/// Writes one status record to `fd` with one `write()`, without allocating or touching errno
+/// (the inetd adapter's too); the child machine hears how it went.
+pub(crate) fn write_status_record(
+    fd: RawFd,
+    pid: Pid,
+    uid: ProcessUid,
+    available_count: u32,
+) -> ChildInput {
     let record = StatusRecord {
-        pid: Pid(std::process::id() as i32),
-        uid: env.uid,
+        pid,
+        uid,
         available_count,
     }
     .encode();
-    // SAFETY: a write of a buffer we own to an fd we inherited.
-    let n = unsafe { libc::write(env.status_fd, record.as_ptr().cast(), record.len()) };
-    if n == record.len() as isize {
-        ChildInput::StatusWritten
-    } else if crate::fdplan::errno() == libc::EAGAIN {
-        ChildInput::StatusWouldBlock
-    } else {
-        ChildInput::StatusWriteFailed
+    // SAFETY: the status pipe is this process's (the child protocol).
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    match rustix::io::write(fd, &record) {
+        Ok(n) if n == record.len() => ChildInput::StatusWritten,
+        Err(rustix::io::Errno::AGAIN) => ChildInput::StatusWouldBlock,
+        _ => ChildInput::StatusWriteFailed,
     }
 }
 

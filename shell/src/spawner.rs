@@ -352,7 +352,7 @@ struct AdapterTemplate {
     /// RLIMIT_AS and RLIMIT_DATA (0: none).
     vsz_limit: u64,
     /// The identities it takes in order: drop_priv_before_exec's, then `ROOST_RESTRICT_*`'s.
-    identities: Vec<RawIdentity>,
+    identities: Vec<crate::runtime::PreparedIdentity>,
 }
 
 impl AdapterTemplate {
@@ -394,7 +394,7 @@ impl AdapterTemplate {
         .into_iter()
         .flatten()
         {
-            identities.push(RawIdentity::new(&identity)?);
+            identities.push(crate::runtime::PreparedIdentity::new(&identity).ok()?);
         }
         Some(AdapterTemplate {
             program,
@@ -407,51 +407,6 @@ impl AdapterTemplate {
             vsz_limit: template.vsz_limit,
             identities,
         })
-    }
-}
-
-/// An [`Identity`] as the adapter takes it without allocating.
-struct RawIdentity {
-    chroot: Option<CString>,
-    gid: Option<rustix::process::Gid>,
-    groups: Vec<rustix::process::Gid>,
-    uid: Option<rustix::process::Uid>,
-}
-
-impl RawIdentity {
-    fn new(identity: &Identity) -> Option<RawIdentity> {
-        use std::os::unix::ffi::OsStrExt;
-        let chroot = match &identity.chroot {
-            Some(dir) => Some(CString::new(dir.as_os_str().as_bytes()).ok()?),
-            None => None,
-        };
-        Some(RawIdentity {
-            chroot,
-            gid: identity.gid.map(rustix::process::Gid::from_raw),
-            groups: identity
-                .groups
-                .iter()
-                .map(|&g| rustix::process::Gid::from_raw(g))
-                .collect(),
-            uid: identity.uid.map(rustix::process::Uid::from_raw),
-        })
-    }
-
-    /// Takes it, as [`crate::runtime::drop_to`] does: chroot, then the groups and the gid
-    /// (only with a gid), then the uid. The failing step is named.
-    fn take(&self) -> Result<(), (&'static str, rustix::io::Errno)> {
-        if let Some(dir) = &self.chroot {
-            rustix::process::chroot(dir.as_c_str()).map_err(|e| ("chroot", e))?;
-            rustix::process::chdir(c"/").map_err(|e| ("chdir", e))?;
-        }
-        if let Some(gid) = self.gid {
-            rustix::thread::set_thread_groups(&self.groups).map_err(|e| ("setgroups", e))?;
-            rustix::thread::set_thread_gid(gid).map_err(|e| ("setgid", e))?;
-        }
-        if let Some(uid) = self.uid {
-            rustix::thread::set_thread_uid(uid).map_err(|e| ("setuid", e))?;
-        }
-        Ok(())
     }
 }
 
@@ -585,40 +540,11 @@ impl Adapters {
             return -libc::EINVAL;
         };
         self.release();
-        let index = match self.slots.iter().position(Slot::is_free) {
-            Some(index) => index,
-            None => match Stack::new() {
-                Ok(stack) => {
-                    self.slots.push(Slot {
-                        stack,
-                        shared: std::mem::ManuallyDrop::new(Box::new(Shared {
-                            tid: AtomicU32::new(0),
-                            job: Job {
-                                fds: inetd::Fds {
-                                    listeners: [-1; inetd::MAX_LISTENERS],
-                                    listener_count: 0,
-                                    status: -1,
-                                    master_dead: -1,
-                                    log: -1,
-                                    signals: -1,
-                                },
-                                process_uid: 0,
-                                template: std::ptr::null(),
-                            },
-                        })),
-                        template: None,
-                    });
-                    self.slots.len() - 1
-                }
-                Err(error) => return -error.raw_os_error().unwrap_or(libc::ENOMEM),
-            },
-        };
-        let slot = &mut self.slots[index];
         let mut listeners = [-1; inetd::MAX_LISTENERS];
         for (to, &from) in listeners.iter_mut().zip(&adapter.listeners) {
             *to = fds[from];
         }
-        slot.shared.job = Job {
+        let job = Job {
             fds: inetd::Fds {
                 listeners,
                 listener_count: adapter.listeners.len(),
@@ -630,6 +556,27 @@ impl Adapters {
             process_uid,
             template: Rc::as_ptr(prepared),
         };
+        let index = match self.slots.iter().position(Slot::is_free) {
+            Some(index) => {
+                self.slots[index].shared.job = job;
+                index
+            }
+            None => match Stack::new() {
+                Ok(stack) => {
+                    self.slots.push(Slot {
+                        stack,
+                        shared: std::mem::ManuallyDrop::new(Box::new(Shared {
+                            tid: AtomicU32::new(0),
+                            job,
+                        })),
+                        template: None,
+                    });
+                    self.slots.len() - 1
+                }
+                Err(error) => return -error.raw_os_error().unwrap_or(libc::ENOMEM),
+            },
+        };
+        let slot = &mut self.slots[index];
         slot.shared.tid.store(u32::MAX, Ordering::Release);
         let job: *const Job = &slot.shared.job;
         let tid: *const AtomicU32 = &slot.shared.tid;
@@ -797,7 +744,7 @@ fn run_adapter(job: &Job, adapter: &AdapterTemplate) -> i32 {
                 job.fds.log,
                 "Fatal",
                 format_args!(
-                    "inetd: dropping privileges failed: {step}(): {}",
+                    "inetd: dropping privileges failed: {step}() failed: {}",
                     inetd::describe(error)
                 ),
             );
@@ -961,15 +908,10 @@ fn child(prepared: &Prepared, uid: u32, fds: &[RawFd], title: &TitleArea) -> ! {
 
 /// The identity of drop_priv_before_exec, as the exec path takes it.
 fn take_identity(identity: Option<&Identity>) -> io::Result<()> {
-    match identity {
-        Some(identity) => crate::runtime::drop_to(
-            identity.chroot.as_deref(),
-            identity.gid,
-            &identity.groups,
-            identity.uid,
-        ),
-        None => Ok(()),
-    }
+    let Some(identity) = identity else {
+        return Ok(());
+    };
+    crate::runtime::PreparedIdentity::new(identity)?.apply()
 }
 
 /// The spawner's argument area (what /proc/PID/cmdline and `ps` show), which each child
