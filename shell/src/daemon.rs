@@ -1142,13 +1142,24 @@ impl Daemon {
         self.make_template(&key)?;
         let template = &self.templates[&key];
         // Each child gets a file description of its own (its own offset) on the shared memfd,
-        // so a program that read()s it cannot move the offset under its siblings.
-        let settings_fd: OwnedFd = match File::open(format!(
-            "/proc/self/fd/{}",
-            template.settings_fd.as_raw_fd()
-        )) {
-            Ok(file) => file.into(),
-            Err(_) => settings_memfd(&template.service, &self.generations[&request.generation])?, // no /proc here
+        // so a program that read()s it cannot move the offset under its siblings. An inetd
+        // adapter reads none: not opening, sending and closing one is a tenth of what the
+        // master does for each of its connections.
+        let settings_fd: Option<OwnedFd> = if template.program.is_inetd() {
+            None
+        } else {
+            Some(
+                match File::open(format!(
+                    "/proc/self/fd/{}",
+                    template.settings_fd.as_raw_fd()
+                )) {
+                    Ok(file) => file.into(),
+                    // No /proc here.
+                    Err(_) => {
+                        settings_memfd(&template.service, &self.generations[&request.generation])?
+                    }
+                },
+            )
         };
         // Login and post-login processes talk to anvil over a socket the master connects for
         // them: a chrooted, unprivileged login process could not reach anvil's listener.
@@ -1189,7 +1200,7 @@ impl Daemon {
                 .map_or(self.devnull.as_raw_fd(), |fd| fd.as_raw_fd()),
             login_notify: io.notify.as_ref().map(|f| f.as_raw_fd()),
             anvil: anvil_fd.as_ref().map(|f| f.as_raw_fd()),
-            settings: Some(settings_fd.as_raw_fd()),
+            settings: settings_fd.as_ref().map(|fd| fd.as_raw_fd()),
             log_pipes,
         };
         let mut plan = SpawnPlan::new(PlanInput {

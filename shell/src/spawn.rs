@@ -55,6 +55,13 @@ pub enum Program {
     },
 }
 
+impl Program {
+    /// The inetd adapter: it reads no settings, and its program gets none (docs/child-protocol.md).
+    pub fn is_inetd(&self) -> bool {
+        matches!(self, Program::Builtin { name, .. } if name == "inetd")
+    }
+}
+
 /// Finds the program of an `executable` setting (DESIGN.md "executable"): a built-in's name, an
 /// absolute path, or a path relative to libexec_dir. `None` if nothing runnable is there.
 pub fn resolve_program(executable: &str, libexec_dir: &Path) -> Option<Program> {
@@ -667,7 +674,9 @@ unsafe fn child_after_fork(
 }
 
 /// A new child's process state, the same for the exec path and the spawner's children: its own
-/// session (a terminal's Ctrl-C under -F is not an idle-kill request), every disposition the
+/// process group (a terminal's Ctrl-C under -F, sent to the foreground group, is not an
+/// idle-kill request; not a session of its own: with the scheduler's autogroups, the default,
+/// each session is a scheduling group the kernel makes and frees), every disposition the
 /// default (SIGPIPE too: SIG_IGN survives exec), and only then an empty mask (everything is
 /// blocked since the clone, so no handler of the parent's runs here).
 ///
@@ -675,7 +684,7 @@ unsafe fn child_after_fork(
 /// Only in a new child before it runs anything else: async-signal-safe calls only.
 pub(crate) unsafe fn reset_process_state() {
     unsafe {
-        libc::setsid();
+        libc::setpgid(0, 0);
         for signal in 1..32 {
             if signal != libc::SIGKILL && signal != libc::SIGSTOP {
                 libc::signal(signal, libc::SIG_DFL);

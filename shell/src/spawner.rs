@@ -158,14 +158,14 @@ impl Spawner {
             .env_clear()
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
-        // SAFETY: dup2 and setsid are async-signal-safe; the hook only places the socket at
+        // SAFETY: dup2 and setpgid are async-signal-safe; the hook only places the socket at
         // fd 3 (dup2 clears its close-on-exec flag) and leaves the terminal's process group.
         unsafe {
             command.pre_exec(move || {
                 if libc::dup2(theirs_fd, SOCKET_FD) < 0 {
                     return Err(io::Error::last_os_error());
                 }
-                libc::setsid();
+                libc::setpgid(0, 0);
                 Ok(())
             });
         }
@@ -495,6 +495,8 @@ struct Adapters {
     slots: Vec<Slot>,
     /// A signalfd of [`inetd::SIGNALS`]: each adapter reads its own signals from it.
     signals: crate::runtime::SignalFd,
+    /// The signals whose disposition an adapter resets (bit N for signal N).
+    reset_signals: u32,
 }
 
 /// One adapter's stack, and what it reads while it runs on it.
@@ -521,6 +523,8 @@ struct Job {
     fds: inetd::Fds,
     process_uid: u32,
     template: *const Prepared,
+    /// [`Adapters::reset_signals`].
+    reset_signals: u32,
 }
 
 /// Free stacks kept for the next adapters; more are unmapped.
@@ -531,6 +535,7 @@ impl Adapters {
         Adapters {
             slots: Vec::new(),
             signals,
+            reset_signals: changed_dispositions(),
         }
     }
 
@@ -555,6 +560,7 @@ impl Adapters {
             },
             process_uid,
             template: Rc::as_ptr(prepared),
+            reset_signals: self.reset_signals,
         };
         let index = match self.slots.iter().position(Slot::is_free) {
             Some(index) => {
@@ -702,6 +708,30 @@ impl Drop for Stack {
     }
 }
 
+/// The classic signals (1 to 31) whose disposition in this process is not the default, as a
+/// mask (bit N for signal N): SIGPIPE, which the Rust runtime ignores, and any the master
+/// ignored (an ignored signal stays ignored across exec). Those are all an adapter has to
+/// reset, one call each where resetting every signal took 29: the spawner sets no disposition
+/// after it starts.
+fn changed_dispositions() -> u32 {
+    let mut mask = 0;
+    for signal in 1..32 {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: reads the disposition into a zeroed struct of ours.
+        let default = unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction == libc::SIG_DFL
+        };
+        if !default {
+            mask |= 1 << signal;
+        }
+    }
+    mask
+}
+
 /// An adapter: becomes what its template says, then waits for its connection and execs its
 /// program ([`inetd::serve`]). It shares the spawner's memory, so it allocates nothing and
 /// writes nothing but its stack (module docs of [`crate::inetd`]).
@@ -725,7 +755,7 @@ fn run_adapter(job: &Job, adapter: &AdapterTemplate) -> i32 {
     // is closed so that a spawner that dies is seen at once.
     unsafe {
         for signal in 1..32 {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            if job.reset_signals & (1 << signal) != 0 {
                 libc::signal(signal, libc::SIG_DFL);
             }
         }
@@ -736,7 +766,7 @@ fn run_adapter(job: &Job, adapter: &AdapterTemplate) -> i32 {
         drop(OwnedFd::from_raw_fd(SOCKET_FD));
         crate::spawn::set_vsz_limit(adapter.vsz_limit);
     }
-    let _ = rustix::process::setsid();
+    let _ = rustix::process::setpgid(None, None);
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     for identity in &adapter.identities {
         if let Err((step, error)) = identity.take() {
@@ -955,6 +985,28 @@ impl TitleArea {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_adapter_resets_exactly_the_dispositions_the_kernel_lists_as_changed() {
+        // /proc's masks have bit N-1 for signal N; ours bit N.
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        let mask = |field: &str| -> u64 {
+            let line = status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .unwrap_or_else(|| panic!("no {field}"));
+            u64::from_str_radix(line.trim(), 16).expect("hex")
+        };
+        let kernel = ((mask("SigIgn:") | mask("SigCgt:")) & 0x7fff_ffff) << 1;
+        let ours = changed_dispositions();
+        assert_eq!(u64::from(ours), kernel, "{ours:#x} against {kernel:#x}");
+        assert_ne!(
+            ours & (1 << libc::SIGPIPE),
+            0,
+            "the Rust runtime ignores SIGPIPE"
+        );
+        assert_eq!(ours & (1 << libc::SIGKILL | 1 << libc::SIGSTOP), 0);
+    }
 
     #[test]
     fn a_template_round_trips_through_ron() {

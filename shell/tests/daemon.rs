@@ -934,7 +934,7 @@ fn an_inetd_program_gets_a_clean_environment_and_default_signals() {
         &program,
         // Its own masks, read with the shell's built-ins before it forks anything: a forking
         // shell blocks signals around each fork, which a child could see.
-        "#!/bin/sh\nread line\nwhile IFS= read -r l; do case \"$l\" in Sig*) echo \"$l\";; esac; done < /proc/$$/status\necho \"line=$line\"\nenv\n",
+        "#!/bin/sh\nread line\nwhile IFS= read -r l; do case \"$l\" in Sig*) echo \"$l\";; esac; done < /proc/$$/status\nread -r stat < /proc/$$/stat\necho \"stat=$stat\"\necho \"line=$line\"\nenv\n",
     );
     let config = format!(
         "import_environment = E2E_KEPT=kept TZ=UTC\nservice show {{\n  executable = inetd {} first-argument\n  service_count = 1\n  inet_listener show {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n",
@@ -964,6 +964,33 @@ fn an_inetd_program_gets_a_clean_environment_and_default_signals() {
     };
     assert_eq!(classic("SigBlk:"), 0, "{output}");
     assert_eq!(classic("SigIgn:"), 0, "{output}");
+    // A process group of its own (a terminal's Ctrl-C is not for it) in the master's session
+    // (no session, and so no scheduling autogroup, made and freed for each connection).
+    let ids = |stat: &str| -> (i32, i32, i32) {
+        let (pid, rest) = stat.split_once(" (").expect("pid (comm)");
+        let fields: Vec<&str> = rest
+            .rsplit_once(") ")
+            .expect("comm)")
+            .1
+            .split(' ')
+            .collect();
+        let number = |s: &str| s.parse::<i32>().expect("a number");
+        (number(pid), number(fields[2]), number(fields[3]))
+    };
+    let program_stat = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("stat="))
+        .unwrap_or_else(|| panic!("no stat in {output}"));
+    let (pid, group, session) = ids(program_stat);
+    let master_stat =
+        std::fs::read_to_string(format!("/proc/{}/stat", roost.master_pid())).expect("stat");
+    let (_, master_group, master_session) = ids(&master_stat);
+    assert_eq!(group, pid, "its own process group: {program_stat}");
+    assert_ne!(group, master_group);
+    assert_eq!(
+        session, master_session,
+        "the master's session: {program_stat}"
+    );
     assert!(roost.stop().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
