@@ -678,7 +678,7 @@ class Bench:
     # ---- row 3 (and row 4's inetd CPU): a process per connection
     def spawn_rows(self, rows):
         log("== per-connection process: posix_spawn, roost inetd, tcpserver")
-        n = 1000 if self.quick else 2000
+        n = 1000 if self.quick else 4000
         tmp, conf = inetd_config("/bin/true", INETD_PORT, service_count=1, process_min_avail=4, process_limit=200)
         proc, roost_why = start_roost(conf, tmp, INETD_PORT, self.cleanup, "inetd")
         tcpserver, tcp_why = shutil.which("tcpserver"), None
@@ -705,22 +705,30 @@ class Bench:
             for run in range(self.runs):
                 raw.append(spawn_rate(n))
                 log(f"  run {run + 1} posix_spawn+wait /bin/true: {raw[-1]:,.0f}/s")
-                for who, p, port in (("roost", proc, INETD_PORT), ("tcp", tproc, TCPSERVER_PORT)):
-                    if not p:
-                        continue
-                    if who == "roost" and exited(p):
-                        roost_why = exited(p)
-                        continue
-                    before, server_before, conns = cpu_seconds(p.pid), server_cpu_seconds(p.pid), 0
-                    for c in (1, 50):
+                # At 50 concurrent the two servers are close and the machine's noise is not:
+                # each run measures them there twice, in the order A B B A, so that a drift
+                # within the run weighs on both alike.
+                servers = [s for s in (("roost", proc, INETD_PORT), ("tcp", tproc, TCPSERVER_PORT)) if s[1]]
+                used = {who: [0.0, 0.0, 0] for who, _, _ in servers}     # CPU, server CPU, connections
+                for c, order in ((1, servers), (50, servers), (50, servers[::-1])):
+                    for who, p, port in order:
+                        if who == "roost" and exited(p):
+                            roost_why = exited(p)
+                            continue
+                        before, server_before = cpu_seconds(p.pid), server_cpu_seconds(p.pid)
                         rate, p50, p99, err = connection_load(port, n, c)
-                        conns += n
+                        u = used[who]
+                        u[0] += cpu_seconds(p.pid) - before
+                        u[1] += server_cpu_seconds(p.pid) - server_before
+                        u[2] += n
                         st = m[f"{who}{c}"]
                         st["rate"].append(rate); st["p50"].append(p50 or 0); st["p99"].append(p99 or 0); st["err"].append(err)
                         log(f"  run {run + 1} {who} c={c}: {rate:,.0f}/s p50 {p50 or 0:.1f} ms p99 {p99 or 0:.1f} ms errors {err}")
-                    name = "roost" if who == "roost" else "tcpserver"
-                    cpu[name].append((cpu_seconds(p.pid) - before) / conns * 10000)
-                    server_cpu[name].append((server_cpu_seconds(p.pid) - server_before) / conns * 10000)
+                for who, (own, server, conns) in used.items():
+                    if conns:
+                        name = "roost" if who == "roost" else "tcpserver"
+                        cpu[name].append(own / conns * 10000)
+                        server_cpu[name].append(server / conns * 10000)
         finally:
             if proc:
                 stop_process(proc)
