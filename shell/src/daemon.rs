@@ -1143,8 +1143,8 @@ impl Daemon {
         let template = &self.templates[&key];
         // Each child gets a file description of its own (its own offset) on the shared memfd,
         // so a program that read()s it cannot move the offset under its siblings. An inetd
-        // adapter reads none: not opening, sending and closing one is a tenth of what the
-        // master does for each of its connections.
+        // adapter reads none and gets none: for each of its connections that spares the master
+        // a path walk through /proc, and the master and the spawner an fd to pass and close.
         let settings_fd: Option<OwnedFd> = if template.program.is_inetd() {
             None
         } else {
