@@ -13,6 +13,7 @@
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use roost_core::ids::{Pid, ProcessUid};
@@ -531,11 +532,13 @@ impl SpawnPlan {
         // SAFETY: the child runs only `child_after_fork`, which calls raw syscalls and
         // async-signal-safe functions on memory prepared above (writing only the LISTEN_PID
         // buffer, its own) and ends in execve or _exit; the parent is suspended meanwhile.
+        let own_session = children_lead_sessions();
         let cloned = unsafe {
             nix::sched::clone(
                 Box::new(|| {
                     child_after_fork(
                         err,
+                        own_session,
                         fd_ops,
                         highest_fd,
                         listen_pid,
@@ -603,6 +606,7 @@ unsafe fn fail_before_exec(pipe: RawFd) -> ! {
 #[allow(clippy::too_many_arguments)]
 unsafe fn child_after_fork(
     err: ExecErrorPipe,
+    own_session: bool,
     fd_ops: &[FdOp],
     highest_fd: RawFd,
     listen_pid: Option<*mut libc::c_char>,
@@ -617,7 +621,7 @@ unsafe fn child_after_fork(
     unsafe {
         // The error pipe goes above the plan's fds first, so the dup2s cannot clobber it.
         let pipe = libc::fcntl(err.fd, libc::F_DUPFD_CLOEXEC, err.floor);
-        reset_process_state();
+        reset_process_state(own_session);
         if fdplan::execute(fd_ops).is_err() {
             fail_before_exec(pipe);
         }
@@ -673,18 +677,44 @@ unsafe fn child_after_fork(
     }
 }
 
-/// A new child's process state, the same for the exec path and the spawner's children: its own
-/// process group (a terminal's Ctrl-C under -F, sent to the foreground group, is not an
-/// idle-kill request; not a session of its own: with the scheduler's autogroups, the default,
-/// each session is a scheduling group the kernel makes and frees), every disposition the
-/// default (SIGPIPE too: SIG_IGN survives exec), and only then an empty mask (everything is
-/// blocked since the clone, so no handler of the parent's runs here).
+/// Whether a new child of the master leads a session of its own rather than only a process
+/// group of its own, which keeps a terminal's Ctrl-C (sent to the foreground group) from
+/// reaching it as an idle-kill request either way. Only when the master's session has a
+/// controlling terminal (`roost -F` in an interactive shell): there a child in a background
+/// group that wrote to the terminal would be stopped by its job control (SIGTTOU, under `stty
+/// tostop`), and a session of its own has no controlling terminal. A daemon's session, or a
+/// systemd service's, has none, and then a group is all a child needs: each session is also a
+/// scheduling group (the kernel's autogroups, on by default), which the kernel would make and
+/// free with every child. Asked once: a session never gains a controlling terminal it has not
+/// got (only its leader could take one, and the master opens no terminal), and one it loses
+/// makes a session per child merely unneeded.
+pub(crate) fn children_lead_sessions() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        // /dev/tty opens exactly when the caller has a controlling terminal (ENXIO otherwise).
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open("/dev/tty")
+            .is_ok()
+    })
+}
+
+/// A new child's process state, the same for the exec path and the spawner's children: a
+/// process group of its own, or a session when `own_session` ([`children_lead_sessions`]),
+/// every disposition the default (SIGPIPE too: SIG_IGN survives exec), and only then an empty
+/// mask (everything is blocked since the clone, so no handler of the parent's runs here).
 ///
 /// # Safety
 /// Only in a new child before it runs anything else: async-signal-safe calls only.
-pub(crate) unsafe fn reset_process_state() {
+pub(crate) unsafe fn reset_process_state(own_session: bool) {
     unsafe {
-        libc::setpgid(0, 0);
+        if own_session {
+            libc::setsid();
+        } else {
+            libc::setpgid(0, 0);
+        }
         for signal in 1..32 {
             if signal != libc::SIGKILL && signal != libc::SIGSTOP {
                 libc::signal(signal, libc::SIG_DFL);

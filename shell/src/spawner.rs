@@ -158,14 +158,22 @@ impl Spawner {
             .env_clear()
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null());
-        // SAFETY: dup2 and setpgid are async-signal-safe; the hook only places the socket at
-        // fd 3 (dup2 clears its close-on-exec flag) and leaves the terminal's process group.
+        // Its session (if it has one of its own, when the master's has a terminal) has no
+        // controlling terminal: its children need only process groups of their own.
+        let own_session = crate::spawn::children_lead_sessions();
+        // SAFETY: dup2, setsid and setpgid are async-signal-safe; the hook only places the
+        // socket at fd 3 (dup2 clears its close-on-exec flag) and leaves the terminal's
+        // process group.
         unsafe {
             command.pre_exec(move || {
                 if libc::dup2(theirs_fd, SOCKET_FD) < 0 {
                     return Err(io::Error::last_os_error());
                 }
-                libc::setpgid(0, 0);
+                if own_session {
+                    libc::setsid();
+                } else {
+                    libc::setpgid(0, 0);
+                }
                 Ok(())
             });
         }
@@ -766,6 +774,7 @@ fn run_adapter(job: &Job, adapter: &AdapterTemplate) -> i32 {
         drop(OwnedFd::from_raw_fd(SOCKET_FD));
         crate::spawn::set_vsz_limit(adapter.vsz_limit);
     }
+    // A group, not a session: the spawner's session has no controlling terminal.
     let _ = rustix::process::setpgid(None, None);
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     for identity in &adapter.identities {
@@ -890,7 +899,8 @@ fn child(prepared: &Prepared, uid: u32, fds: &[RawFd], title: &TitleArea) -> ! {
     // SAFETY: this process has one thread; everything below is what the exec path's child
     // does before execve, then the built-in's main as `roost --builtin` would run it.
     unsafe {
-        crate::spawn::reset_process_state();
+        // The spawner's session has no controlling terminal (`Spawner::start`).
+        crate::spawn::reset_process_state(false);
         // As the Rust runtime leaves it for every `main`, the exec path's included: a write to
         // a closed socket is an EPIPE error, not a death.
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);

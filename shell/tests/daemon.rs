@@ -965,8 +965,36 @@ fn an_inetd_program_gets_a_clean_environment_and_default_signals() {
     assert_eq!(classic("SigBlk:"), 0, "{output}");
     assert_eq!(classic("SigIgn:"), 0, "{output}");
     // A process group of its own (a terminal's Ctrl-C is not for it) in the master's session
-    // (no session, and so no scheduling autogroup, made and freed for each connection).
-    let ids = |stat: &str| -> (i32, i32, i32) {
+    // (no session, and so no scheduling autogroup, made and freed for each connection), unless
+    // that session has a terminal (a test run from a shell).
+    let program_stat = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("stat="))
+        .unwrap_or_else(|| panic!("no stat in {output}"));
+    let program = ProcessIds::parse(program_stat);
+    let master = ProcessIds::of(roost.master_pid());
+    assert_eq!(program.group, program.pid, "its own group: {program_stat}");
+    assert_ne!(program.group, master.group);
+    assert_eq!(
+        program.session == master.session,
+        master.terminal == 0,
+        "in the master's session exactly when it has no terminal: {program_stat}"
+    );
+    assert!(roost.stop().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A process's ids, from its `/proc/PID/stat` line.
+struct ProcessIds {
+    pid: i32,
+    group: i32,
+    session: i32,
+    /// Its controlling terminal's device number, 0 for none.
+    terminal: i32,
+}
+
+impl ProcessIds {
+    fn parse(stat: &str) -> ProcessIds {
         let (pid, rest) = stat.split_once(" (").expect("pid (comm)");
         let fields: Vec<&str> = rest
             .rsplit_once(") ")
@@ -975,23 +1003,90 @@ fn an_inetd_program_gets_a_clean_environment_and_default_signals() {
             .split(' ')
             .collect();
         let number = |s: &str| s.parse::<i32>().expect("a number");
-        (number(pid), number(fields[2]), number(fields[3]))
+        ProcessIds {
+            pid: number(pid),
+            group: number(fields[2]),
+            session: number(fields[3]),
+            terminal: number(fields[4]),
+        }
+    }
+
+    fn of(pid: i32) -> ProcessIds {
+        ProcessIds::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat"))
+    }
+}
+
+#[test]
+fn in_a_terminal_with_tostop_a_child_that_writes_to_it_runs_on() {
+    // `roost -F` in an interactive shell with `stty tostop`: under -F a child's stdout is the
+    // master's, the terminal, and a write to it from a background group of the terminal's
+    // session stops the writer (SIGTTOU). A session of its own has no terminal to stop it.
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let pty = nix::pty::openpty(None, None).expect("a pty");
+    let mut termios = tcgetattr(&pty.slave).expect("termios");
+    termios.local_flags.insert(LocalFlags::TOSTOP);
+    tcsetattr(&pty.slave, SetArg::TCSANOW, &termios).expect("stty tostop");
+    // Everything written to the terminal is read, so that no write waits for room.
+    let mut terminal = std::fs::File::from(pty.master);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut terminal, &mut buffer) {
+                seen.lock()
+                    .expect("lock")
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        })
     };
-    let program_stat = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("stat="))
-        .unwrap_or_else(|| panic!("no stat in {output}"));
-    let (pid, group, session) = ids(program_stat);
-    let master_stat =
-        std::fs::read_to_string(format!("/proc/{}/stat", roost.master_pid())).expect("stat");
-    let (_, master_group, master_session) = ids(&master_stat);
-    assert_eq!(group, pid, "its own process group: {program_stat}");
-    assert_ne!(group, master_group);
-    assert_eq!(
-        session, master_session,
-        "the master's session: {program_stat}"
+    let dir = std::env::temp_dir().join(format!("roost-e2e-tostop-prog-{}", std::process::id()));
+    let marker = dir.join("wrote");
+    let program = dir.join("talk.sh");
+    write_script(
+        &program,
+        &format!(
+            "#!/bin/sh\necho \"a child on the terminal\"\ntouch {}\nexec sleep 1000\n",
+            marker.display()
+        ),
     );
+    let config = format!(
+        "service talk {{\n  executable = {}\n  foreign = yes\n  process_min_avail = 1\n  process_limit = 1\n}}\n",
+        program.display()
+    );
+    let mut roost = Roost::prepare("tostop", &config);
+    roost.launch_in_terminal(&pty.slave);
+    let master = ProcessIds::of(roost.master_pid());
+    assert_ne!(master.terminal, 0, "the master has the terminal");
+    let wrote = poll_until(10, || marker.exists());
+    let children: Vec<String> = roost
+        .children()
+        .iter()
+        .map(|(pid, title)| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            format!("{title}: {stat}")
+        })
+        .collect();
+    assert!(
+        wrote,
+        "the child did not get past its write (stopped?): {children:#?}\nterminal: {}",
+        seen.lock().expect("lock")
+    );
+    for (pid, title) in roost.children() {
+        let child = ProcessIds::of(pid);
+        assert_ne!(child.session, master.session, "{title}: {children:#?}");
+        assert_eq!(child.terminal, 0, "{title}: {children:#?}");
+    }
     assert!(roost.stop().success());
+    drop(pty.slave);
+    let _ = reader.join();
+    assert!(
+        seen.lock()
+            .expect("lock")
+            .contains("a child on the terminal"),
+        "{}",
+        seen.lock().expect("lock")
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

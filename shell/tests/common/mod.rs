@@ -170,6 +170,32 @@ impl Roost {
         self.run_master(wrapper);
     }
 
+    /// Starts `roost -F -c <config>` as an interactive shell would: in a session whose
+    /// controlling terminal is `terminal` (a pty's subsidiary side), which is also its stdin,
+    /// stdout and stderr.
+    pub fn launch_in_terminal(&mut self, terminal: &std::os::fd::OwnedFd) {
+        let mut command = Command::new(ROOST);
+        let side = || Stdio::from(terminal.try_clone().expect("dup the terminal"));
+        command
+            .arg("-F")
+            .arg("-c")
+            .arg(&self.config)
+            .stdin(side())
+            .stdout(side())
+            .stderr(side());
+        // SAFETY: setsid and ioctl are async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self.child = Some(command.spawn().expect("roost starts"));
+        self.wait_until_answering();
+    }
+
     /// Runs `command` as the master and waits until it answers `roost status`: the control
     /// socket exists before the loop opens the listeners, the answer comes from the loop after
     /// them. A master that exits at start fails the test with its stderr.
@@ -181,6 +207,10 @@ impl Roost {
             .spawn()
             .expect("roost starts");
         self.child = Some(child);
+        self.wait_until_answering();
+    }
+
+    fn wait_until_answering(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let child = self.child.as_mut().expect("just started");
