@@ -529,10 +529,10 @@ impl SpawnPlan {
             Some(&SigSet::all()),
             Some(&mut old_mask),
         )?;
+        let own_session = children_lead_sessions();
         // SAFETY: the child runs only `child_after_fork`, which calls raw syscalls and
         // async-signal-safe functions on memory prepared above (writing only the LISTEN_PID
         // buffer, its own) and ends in execve or _exit; the parent is suspended meanwhile.
-        let own_session = children_lead_sessions();
         let cloned = unsafe {
             nix::sched::clone(
                 Box::new(|| {
