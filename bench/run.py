@@ -390,10 +390,6 @@ def exited(proc):
     return f"roost master exited during the run ({f'signal {-code}' if code < 0 else f'status {code}'})"
 
 
-def pct(sorted_values, q):
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] * 1000 if sorted_values else None
-
-
 def connection_load(port, n, c):
     """N connections at concurrency C that each read until the server closes: (conn/s, p50 ms, p99 ms,
     errors). The client is bench/connload (a thread per concurrent connection, blocking calls): an

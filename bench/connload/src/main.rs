@@ -150,7 +150,8 @@ fn connection(load: &Load, buffer: &mut [u8]) -> Result<(), String> {
     }
 }
 
-/// The value at quantile `q` of sorted `values`, the way bench/run.py's `pct` takes it.
+/// The value at quantile `q` of sorted `values`: the one at index ⌊q·n⌋ (the last one at most),
+/// as the peer's load generators take it.
 fn quantile(values: &[Duration], q: f64) -> Option<Duration> {
     let last = values.len().checked_sub(1)?;
     Some(values[last.min((q * values.len() as f64) as usize)])
