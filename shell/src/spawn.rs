@@ -701,6 +701,44 @@ pub(crate) fn children_lead_sessions() -> bool {
     })
 }
 
+/// Every classic signal (1 to 31) that has a disposition to reset, as a mask: bit N for signal N.
+pub(crate) const ALL_DISPOSITIONS: u32 = !1 & !(1 << libc::SIGKILL) & !(1 << libc::SIGSTOP);
+
+/// Sets the signals of `mask` (bit N for signal N) to their default disposition.
+///
+/// # Safety
+/// Async-signal-safe: for a new child before its exec.
+pub(crate) unsafe fn reset_dispositions(mask: u32) {
+    for signal in 1..32 {
+        if mask & (1 << signal) != 0 {
+            // SAFETY: the caller's.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
+    }
+}
+
+/// The classic signals whose disposition in this process is not the default, as a mask (bit N
+/// for signal N): what a child of a process that changes no disposition after this call has to
+/// reset, rather than all of them.
+pub(crate) fn changed_dispositions() -> u32 {
+    let mut mask = 0;
+    for signal in 1..32 {
+        if ALL_DISPOSITIONS & (1 << signal) == 0 {
+            continue;
+        }
+        // SAFETY: reads the disposition into a zeroed struct of ours.
+        let default = unsafe {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction == libc::SIG_DFL
+        };
+        if !default {
+            mask |= 1 << signal;
+        }
+    }
+    mask
+}
+
 /// A new child's process state, the same for the exec path and the spawner's children: a
 /// process group of its own, or a session when `own_session` ([`children_lead_sessions`]),
 /// every disposition the default (SIGPIPE too: SIG_IGN survives exec), and only then an empty
@@ -715,11 +753,7 @@ pub(crate) unsafe fn reset_process_state(own_session: bool) {
         } else {
             libc::setpgid(0, 0);
         }
-        for signal in 1..32 {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::signal(signal, libc::SIG_DFL);
-            }
-        }
+        reset_dispositions(ALL_DISPOSITIONS);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());

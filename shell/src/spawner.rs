@@ -543,7 +543,10 @@ impl Adapters {
         Adapters {
             slots: Vec::new(),
             signals,
-            reset_signals: changed_dispositions(),
+            // SIGPIPE, which the Rust runtime ignores, and any the master ignored (an ignored
+            // signal stays ignored across exec): one call each, where resetting every signal
+            // took 29. The spawner sets no disposition after it starts.
+            reset_signals: crate::spawn::changed_dispositions(),
         }
     }
 
@@ -716,30 +719,6 @@ impl Drop for Stack {
     }
 }
 
-/// The classic signals (1 to 31) whose disposition in this process is not the default, as a
-/// mask (bit N for signal N): SIGPIPE, which the Rust runtime ignores, and any the master
-/// ignored (an ignored signal stays ignored across exec). Those are all an adapter has to
-/// reset, one call each where resetting every signal took 29: the spawner sets no disposition
-/// after it starts.
-fn changed_dispositions() -> u32 {
-    let mut mask = 0;
-    for signal in 1..32 {
-        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
-            continue;
-        }
-        // SAFETY: reads the disposition into a zeroed struct of ours.
-        let default = unsafe {
-            let mut current: libc::sigaction = std::mem::zeroed();
-            libc::sigaction(signal, std::ptr::null(), &mut current) == 0
-                && current.sa_sigaction == libc::SIG_DFL
-        };
-        if !default {
-            mask |= 1 << signal;
-        }
-    }
-    mask
-}
-
 /// An adapter: becomes what its template says, then waits for its connection and execs its
 /// program ([`inetd::serve`]). It shares the spawner's memory, so it allocates nothing and
 /// writes nothing but its stack (module docs of [`crate::inetd`]).
@@ -762,11 +741,7 @@ fn run_adapter(job: &Job, adapter: &AdapterTemplate) -> i32 {
     // these arguments, so they leave errno (the spawner's too) alone. The spawner's socket
     // is closed so that a spawner that dies is seen at once.
     unsafe {
-        for signal in 1..32 {
-            if job.reset_signals & (1 << signal) != 0 {
-                libc::signal(signal, libc::SIG_DFL);
-            }
-        }
+        crate::spawn::reset_dispositions(job.reset_signals);
         // Blocked since the clone: from here every other signal has its default effect, and
         // the protocol's are read from the signalfd.
         let protocol = crate::runtime::sigset(&inetd::SIGNALS);
@@ -1008,7 +983,7 @@ mod tests {
             u64::from_str_radix(line.trim(), 16).expect("hex")
         };
         let kernel = ((mask("SigIgn:") | mask("SigCgt:")) & 0x7fff_ffff) << 1;
-        let ours = changed_dispositions();
+        let ours = crate::spawn::changed_dispositions();
         assert_eq!(u64::from(ours), kernel, "{ours:#x} against {kernel:#x}");
         assert_ne!(
             ours & (1 << libc::SIGPIPE),

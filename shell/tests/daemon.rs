@@ -971,8 +971,8 @@ fn an_inetd_program_gets_a_clean_environment_and_default_signals() {
         .iter()
         .find_map(|l| l.strip_prefix("stat="))
         .unwrap_or_else(|| panic!("no stat in {output}"));
-    let program = ProcessIds::parse(program_stat);
-    let master = ProcessIds::of(roost.master_pid());
+    let program = ProcessIds::parse(program_stat).expect("a stat line");
+    let master = ProcessIds::of(roost.master_pid()).expect("the master");
     assert_eq!(program.group, program.pid, "its own group: {program_stat}");
     assert_ne!(program.group, master.group);
     assert_eq!(
@@ -982,38 +982,6 @@ fn an_inetd_program_gets_a_clean_environment_and_default_signals() {
     );
     assert!(roost.stop().success());
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A process's ids, from its `/proc/PID/stat` line.
-struct ProcessIds {
-    pid: i32,
-    group: i32,
-    session: i32,
-    /// Its controlling terminal's device number, 0 for none.
-    terminal: i32,
-}
-
-impl ProcessIds {
-    fn parse(stat: &str) -> ProcessIds {
-        let (pid, rest) = stat.split_once(" (").expect("pid (comm)");
-        let fields: Vec<&str> = rest
-            .rsplit_once(") ")
-            .expect("comm)")
-            .1
-            .split(' ')
-            .collect();
-        let number = |s: &str| s.parse::<i32>().expect("a number");
-        ProcessIds {
-            pid: number(pid),
-            group: number(fields[2]),
-            session: number(fields[3]),
-            terminal: number(fields[4]),
-        }
-    }
-
-    fn of(pid: i32) -> ProcessIds {
-        ProcessIds::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat"))
-    }
 }
 
 #[test]
@@ -1056,7 +1024,7 @@ fn in_a_terminal_with_tostop_a_child_that_writes_to_it_runs_on() {
     );
     let mut roost = Roost::prepare("tostop", &config);
     roost.launch_in_terminal(&pty.slave);
-    let master = ProcessIds::of(roost.master_pid());
+    let master = ProcessIds::of(roost.master_pid()).expect("the master");
     assert_ne!(master.terminal, 0, "the master has the terminal");
     let wrote = poll_until(10, || marker.exists());
     let children: Vec<String> = roost
@@ -1073,7 +1041,7 @@ fn in_a_terminal_with_tostop_a_child_that_writes_to_it_runs_on() {
         seen.lock().expect("lock")
     );
     for (pid, title) in roost.children() {
-        let child = ProcessIds::of(pid);
+        let child = ProcessIds::of(pid).expect("a child");
         assert_ne!(child.session, master.session, "{title}: {children:#?}");
         assert_eq!(child.terminal, 0, "{title}: {children:#?}");
     }

@@ -26,6 +26,44 @@ pub fn poll_until(secs: u64, mut ready: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// What `/proc/PID/stat` says of a process.
+pub struct ProcessIds {
+    pub pid: i32,
+    /// Its name (`comm`).
+    pub comm: String,
+    /// `R`, `S`, `Z`, ...
+    pub state: String,
+    pub parent: i32,
+    pub group: i32,
+    pub session: i32,
+    /// Its controlling terminal's device number, 0 for none.
+    pub terminal: i32,
+}
+
+impl ProcessIds {
+    /// Parses a `/proc/PID/stat` line; `None` if it is not one.
+    pub fn parse(stat: &str) -> Option<ProcessIds> {
+        let (pid, rest) = stat.split_once(" (")?;
+        let (comm, rest) = rest.rsplit_once(") ")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let number = |i: usize| fields.get(i)?.parse::<i32>().ok();
+        Some(ProcessIds {
+            pid: pid.parse().ok()?,
+            comm: comm.to_owned(),
+            state: (*fields.first()?).to_owned(),
+            parent: number(1)?,
+            group: number(2)?,
+            session: number(3)?,
+            terminal: number(4)?,
+        })
+    }
+
+    /// The process `pid`, if it exists.
+    pub fn of(pid: i32) -> Option<ProcessIds> {
+        ProcessIds::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    }
+}
+
 /// The live (not zombie) children of `master`: (pid, title).
 pub fn children_of(master: i32) -> Vec<(i32, String)> {
     let mut found = Vec::new();
@@ -33,16 +71,10 @@ pub fn children_of(master: i32) -> Vec<(i32, String)> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Some(ids) = ProcessIds::of(pid) else {
             continue;
         };
-        let Some(after) = stat.rsplit_once(')').map(|(_, rest)| rest.to_owned()) else {
-            continue;
-        };
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        if fields.get(1).and_then(|p| p.parse::<i32>().ok()) != Some(master)
-            || fields.first() == Some(&"Z")
-        {
+        if ids.parent != master || ids.state == "Z" {
             continue;
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -53,13 +85,11 @@ pub fn children_of(master: i32) -> Vec<(i32, String)> {
             .unwrap_or_default();
         // A waiting inetd adapter shares its spawner's memory, and with it its command line:
         // its own name is its comm, the service's.
-        let comm = stat
-            .split_once(" (")
-            .and_then(|(_, rest)| rest.rsplit_once(')'))
-            .map(|(comm, _)| comm)
-            .unwrap_or_default();
-        if let Some(prefix) = title.strip_suffix("/spawner").filter(|_| comm != "spawner") {
-            title = format!("{prefix}/{comm}");
+        if let Some(prefix) = title
+            .strip_suffix("/spawner")
+            .filter(|_| ids.comm != "spawner")
+        {
+            title = format!("{prefix}/{}", ids.comm);
         }
         found.push((pid, title));
     }
